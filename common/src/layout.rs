@@ -1,0 +1,47 @@
+//! Where things live in the control-plane bucket.
+
+/// `logs/<task-id>.log`: a task's combined output, uploaded while it runs and at the end.
+pub fn log_key(task_id: &str) -> String {
+    format!("logs/{task_id}.log")
+}
+
+/// `jobs/<instance-id>/<task-id>/bundle/`: the result bundle of a finished task.
+pub fn bundle_prefix(instance_id: &str, task_id: &str) -> String {
+    format!("jobs/{instance_id}/{task_id}/bundle/")
+}
+
+/// `jobs/<instance-id>/<task-id>/attempt-<n>/`: the partial bundle an interrupted
+/// attempt left, kept apart so the next attempt's bundle never overwrites it.
+pub fn attempt_prefix(instance_id: &str, task_id: &str, attempt: u32) -> String {
+    format!("jobs/{instance_id}/{task_id}/attempt-{attempt}/")
+}
+
+/// `agent/<version>/leased_<version>_<arch>.deb`, with Debian's architecture names.
+pub fn agent_deb_key(version: &str, deb_arch: &str) -> String {
+    format!("agent/{version}/leased_{version}_{deb_arch}.deb")
+}
+
+/// Debian's name for an EC2 architecture (`x86_64` → `amd64`, `arm64` stays).
+pub fn deb_arch(ec2_arch: &str) -> &str {
+    match ec2_arch {
+        "x86_64" => "amd64",
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_follow_the_design() {
+        assert_eq!(log_key("t1"), "logs/t1.log");
+        assert_eq!(bundle_prefix("i-1", "t1"), "jobs/i-1/t1/bundle/");
+        assert_eq!(attempt_prefix("i-1", "t1", 2), "jobs/i-1/t1/attempt-2/");
+        assert_eq!(
+            agent_deb_key("0.1.0", deb_arch("x86_64")),
+            "agent/0.1.0/leased_0.1.0_amd64.deb"
+        );
+        assert_eq!(deb_arch("arm64"), "arm64");
+    }
+}

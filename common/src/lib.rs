@@ -1,0 +1,15 @@
+//! Contracts shared by `lease` (the launcher) and `leased` (the agent): the tag schema,
+//! durations, the agent's config file, task and event messages, the S3 layout, and how
+//! AWS clients are configured. Nothing here performs I/O beyond building SDK config.
+
+pub mod aws;
+pub mod config;
+pub mod duration;
+pub mod layout;
+pub mod messages;
+pub mod tags;
+
+pub use duration::HumanDuration;
+
+/// The version both binaries report, and the agent package's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,213 @@
+//! The command line: flags and subcommands, nothing else.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use lease_common::tags::Action;
+
+pub const EXIT_CODES: &str = "\
+Exit status:
+  0   success
+  1   an AWS call or an operation failed (the message names what and why)
+  2   bad usage: unknown flag, bad duration, illegal tag, missing argument
+  3   nothing matched: no managed instance with that id or name
+  4   refused: needs confirmation (--yes), or the instance is in the wrong state
+  5   a required local program is missing (ssh, aws, session-manager-plugin)";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lease",
+    version,
+    about = "Ephemeral EC2 compute that cannot be forgotten: every instance has a deadline, an owner and a job.",
+    after_help = EXIT_CODES,
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// AWS profile to use (default: AWS_PROFILE, then the default profile).
+    #[arg(long, global = true, env = "AWS_PROFILE", hide_env_values = true)]
+    pub profile: Option<String>,
+    /// AWS region (default: AWS_REGION, then the profile's region). `list` takes it
+    /// more than once to query several regions.
+    #[arg(long = "region", global = true, action = ArgAction::Append)]
+    pub regions: Vec<String>,
+    /// Send API calls to this endpoint instead of AWS (e.g. a local emulator);
+    /// AWS_ENDPOINT_URL works too.
+    #[arg(long, global = true)]
+    pub endpoint_url: Option<String>,
+    /// Output format for results on stdout.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace including the SDK).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Answer yes to every confirmation.
+    #[arg(short = 'y', long, global = true)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Launch instances with a deadline (spot by default).
+    Launch(Box<LaunchArgs>),
+    /// List managed instances (default: yours, not terminated).
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Everything lease knows about one instance.
+    Status(TargetArg),
+    /// Move an instance's deadline forward: `lease extend i-0abc 2h`.
+    Extend(ExtendArgs),
+    /// Terminate instances.
+    Terminate(ActionArgs),
+    /// Stop instances (EBS-backed only).
+    Stop(ActionArgs),
+    /// Hibernate instances (launched with hibernation configured).
+    Hibernate(ActionArgs),
+    /// Attach to the instance's tmux session over SSM (default) or SSH.
+    Attach(AttachArgs),
+    /// Print a shell completion script.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LaunchArgs {
+    /// EC2 instance type, e.g. t3.micro or g5.xlarge.
+    #[arg(long, short = 't')]
+    pub instance_type: String,
+    /// Lifetime: 90s, 30m, 2h, 1d, 1h30m. `none` only with --yes.
+    #[arg(long, default_value = "4h")]
+    pub ttl: String,
+    /// Shut down after this long without activity (CPU, network, disk, sessions, tasks).
+    #[arg(long)]
+    pub idle_timeout: Option<String>,
+    /// What to do when idle.
+    #[arg(long, value_parser = parse_action, default_value = "terminate")]
+    pub on_idle: Action,
+    /// What to do at the deadline.
+    #[arg(long, value_parser = parse_action, default_value = "terminate")]
+    pub on_expiry: Action,
+    /// Use on-demand capacity instead of spot.
+    #[arg(long)]
+    pub on_demand: bool,
+    /// How many instances (all or none: EC2 launches the full count or fails).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub count: i32,
+    /// Job name, free text (tag lease:job).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Instance name (tag Name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Owner (default: your AWS identity).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// AMI id (default: latest Amazon Linux 2023 for the type's architecture).
+    #[arg(long)]
+    pub ami: Option<String>,
+    #[arg(long)]
+    pub key_name: Option<String>,
+    #[arg(long)]
+    pub subnet_id: Option<String>,
+    #[arg(long = "security-group-id")]
+    pub security_group_ids: Vec<String>,
+    /// Instance profile name or ARN (the agent's role).
+    #[arg(long)]
+    pub iam_instance_profile: Option<String>,
+    /// Extra user-data: a shell script or cloud-config, merged after lease's own.
+    #[arg(long)]
+    pub user_data: Option<PathBuf>,
+    /// Bucket holding the agent .deb, for AMIs without the agent baked in.
+    #[arg(long)]
+    pub agent_bucket: Option<String>,
+    /// Extra lines for the agent's config file (YAML), e.g. queue and topic.
+    #[arg(long)]
+    pub agent_config: Option<PathBuf>,
+    /// Wait until the instances are running, showing progress.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the full request and call nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ListArgs {
+    /// Everyone's instances, not only yours.
+    #[arg(long, short = 'a')]
+    pub all: bool,
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Instance state(s): pending, running, stopping, stopped, shutting-down,
+    /// terminated (default: all but terminated).
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// Query every enabled region.
+    #[arg(long)]
+    pub all_regions: bool,
+    /// Only instances owned by this owner (default: you, unless --all).
+    #[arg(long)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TargetArg {
+    /// Instance id or Name tag.
+    pub target: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ExtendArgs {
+    /// Instance ids or names, then the duration: `lease extend web-1 web-2 2h`.
+    #[arg(required = true, num_args = 2.., value_name = "ID|NAME... DURATION")]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ActionArgs {
+    /// Instance ids or names.
+    pub targets: Vec<String>,
+    /// Every managed instance of this job.
+    #[arg(long)]
+    pub job: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct AttachArgs {
+    /// Instance id or Name tag.
+    pub target: String,
+    /// Over SSM Session Manager (default).
+    #[arg(long, conflicts_with = "ssh")]
+    pub ssm: bool,
+    /// Over SSH; honours your ssh config. LEASE_SSH_COMMAND overrides `ssh`.
+    #[arg(long)]
+    pub ssh: bool,
+    /// Login user for SSH.
+    #[arg(long, default_value = "ec2-user")]
+    pub user: String,
+    /// tmux session to attach to (default: the one running the instance's task, else `lease`).
+    #[arg(long)]
+    pub session: Option<String>,
+    /// Print the command instead of running it.
+    #[arg(long)]
+    pub print: bool,
+}
+
+fn parse_action(s: &str) -> Result<Action, String> {
+    s.parse()
+}

@@ -1,0 +1,464 @@
+//! What the launcher asks of AWS, as one small trait, and its SDK implementation.
+//! Commands are written against the trait so their logic can be tested with a fake;
+//! the integration tests run the SDK implementation against the emulator.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{
+    Filter, HibernationOptionsRequest, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataTagsState, InstanceStateName, InstanceType, MarketType, ResourceType,
+    ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+};
+use aws_types::SdkConfig;
+use chrono::{DateTime, Utc};
+use lease_common::tags::{Action, LeaseTags, TagError};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::plan::LaunchPlan;
+
+/// One EC2 instance as the launcher sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub region: String,
+    pub instance_type: String,
+    pub state: String,
+    /// `spot` or `on-demand`.
+    pub market: String,
+    pub launch_time: Option<DateTime<Utc>>,
+    pub availability_zone: Option<String>,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub public_dns: Option<String>,
+    pub architecture: Option<String>,
+    pub image_id: Option<String>,
+    pub key_name: Option<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Instance {
+    pub fn lease_tags(&self) -> Result<LeaseTags, TagError> {
+        LeaseTags::from_map(&self.tags)
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.tags.get(lease_common::tags::NAME).map(String::as_str)
+    }
+
+    /// The deadline the agent enforces (see `LeaseTags::deadline`); `None` when the tags
+    /// name none or do not parse.
+    pub fn deadline(&self) -> Option<DateTime<Utc>> {
+        self.lease_tags()
+            .ok()
+            .and_then(|t| t.deadline(self.launch_time))
+    }
+
+    pub fn is_gone(&self) -> bool {
+        matches!(self.state.as_str(), "terminated" | "shutting-down")
+    }
+}
+
+/// A DescribeInstances query: explicit ids and/or filters (`tag:lease:job`, …).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Query {
+    pub ids: Vec<String>,
+    pub filters: Vec<(String, Vec<String>)>,
+}
+
+impl Query {
+    pub fn managed() -> Self {
+        Self {
+            ids: Vec::new(),
+            filters: vec![(
+                format!("tag:{}", lease_common::tags::MANAGED),
+                vec!["true".into()],
+            )],
+        }
+    }
+
+    pub fn filter(mut self, name: impl Into<String>, values: Vec<String>) -> Self {
+        self.filters.push((name.into(), values));
+        self
+    }
+}
+
+/// The AWS operations the launcher performs, in its own terms.
+pub trait Cloud: Sync {
+    fn region(&self) -> &str;
+    /// Architectures the instance type supports; an unknown type is an error naming it.
+    fn architectures(
+        &self,
+        instance_type: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Value of an SSM parameter (the public AMI parameters).
+    fn parameter(&self, name: &str) -> impl Future<Output = Result<String>> + Send;
+    /// The caller's identity ARN.
+    fn caller_arn(&self) -> impl Future<Output = Result<String>> + Send;
+    fn run_instances(
+        &self,
+        plan: &LaunchPlan,
+    ) -> impl Future<Output = Result<Vec<Instance>>> + Send;
+    fn describe(&self, query: &Query) -> impl Future<Output = Result<Vec<Instance>>> + Send;
+    fn create_tags(
+        &self,
+        ids: &[String],
+        tags: &[(String, String)],
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Terminate, stop or hibernate; returns each instance's new state.
+    fn change_state(
+        &self,
+        ids: &[String],
+        action: Action,
+    ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+}
+
+/// The SDK implementation, one region per value.
+#[derive(Debug, Clone)]
+pub struct AwsCloud {
+    region: String,
+    ec2: aws_sdk_ec2::Client,
+    ssm: aws_sdk_ssm::Client,
+    sts: aws_sdk_sts::Client,
+}
+
+impl AwsCloud {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            region: config.region().map(ToString::to_string).unwrap_or_default(),
+            ec2: aws_sdk_ec2::Client::new(config),
+            ssm: aws_sdk_ssm::Client::new(config),
+            sts: aws_sdk_sts::Client::new(config),
+        }
+    }
+
+    pub fn in_region(config: &SdkConfig, region: &str) -> Self {
+        let config = config
+            .to_builder()
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        Self::new(&config)
+    }
+
+    /// Enabled regions of the account, for `lease list --all-regions`.
+    pub async fn enabled_regions(&self) -> Result<Vec<String>> {
+        let out = self
+            .ec2
+            .describe_regions()
+            .send()
+            .await
+            .map_err(|e| Error::aws("Failed to list regions", e))?;
+        let mut regions: Vec<String> = out
+            .regions()
+            .iter()
+            .filter(|r| r.opt_in_status() != Some("not-opted-in"))
+            .filter_map(|r| r.region_name().map(str::to_string))
+            .collect();
+        regions.sort();
+        Ok(regions)
+    }
+}
+
+fn to_instance(region: &str, i: &aws_sdk_ec2::types::Instance) -> Instance {
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        region: region.to_string(),
+        instance_type: i
+            .instance_type()
+            .map(|t| t.as_str().to_string())
+            .unwrap_or_default(),
+        state: i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_else(|| "unknown".into()),
+        market: i
+            .instance_lifecycle()
+            .map(|l| l.as_str().to_string())
+            .unwrap_or_else(|| "on-demand".into()),
+        launch_time: i
+            .launch_time()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.secs(), t.subsec_nanos())),
+        availability_zone: i
+            .placement()
+            .and_then(|p| p.availability_zone())
+            .map(str::to_string),
+        private_ip: i.private_ip_address().map(str::to_string),
+        public_ip: i.public_ip_address().map(str::to_string),
+        public_dns: i
+            .public_dns_name()
+            .filter(|d| !d.is_empty())
+            .map(str::to_string),
+        architecture: i.architecture().map(|a| a.as_str().to_string()),
+        image_id: i.image_id().map(str::to_string),
+        key_name: i.key_name().map(str::to_string),
+        tags: i
+            .tags()
+            .iter()
+            .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+            .collect(),
+    }
+}
+
+fn tags_of(pairs: &[(String, String)]) -> Vec<Tag> {
+    pairs
+        .iter()
+        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+        .collect()
+}
+
+fn ids_text(ids: &[String]) -> String {
+    ids.iter()
+        .map(|i| format!("'{i}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl Cloud for AwsCloud {
+    fn region(&self) -> &str {
+        &self.region
+    }
+
+    async fn architectures(&self, instance_type: &str) -> Result<Vec<String>> {
+        let out = self
+            .ec2
+            .describe_instance_types()
+            .instance_types(InstanceType::from(instance_type))
+            .send()
+            .await
+            .map_err(|e| {
+                let unknown = aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
+                    == Some("InvalidInstanceType");
+                let what = format!("Unknown instance type '{instance_type}' in {}", self.region);
+                if unknown {
+                    Error::Usage(what)
+                } else {
+                    Error::aws(
+                        format!("Failed to look up instance type '{instance_type}'"),
+                        e,
+                    )
+                }
+            })?;
+        let archs: Vec<String> = out
+            .instance_types()
+            .first()
+            .and_then(|t| t.processor_info())
+            .map(|p| {
+                p.supported_architectures()
+                    .iter()
+                    .map(|a| a.as_str().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if archs.is_empty() {
+            return Err(Error::usage(format!(
+                "Unknown instance type '{instance_type}' in {}",
+                self.region
+            )));
+        }
+        Ok(archs)
+    }
+
+    async fn parameter(&self, name: &str) -> Result<String> {
+        let out = self
+            .ssm
+            .get_parameter()
+            .name(name)
+            .send()
+            .await
+            .map_err(|e| Error::aws(format!("Failed to read SSM parameter '{name}'"), e))?;
+        out.parameter()
+            .and_then(|p| p.value())
+            .map(str::to_string)
+            .ok_or_else(|| Error::Aws {
+                what: format!("Failed to read SSM parameter '{name}'"),
+                message: "the parameter has no value".into(),
+            })
+    }
+
+    async fn caller_arn(&self) -> Result<String> {
+        let out = self.sts.get_caller_identity().send().await.map_err(|e| {
+            Error::aws(
+                "Failed to find your AWS identity (sts:GetCallerIdentity)",
+                e,
+            )
+        })?;
+        out.arn().map(str::to_string).ok_or_else(|| Error::Aws {
+            what: "Failed to find your AWS identity".into(),
+            message: "GetCallerIdentity returned no ARN".into(),
+        })
+    }
+
+    async fn run_instances(&self, plan: &LaunchPlan) -> Result<Vec<Instance>> {
+        let mut req = self
+            .ec2
+            .run_instances()
+            .image_id(&plan.image_id)
+            .instance_type(InstanceType::from(plan.instance_type.as_str()))
+            .min_count(plan.min_count)
+            .max_count(plan.max_count)
+            .client_token(&plan.client_token)
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::from(
+                plan.instance_initiated_shutdown_behavior.as_str(),
+            ))
+            .metadata_options(
+                aws_sdk_ec2::types::InstanceMetadataOptionsRequest::builder()
+                    .http_tokens(HttpTokensState::from(
+                        plan.metadata_options.http_tokens.as_str(),
+                    ))
+                    .http_endpoint(InstanceMetadataEndpointState::from(
+                        plan.metadata_options.http_endpoint.as_str(),
+                    ))
+                    .http_put_response_hop_limit(plan.metadata_options.http_put_response_hop_limit)
+                    .instance_metadata_tags(InstanceMetadataTagsState::from(
+                        plan.metadata_options.instance_metadata_tags.as_str(),
+                    ))
+                    .build(),
+            )
+            .user_data(aws_smithy_types::base64::encode(plan.user_data.as_bytes()))
+            .set_key_name(plan.key_name.clone())
+            .set_subnet_id(plan.subnet_id.clone())
+            .set_security_group_ids(
+                (!plan.security_group_ids.is_empty()).then(|| plan.security_group_ids.clone()),
+            );
+        for spec in &plan.tag_specifications {
+            req = req.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::from(spec.resource_type.as_str()))
+                    .set_tags(Some(tags_of(&spec.tag_pairs())))
+                    .build(),
+            );
+        }
+        if let Some(m) = &plan.instance_market_options {
+            req = req.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::from(m.market_type.as_str()))
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::from(
+                                m.spot_options.spot_instance_type.as_str(),
+                            ))
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::from(
+                                m.spot_options.instance_interruption_behavior.as_str(),
+                            ))
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
+        if let Some(h) = &plan.hibernation_options {
+            req = req.hibernation_options(
+                HibernationOptionsRequest::builder()
+                    .configured(h.configured)
+                    .build(),
+            );
+        }
+        if let Some(p) = &plan.iam_instance_profile {
+            let spec = IamInstanceProfileSpecification::builder();
+            let spec = match (&p.arn, &p.name) {
+                (Some(arn), _) => spec.arn(arn),
+                (None, Some(name)) => spec.name(name),
+                (None, None) => spec,
+            };
+            req = req.iam_instance_profile(spec.build());
+        }
+        let out = req.send().await.map_err(|e| {
+            Error::aws(
+                format!(
+                    "Failed to launch {} x {} in {}",
+                    plan.max_count, plan.instance_type, self.region
+                ),
+                e,
+            )
+        })?;
+        Ok(out
+            .instances()
+            .iter()
+            .map(|i| to_instance(&self.region, i))
+            .collect())
+    }
+
+    async fn describe(&self, query: &Query) -> Result<Vec<Instance>> {
+        let filters: Vec<Filter> = query
+            .filters
+            .iter()
+            .map(|(name, values)| {
+                Filter::builder()
+                    .name(name)
+                    .set_values(Some(values.clone()))
+                    .build()
+            })
+            .collect();
+        let mut req = self.ec2.describe_instances().set_filters(Some(filters));
+        if query.ids.is_empty() {
+            // The largest page EC2 serves: fewest round trips over a big fleet.
+            req = req.max_results(1000);
+        } else {
+            req = req.set_instance_ids(Some(query.ids.clone()));
+        }
+        let mut pages = req.into_paginator().send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| {
+                Error::aws(
+                    format!("Failed to describe instances in {}", self.region),
+                    e,
+                )
+            })?;
+            for r in page.reservations() {
+                found.extend(r.instances().iter().map(|i| to_instance(&self.region, i)));
+            }
+        }
+        Ok(found)
+    }
+
+    async fn create_tags(&self, ids: &[String], tags: &[(String, String)]) -> Result<()> {
+        self.ec2
+            .create_tags()
+            .set_resources(Some(ids.to_vec()))
+            .set_tags(Some(tags_of(tags)))
+            .send()
+            .await
+            .map_err(|e| Error::aws(format!("Failed to tag instance {}", ids_text(ids)), e))?;
+        Ok(())
+    }
+
+    async fn change_state(&self, ids: &[String], action: Action) -> Result<Vec<(String, String)>> {
+        let what = |verb: &str| format!("Failed to {verb} instance {}", ids_text(ids));
+        let changes = match action {
+            Action::Terminate => self
+                .ec2
+                .terminate_instances()
+                .set_instance_ids(Some(ids.to_vec()))
+                .send()
+                .await
+                .map_err(|e| Error::aws(what("terminate"), e))?
+                .terminating_instances
+                .unwrap_or_default(),
+            Action::Stop | Action::Hibernate => self
+                .ec2
+                .stop_instances()
+                .set_instance_ids(Some(ids.to_vec()))
+                .hibernate(action == Action::Hibernate)
+                .send()
+                .await
+                .map_err(|e| Error::aws(what(action.as_str()), e))?
+                .stopping_instances
+                .unwrap_or_default(),
+        };
+        Ok(changes
+            .iter()
+            .map(|c| {
+                (
+                    c.instance_id().unwrap_or_default().to_string(),
+                    c.current_state()
+                        .and_then(|s| s.name())
+                        .map(InstanceStateName::as_str)
+                        .unwrap_or("unknown")
+                        .to_string(),
+                )
+            })
+            .collect())
+    }
+}

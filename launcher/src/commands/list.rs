@@ -1,0 +1,265 @@
+//! `lease list`: managed instances across one or more regions, queried concurrently.
+
+use chrono::{DateTime, Utc};
+use lease_common::tags::{JOB, OWNER};
+use serde::Serialize;
+
+use crate::cli::{ListArgs, OutputFormat};
+use crate::cloud::{Cloud, Instance, Query};
+use crate::commands::Ctx;
+use crate::error::{Error, Result};
+use crate::output::{self, Cell, Table, short_duration, time_left};
+
+pub const STATES: [&str; 6] = [
+    "pending",
+    "running",
+    "stopping",
+    "stopped",
+    "shutting-down",
+    "terminated",
+];
+
+/// Builds the DescribeInstances query. Filtering happens in EC2, not here, so a big
+/// account returns only what is shown.
+pub fn query(args: &ListArgs, owner: Option<&str>) -> Result<Query> {
+    for s in &args.states {
+        if !STATES.contains(&s.as_str()) {
+            return Err(Error::usage(format!(
+                "--state '{s}' is not one of {}",
+                STATES.join(", ")
+            )));
+        }
+    }
+    let states: Vec<String> = if args.states.is_empty() {
+        STATES[..5].iter().map(|s| s.to_string()).collect()
+    } else {
+        args.states.clone()
+    };
+    let mut q = Query::managed().filter("instance-state-name", states);
+    if let Some(job) = &args.job {
+        q = q.filter(format!("tag:{JOB}"), vec![job.clone()]);
+    }
+    if let Some(owner) = owner {
+        q = q.filter(format!("tag:{OWNER}"), vec![owner.to_string()]);
+    }
+    Ok(q)
+}
+
+/// One row of `lease list -o json`.
+#[derive(Debug, Serialize)]
+pub struct Row<'a> {
+    pub id: &'a str,
+    pub name: Option<&'a str>,
+    pub region: &'a str,
+    pub instance_type: &'a str,
+    pub market: &'a str,
+    pub state: &'a str,
+    pub launch_time: Option<DateTime<Utc>>,
+    pub deadline: Option<DateTime<Utc>>,
+    pub seconds_left: Option<i64>,
+    pub job: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    pub status: Option<&'a str>,
+}
+
+pub fn row<'a>(i: &'a Instance, now: DateTime<Utc>) -> Row<'a> {
+    let deadline = i.deadline();
+    Row {
+        id: &i.id,
+        name: i.name(),
+        region: &i.region,
+        instance_type: &i.instance_type,
+        market: &i.market,
+        state: &i.state,
+        launch_time: i.launch_time,
+        deadline,
+        seconds_left: deadline.map(|d| (d - now).num_seconds()),
+        job: i.tags.get(JOB).map(String::as_str),
+        owner: i.tags.get(OWNER).map(String::as_str),
+        status: i.tags.get(lease_common::tags::STATUS).map(String::as_str),
+    }
+}
+
+pub fn table(instances: &[Instance], now: DateTime<Utc>, show_region: bool) -> Table {
+    let mut headers = vec![
+        "ID", "NAME", "TYPE", "MARKET", "STATE", "AGE", "TTL LEFT", "JOB", "OWNER", "STATUS",
+    ];
+    if show_region {
+        headers.insert(1, "REGION");
+    }
+    let mut t = Table::new(headers);
+    let dash = |s: Option<&str>| Cell::from(s.unwrap_or("-").to_string());
+    for i in instances {
+        let r = row(i, now);
+        let no_deadline = i.lease_tags().map(|t| t.no_deadline).unwrap_or(false);
+        let mut cells = vec![
+            Cell::from(r.id),
+            dash(r.name),
+            Cell::from(r.instance_type),
+            Cell::from(r.market),
+            Cell::from(r.state),
+            Cell::from(
+                r.launch_time
+                    .map(|l| short_duration(now - l))
+                    .unwrap_or_else(|| "-".into()),
+            ),
+            if i.is_gone() {
+                Cell::from("-")
+            } else {
+                time_left(r.deadline, no_deadline, now)
+            },
+            dash(r.job),
+            dash(r.owner),
+            dash(r.status),
+        ];
+        if show_region {
+            cells.insert(1, Cell::from(r.region));
+        }
+        t.row(cells);
+    }
+    t
+}
+
+pub async fn run<C: Cloud>(
+    clouds: &[C],
+    ctx: &Ctx,
+    args: &ListArgs,
+    owner: Option<String>,
+) -> Result<()> {
+    let q = query(args, owner.as_deref())?;
+    let results = futures::future::join_all(clouds.iter().map(|c| c.describe(&q))).await;
+    let mut instances = Vec::new();
+    let mut failures = Vec::new();
+    for (cloud, result) in clouds.iter().zip(results) {
+        match result {
+            Ok(found) => instances.extend(found),
+            Err(e) => failures.push((cloud.region().to_string(), e)),
+        }
+    }
+    instances
+        .sort_by(|a, b| (a.launch_time, &a.region, &a.id).cmp(&(b.launch_time, &b.region, &b.id)));
+    match ctx.output {
+        OutputFormat::Json => {
+            let rows: Vec<Row> = instances.iter().map(|i| row(i, ctx.now)).collect();
+            output::print_json(&rows)?;
+        }
+        OutputFormat::Table => {
+            let t = table(&instances, ctx.now, clouds.len() > 1);
+            if t.is_empty() {
+                eprintln!(
+                    "No managed instances{}.",
+                    if owner.is_some() {
+                        " of yours (use --all for everyone's)"
+                    } else {
+                        ""
+                    }
+                );
+            } else {
+                output::print(&t.render(ctx.color))?;
+            }
+        }
+    }
+    // A region that failed is reported, never silently left out of the list.
+    if failures.is_empty() {
+        return Ok(());
+    }
+    for (region, e) in &failures {
+        eprintln!("error: region {region}: {e}");
+    }
+    let regions: Vec<&str> = failures.iter().map(|(r, _)| r.as_str()).collect();
+    Err(Error::Aws {
+        what: format!("Failed to list instances in {}", regions.join(", ")),
+        message: "the list above is incomplete".into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn list_args(extra: &[&str]) -> ListArgs {
+        let mut argv = vec!["lease", "list"];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::List(a) => a,
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_query_is_mine_and_not_terminated() {
+        let q = query(&list_args(&[]), Some("alice")).unwrap();
+        assert!(
+            q.filters
+                .contains(&("tag:lease:managed".into(), vec!["true".into()]))
+        );
+        assert!(
+            q.filters
+                .contains(&("tag:lease:owner".into(), vec!["alice".into()]))
+        );
+        let states = &q
+            .filters
+            .iter()
+            .find(|(n, _)| n == "instance-state-name")
+            .unwrap()
+            .1;
+        assert!(!states.contains(&"terminated".to_string()));
+        assert_eq!(states.len(), 5);
+    }
+
+    #[test]
+    fn job_and_state_filters() {
+        let q = query(
+            &list_args(&["--job", "sweep", "--state", "terminated"]),
+            None,
+        )
+        .unwrap();
+        assert!(
+            q.filters
+                .contains(&("tag:lease:job".into(), vec!["sweep".into()]))
+        );
+        assert!(
+            q.filters
+                .contains(&("instance-state-name".into(), vec!["terminated".into()]))
+        );
+        assert!(!q.filters.iter().any(|(n, _)| n == "tag:lease:owner"));
+        let err = query(&list_args(&["--state", "asleep"]), None).unwrap_err();
+        assert!(err.to_string().contains("asleep"));
+    }
+}
+
+#[cfg(test)]
+mod region_tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::fake::FakeCloud;
+    use clap::Parser;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            output: OutputFormat::Json,
+            yes: false,
+            color: false,
+            now: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_region_is_reported_not_dropped() {
+        let good = FakeCloud::new("eu-west-1");
+        let bad = FakeCloud {
+            broken: true,
+            ..FakeCloud::new("ap-south-1")
+        };
+        let args = match Cli::parse_from(["lease", "list", "--all"]).command {
+            crate::cli::Command::List(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let err = run(&[good, bad], &ctx(), &args, None).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("ap-south-1"), "{text}");
+        assert!(!text.contains("eu-west-1"), "{text}");
+        assert_eq!(err.exit_code(), 1);
+    }
+}

@@ -1,0 +1,18 @@
+//! The integration-test harness: real programs wherever possible (moto's server for
+//! AWS, sshd, tmux, the `lease` and `leased` binaries), and the one fake we own, IMDS.
+//!
+//! Harness code may panic: a harness that cannot start its emulator has nothing useful
+//! to return, and the panic message is the test's failure message.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+pub mod bins;
+pub mod imds;
+pub mod moto;
+pub mod nspawn;
+pub mod sshd;
+pub mod wait;
+
+pub use bins::{bin_path, Cmd};
+pub use imds::FakeImds;
+pub use moto::Moto;
+pub use wait::wait_until;

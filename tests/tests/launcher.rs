@@ -1,0 +1,519 @@
+//! `lease` end to end: the real binary against moto's server, every result read back
+//! through the SDK (DescribeInstances, DescribeVolumes, DescribeInstanceAttribute),
+//! never only from lease's own output.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use aws_sdk_ec2::types::{Filter, InstanceAttributeName, ResourceType, Tag, TagSpecification};
+use chrono::{DateTime, Utc};
+use lease_common::config::AgentConfig;
+use lease_tests::sshd::{Sshd, Tmux};
+use lease_tests::{Cmd, Moto, wait_until};
+
+fn lease(moto: &Moto) -> Cmd {
+    Cmd::new("lease", &moto.env())
+}
+
+async fn instance(moto: &Moto, id: &str) -> aws_sdk_ec2::types::Instance {
+    let out = moto
+        .ec2()
+        .await
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.reservations()[0].instances()[0].clone()
+}
+
+fn tags(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
+    i.tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect()
+}
+
+async fn all_instances(moto: &Moto) -> Vec<aws_sdk_ec2::types::Instance> {
+    let out = moto.ec2().await.describe_instances().send().await.unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances().to_vec())
+        .collect()
+}
+
+fn ids(stdout: &str) -> Vec<String> {
+    stdout.lines().map(str::to_string).collect()
+}
+
+async fn launch(moto: &Moto, args: &[&str]) -> Vec<String> {
+    ids(&lease(moto)
+        .args(["launch", "--instance-type", "t3.micro"])
+        .args(args)
+        .ok()
+        .await)
+}
+
+#[tokio::test]
+async fn launch_sets_tags_metadata_market_and_user_data_atomically() {
+    let moto = Moto::start();
+    let before = Utc::now();
+    let launched = launch(
+        &moto,
+        &[
+            "--ttl",
+            "2h",
+            "--idle-timeout",
+            "30m",
+            "--job",
+            "resnet sweep",
+            "--name",
+            "trainer",
+            "--count",
+            "2",
+        ],
+    )
+    .await;
+    assert_eq!(launched.len(), 2, "{launched:?}");
+    let ec2 = moto.ec2().await;
+    for id in &launched {
+        let i = instance(&moto, id).await;
+        let t = tags(&i);
+        assert_eq!(t["lease:managed"], "true");
+        assert_eq!(
+            t["lease:owner"], "moto",
+            "owner defaults to the STS identity"
+        );
+        assert_eq!(t["lease:job"], "resnet sweep");
+        assert_eq!(t["lease:ttl"], "2h");
+        assert_eq!(t["lease:idle-timeout"], "30m");
+        assert_eq!(t["lease:on-idle"], "terminate");
+        assert_eq!(t["lease:on-expiry"], "terminate");
+        assert_eq!(t["Name"], "trainer");
+        let expires: DateTime<Utc> = t["lease:expires-at"].parse().unwrap();
+        let expected = before + chrono::TimeDelta::hours(2);
+        assert!(
+            (expires - expected).num_seconds().abs() <= 5,
+            "{expires} vs {expected}"
+        );
+
+        assert_eq!(i.instance_lifecycle().map(|l| l.as_str()), Some("spot"));
+        let m = i.metadata_options().unwrap();
+        assert_eq!(m.http_tokens().unwrap().as_str(), "required");
+        assert_eq!(m.instance_metadata_tags().unwrap().as_str(), "enabled");
+        assert_eq!(m.http_put_response_hop_limit(), Some(2));
+        // The default AMI is the one moto's public SSM parameter names.
+        let ssm = aws_sdk_ssm::Client::new(&moto.sdk_config().await);
+        let ami = ssm
+            .get_parameter()
+            .name("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(i.image_id(), ami.parameter().unwrap().value());
+
+        let shutdown = ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            shutdown
+                .instance_initiated_shutdown_behavior()
+                .unwrap()
+                .value(),
+            Some("terminate")
+        );
+        let ud = ec2
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(InstanceAttributeName::UserData)
+            .send()
+            .await
+            .unwrap();
+        let raw = aws_smithy_base64(ud.user_data().unwrap().value().unwrap());
+        let doc: serde_json::Value = serde_yaml_ng_to_json(&raw);
+        let content = doc["write_files"][0]["content"].as_str().unwrap();
+        assert_eq!(doc["write_files"][0]["path"], "/etc/leased/config.yaml");
+        AgentConfig::from_yaml(std::path::Path::new("user-data"), content).unwrap();
+
+        let vols = ec2
+            .describe_volumes()
+            .filters(
+                Filter::builder()
+                    .name("attachment.instance-id")
+                    .values(id)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(!vols.volumes().is_empty());
+        for v in vols.volumes() {
+            let vt: BTreeMap<_, _> = v
+                .tags()
+                .iter()
+                .map(|t| (t.key().unwrap(), t.value().unwrap()))
+                .collect();
+            assert_eq!(vt.get("lease:managed"), Some(&"true"));
+            assert_eq!(vt.get("lease:job"), Some(&"resnet sweep"));
+        }
+    }
+}
+
+/// moto returns user-data base64-encoded, as EC2 does.
+fn aws_smithy_base64(s: &str) -> String {
+    String::from_utf8(aws_smithy_types::base64::decode(s).unwrap()).unwrap()
+}
+
+fn serde_yaml_ng_to_json(text: &str) -> serde_json::Value {
+    let v: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap();
+    serde_json::to_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn on_demand_launch_waits_until_running() {
+    let moto = Moto::start();
+    let out = lease(&moto)
+        .args([
+            "launch",
+            "-t",
+            "t3.micro",
+            "--on-demand",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = json[0]["id"].as_str().unwrap();
+    let i = instance(&moto, id).await;
+    assert_eq!(i.instance_lifecycle(), None, "on-demand has no lifecycle");
+    assert_eq!(i.state().unwrap().name().unwrap().as_str(), "running");
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_before_anything_launches() {
+    let moto = Moto::start();
+    let long_job = "j".repeat(300);
+    let cases: [(&[&str], i32, &str); 5] = [
+        (&["-t", "t9.huge"], 2, "t9.huge"),
+        (&["-t", "t3.micro", "--ttl", "5x"], 2, "--ttl"),
+        (&["-t", "t3.micro", "--job", &long_job], 2, "lease:job"),
+        (&["-t", "t3.micro", "--ttl", "none"], 4, "--yes"),
+        (&["-t", "t3.micro", "--on-idle", "explode"], 2, "explode"),
+    ];
+    for (args, code, needle) in cases {
+        let (got, stderr) = lease(&moto).arg("launch").args(args).fails().await;
+        assert_eq!(got, code, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    assert!(all_instances(&moto).await.is_empty(), "nothing may launch");
+}
+
+#[tokio::test]
+async fn dry_run_calls_nothing() {
+    let moto = Moto::start();
+    // Point lease at a closed port: any API call would fail the command.
+    let out = lease(&moto)
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .args(["launch", "-t", "t3.micro", "--job", "j", "--dry-run"])
+        .ok()
+        .await;
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["InstanceType"], "t3.micro");
+    assert_eq!(plan["InstanceMarketOptions"]["MarketType"], "spot");
+    assert_eq!(plan["MetadataOptions"]["HttpTokens"], "required");
+    assert!(all_instances(&moto).await.is_empty());
+}
+
+#[tokio::test]
+async fn list_paginates_over_a_thousand_instances_and_filters_by_owner_and_job() {
+    let moto = Moto::start();
+    let ec2 = moto.ec2().await;
+    // 1,050 instances in EC2's own way (not through lease), owned by two people.
+    for (owner, count) in [("alice", 1_000), ("moto", 50)] {
+        let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+        ec2.run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(aws_sdk_ec2::types::InstanceType::T3Micro)
+            .min_count(count)
+            .max_count(count)
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(tag("lease:managed", "true"))
+                    .tags(tag("lease:owner", owner))
+                    .tags(tag("lease:job", &format!("job-{owner}")))
+                    .tags(tag("lease:ttl", "1h"))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
+    // An unmanaged instance never shows.
+    ec2.run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap();
+    let count = |out: String| {
+        serde_json::from_str::<Vec<serde_json::Value>>(&out)
+            .unwrap()
+            .len()
+    };
+    assert_eq!(
+        count(
+            lease(&moto)
+                .args(["list", "--all", "-o", "json"])
+                .ok()
+                .await
+        ),
+        1_050
+    );
+    assert_eq!(
+        count(lease(&moto).args(["list", "-o", "json"]).ok().await),
+        50,
+        "mine only"
+    );
+    assert_eq!(
+        count(
+            lease(&moto)
+                .args(["list", "--all", "--job", "job-alice", "-o", "json"])
+                .ok()
+                .await
+        ),
+        1_000
+    );
+    let table = lease(&moto).args(["list"]).ok().await;
+    assert_eq!(table.lines().count(), 51, "header and 50 rows");
+    assert!(table.starts_with("ID "), "{table}");
+    for col in [
+        "NAME", "TYPE", "MARKET", "STATE", "AGE", "TTL LEFT", "JOB", "OWNER", "STATUS",
+    ] {
+        assert!(table.lines().next().unwrap().contains(col), "{col}");
+    }
+}
+
+#[tokio::test]
+async fn status_reports_what_ec2_says() {
+    let moto = Moto::start();
+    let id = launch(&moto, &["--name", "web-1", "--ttl", "90m", "--job", "site"])
+        .await
+        .remove(0);
+    let out = lease(&moto)
+        .args(["status", "web-1", "-o", "json"])
+        .ok()
+        .await;
+    let s: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let i = instance(&moto, &id).await;
+    assert_eq!(s["id"], id);
+    assert_eq!(s["private_ip"].as_str(), i.private_ip_address());
+    assert_eq!(s["market"], "spot");
+    assert_eq!(s["lease"]["job"], "site");
+    let deadline: DateTime<Utc> = s["deadline"].as_str().unwrap().parse().unwrap();
+    let tag: DateTime<Utc> = tags(&i)["lease:expires-at"].parse().unwrap();
+    assert_eq!(deadline, tag);
+    let left = s["seconds_left"].as_i64().unwrap();
+    assert!((5_300..=5_400).contains(&left), "{left}");
+    let (code, err) = lease(&moto).args(["status", "nope"]).fails().await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("nope"));
+}
+
+#[tokio::test]
+async fn extend_moves_the_deadline_and_ttl_and_refuses_terminated() {
+    let moto = Moto::start();
+    let id = launch(&moto, &["--ttl", "1h"]).await.remove(0);
+    let before: DateTime<Utc> = tags(&instance(&moto, &id).await)["lease:expires-at"]
+        .parse()
+        .unwrap();
+    lease(&moto).args(["extend", &id, "30m"]).ok().await;
+    let t = tags(&instance(&moto, &id).await);
+    let after: DateTime<Utc> = t["lease:expires-at"].parse().unwrap();
+    assert_eq!(after - before, chrono::TimeDelta::minutes(30));
+    assert_eq!(t["lease:ttl"], "1h30m");
+
+    moto.ec2()
+        .await
+        .terminate_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .unwrap();
+    let (code, err) = lease(&moto).args(["extend", &id, "1h"]).fails().await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("terminated") || err.contains("shutting-down"),
+        "{err}"
+    );
+    let (code, _) = lease(&moto).args(["extend", &id, "soon"]).fails().await;
+    assert_eq!(code, 2);
+}
+
+#[tokio::test]
+async fn terminate_asks_for_more_than_one_and_never_touches_unmanaged() {
+    let moto = Moto::start();
+    let ids = launch(&moto, &["--count", "2", "--job", "batch"]).await;
+    let state = |id: String| {
+        let moto = &moto;
+        async move {
+            instance(moto, &id)
+                .await
+                .state()
+                .unwrap()
+                .name()
+                .unwrap()
+                .as_str()
+                .to_string()
+        }
+    };
+    let (code, err) = lease(&moto)
+        .args(["terminate", "--job", "batch"])
+        .fails()
+        .await;
+    assert_eq!(code, 4, "{err}");
+    for id in &ids {
+        assert_eq!(
+            state(id.clone()).await,
+            "running",
+            "nothing terminated without --yes"
+        );
+    }
+    lease(&moto)
+        .args(["terminate", "--job", "batch", "--yes"])
+        .ok()
+        .await;
+    for id in &ids {
+        let s = state(id.clone()).await;
+        assert!(s == "shutting-down" || s == "terminated", "{s}");
+    }
+
+    let stop_me = launch(&moto, &["--name", "pausable", "--on-demand"])
+        .await
+        .remove(0);
+    lease(&moto).args(["stop", "pausable"]).ok().await;
+    let s = state(stop_me.clone()).await;
+    assert!(s == "stopping" || s == "stopped", "{s}");
+
+    let other = moto
+        .ec2()
+        .await
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .unwrap()
+        .instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    let (code, err) = lease(&moto)
+        .args(["terminate", &other, "--yes"])
+        .fails()
+        .await;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("not managed"), "{err}");
+    assert_eq!(state(other).await, "running");
+}
+
+#[tokio::test]
+async fn attach_over_ssm_names_the_missing_plugin_and_prints_the_command() {
+    let moto = Moto::start();
+    let id = launch(&moto, &[]).await.remove(0);
+    let out = lease(&moto)
+        .args(["attach", &id, "--print", "--session", "work"])
+        .ok()
+        .await;
+    assert!(
+        out.contains(&format!("aws ssm start-session --target {id}")),
+        "{out}"
+    );
+    assert!(out.contains("AWS-StartInteractiveCommand"), "{out}");
+    assert!(out.contains("tmux attach -t work"), "{out}");
+    // A PATH with `aws` but without the plugin.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/bin/true", bin.path().join("aws")).unwrap();
+    let (code, err) = lease(&moto)
+        .env("PATH", bin.path())
+        .args(["attach", &id])
+        .fails()
+        .await;
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("session-manager-plugin"), "{err}");
+}
+
+#[tokio::test]
+async fn attach_over_ssh_shows_the_instances_tmux_session() {
+    let moto = Moto::start();
+    let sshd = Sshd::start();
+    let id = launch(&moto, &[]).await.remove(0);
+
+    // The "instance" side: a tmux session in the tmux server sshd's logins see.
+    let remote = Tmux::new(&sshd.tmux_tmpdir);
+    remote.new_session("lease-t1", "echo remote-marker-4711; exec sleep 600");
+
+    // The person's side: a terminal (an outer tmux) in which they run lease attach.
+    let local_dir = tempfile::tempdir().unwrap();
+    let local = Tmux::new(local_dir.path());
+    let script = local_dir.path().join("attach.sh");
+    let mut env: String = moto
+        .env()
+        .iter()
+        .map(|(k, v)| format!("export {k}='{v}'\n"))
+        .collect();
+    env.push_str(&format!(
+        "export LEASE_SSH_COMMAND='ssh -F {}'\n",
+        sshd.client_config.display()
+    ));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n{env}exec {} attach {id} --ssh --user root --session lease-t1\n",
+            lease_tests::bin_path("lease").display()
+        ),
+    )
+    .unwrap();
+    local.new_session("person", &format!("sh {}", script.display()));
+
+    let screen = wait_until(
+        "the remote session's output on the attached screen",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            let shown = local.capture("person");
+            async move { shown.contains("remote-marker-4711").then_some(shown) }
+        },
+    )
+    .await;
+    // Attached, not merely printed: the remote tmux now counts a client.
+    let clients = remote
+        .cmd()
+        .args(["list-clients", "-t", "lease-t1"])
+        .output()
+        .unwrap();
+    assert!(
+        !clients.stdout.is_empty(),
+        "no client attached; screen:\n{screen}"
+    );
+}
+
+#[tokio::test]
+async fn version_and_completions() {
+    let v = Cmd::new("lease", &[]).arg("--version").ok().await;
+    assert_eq!(v.trim(), format!("lease {}", lease_common::VERSION));
+    let bash = Cmd::new("lease", &[])
+        .args(["completions", "bash"])
+        .ok()
+        .await;
+    assert!(bash.contains("lease") && bash.contains("extend"));
+}
