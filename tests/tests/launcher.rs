@@ -517,3 +517,63 @@ async fn version_and_completions() {
         .await;
     assert!(bash.contains("lease") && bash.contains("extend"));
 }
+
+#[tokio::test]
+async fn list_queries_several_regions_and_names_them() {
+    let moto = Moto::start();
+    let east = launch(&moto, &["--job", "multi"]).await.remove(0);
+    let west = ids(&lease(&moto)
+        .args([
+            "launch",
+            "-t",
+            "t3.micro",
+            "--job",
+            "multi",
+            "--region",
+            "eu-west-1",
+        ])
+        .ok()
+        .await)
+    .remove(0);
+    let out = lease(&moto)
+        .args([
+            "list",
+            "--region",
+            "us-east-1",
+            "--region",
+            "eu-west-1",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .await;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let found: BTreeMap<String, String> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_string(),
+                r["region"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(found.get(&east).map(String::as_str), Some("us-east-1"));
+    assert_eq!(found.get(&west).map(String::as_str), Some("eu-west-1"));
+    let table = lease(&moto)
+        .args(["list", "--region", "us-east-1", "--region", "eu-west-1"])
+        .ok()
+        .await;
+    assert!(table.lines().next().unwrap().contains("REGION"), "{table}");
+    let (code, _) = lease(&moto)
+        .args([
+            "status",
+            &east,
+            "--region",
+            "us-east-1",
+            "--region",
+            "eu-west-1",
+        ])
+        .fails()
+        .await;
+    assert_eq!(code, 2, "several regions are for list only");
+}
