@@ -9,6 +9,29 @@ use crate::cloud::{Cloud, Instance, Query};
 use crate::error::{Error, Result};
 use crate::plan::LaunchPlan;
 
+/// A running spot t3.micro with the given tags, for tests of pure command logic.
+pub fn instance(id: &str, tags: &[(&str, &str)]) -> Instance {
+    Instance {
+        id: id.into(),
+        region: "us-east-1".into(),
+        instance_type: "t3.micro".into(),
+        state: "running".into(),
+        market: "spot".into(),
+        launch_time: None,
+        availability_zone: None,
+        private_ip: None,
+        public_ip: None,
+        public_dns: None,
+        architecture: None,
+        image_id: None,
+        key_name: None,
+        tags: tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct FakeCloud {
     pub region: String,
@@ -83,20 +106,12 @@ impl Cloud for FakeCloud {
         let mut all = self.instances.lock().unwrap();
         let new: Vec<Instance> = (0..n)
             .map(|k| Instance {
-                id: format!("i-{:017x}", all.len() + k + 1),
-                region: self.region.clone(),
-                instance_type: plan.instance_type.clone(),
                 state: "pending".into(),
-                market: "spot".into(),
-                launch_time: None,
-                availability_zone: None,
-                private_ip: None,
-                public_ip: None,
-                public_dns: None,
-                architecture: None,
+                instance_type: plan.instance_type.clone(),
                 image_id: Some(plan.image_id.clone()),
-                key_name: None,
+                region: self.region.clone(),
                 tags: tags.clone(),
+                ..instance(&format!("i-{:017x}", all.len() + k + 1), &[])
             })
             .collect();
         all.extend(new.clone());

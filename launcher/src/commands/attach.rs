@@ -214,27 +214,14 @@ pub async fn run<C: Cloud>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn inst(tags: &[(&str, &str)]) -> Instance {
         Instance {
-            id: "i-0123456789abcdef0".into(),
             region: "eu-west-1".into(),
-            instance_type: "t3.micro".into(),
-            state: "running".into(),
-            market: "spot".into(),
-            launch_time: None,
-            availability_zone: None,
             private_ip: Some("10.0.0.5".into()),
             public_ip: Some("54.1.2.3".into()),
             public_dns: Some("ec2-54-1-2-3.compute-1.amazonaws.com".into()),
-            architecture: None,
-            image_id: None,
-            key_name: None,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            ..crate::fake::instance("i-0123456789abcdef0", tags)
         }
     }
 

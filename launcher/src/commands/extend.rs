@@ -107,7 +107,6 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &ExtendArgs) -> Result<()
 mod tests {
     use super::*;
     use chrono::TimeZone;
-    use std::collections::BTreeMap;
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, h, m, 0).unwrap()
@@ -115,23 +114,9 @@ mod tests {
 
     fn instance(state: &str, tags: &[(&str, &str)]) -> Instance {
         Instance {
-            id: "i-0123456789abcdef0".into(),
-            region: "us-east-1".into(),
-            instance_type: "t3.micro".into(),
             state: state.into(),
-            market: "spot".into(),
             launch_time: Some(at(10, 0)),
-            availability_zone: None,
-            private_ip: None,
-            public_ip: None,
-            public_dns: None,
-            architecture: None,
-            image_id: None,
-            key_name: None,
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            ..crate::fake::instance("i-0123456789abcdef0", tags)
         }
     }
 
