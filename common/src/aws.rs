@@ -46,3 +46,12 @@ pub async fn load_sdk_config(opts: &AwsOptions) -> Result<SdkConfig, AwsConfigEr
 pub fn uses_custom_endpoint(config: &SdkConfig) -> bool {
     config.endpoint_url().is_some()
 }
+
+/// An S3 client for `config`. Against a custom endpoint (an emulator on 127.0.0.1)
+/// addressing is path-style, since `bucket.127.0.0.1` does not resolve.
+pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    let s3 = aws_sdk_s3::config::Builder::from(config)
+        .force_path_style(uses_custom_endpoint(config))
+        .build();
+    aws_sdk_s3::Client::from_conf(s3)
+}

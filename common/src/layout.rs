@@ -16,6 +16,11 @@ pub fn attempt_prefix(instance_id: &str, task_id: &str, attempt: u32) -> String 
     format!("jobs/{instance_id}/{task_id}/attempt-{attempt}/")
 }
 
+/// `tasks/<task-id>.json`: a task too large for an SQS message.
+pub fn task_spec_key(task_id: &str) -> String {
+    format!("tasks/{task_id}.json")
+}
+
 /// `agent/<version>/leased_<version>_<arch>.deb`, with Debian's architecture names.
 pub fn agent_deb_key(version: &str, deb_arch: &str) -> String {
     format!("agent/{version}/leased_{version}_{deb_arch}.deb")

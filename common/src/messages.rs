@@ -46,9 +46,43 @@ pub struct Task {
     /// Pool of nodes the task is meant for (matched by the command topic's filter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
-    /// Set when the spec itself was too large for SQS and lives in S3.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec_s3: Option<String>,
+}
+
+/// SQS refuses bodies larger than this (256 KiB, the default and the most a queue can
+/// be set to before 2025; newer queues may take more, but a task must fit every queue).
+pub const MAX_SQS_BODY: usize = 256 * 1024;
+
+/// A body too large for SQS is stored in S3 and the message carries this instead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskPointer {
+    pub v: u32,
+    pub id: String,
+    /// `s3://bucket/key` of the full task JSON.
+    pub spec_s3: String,
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+}
+
+/// What an SQS body holds.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskMessage {
+    Inline(Task),
+    /// Fetch the task from S3, then parse it with [`Task::parse`].
+    Pointer(TaskPointer),
+}
+
+impl TaskMessage {
+    pub fn parse(body: &str) -> Result<Self, MessageError> {
+        let value: serde_json::Value =
+            serde_json::from_str(body).map_err(|e| MessageError::NotJson(e.to_string()))?;
+        if value.get("spec_s3").is_some() {
+            check_version(&value)?;
+            return serde_json::from_value(value)
+                .map(TaskMessage::Pointer)
+                .map_err(|e| MessageError::InvalidTask(e.to_string()));
+        }
+        Task::parse(body).map(TaskMessage::Inline)
+    }
 }
 
 fn first_attempt() -> u32 {
@@ -113,7 +147,6 @@ impl Task {
             bundle: None,
             attempt: 1,
             pool: None,
-            spec_s3: None,
         }
     }
 
@@ -378,6 +411,27 @@ mod tests {
         assert!(err.to_string().contains("command"), "{err}");
         let err = Task::parse(r#"{"v":1,"id":"../x","kind":"shell","command":"x"}"#).unwrap_err();
         assert!(err.to_string().contains("id"), "{err}");
+    }
+
+    #[test]
+    fn pointer_messages_are_recognised() {
+        let body = r#"{"v":1,"id":"big","spec_s3":"s3://b/tasks/big.json"}"#;
+        match TaskMessage::parse(body).unwrap() {
+            TaskMessage::Pointer(p) => {
+                assert_eq!(p.spec_s3, "s3://b/tasks/big.json");
+                assert_eq!(p.attempt, 1);
+            }
+            other => panic!("{other:?}"),
+        }
+        let inline = r#"{"v":1,"id":"a","kind":"shell","command":"true"}"#;
+        assert!(matches!(
+            TaskMessage::parse(inline),
+            Ok(TaskMessage::Inline(_))
+        ));
+        assert_eq!(
+            TaskMessage::parse(r#"{"v":3,"id":"a","spec_s3":"s3://b/k"}"#),
+            Err(MessageError::UnsupportedVersion(3))
+        );
     }
 
     #[test]

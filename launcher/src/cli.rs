@@ -78,6 +78,10 @@ pub enum Command {
     Hibernate(ActionArgs),
     /// Attach to the instance's tmux session over SSM (default) or SSH.
     Attach(AttachArgs),
+    /// Queue work for the fleet: a Claude Code prompt, a Docker image or a shell command.
+    Submit(Box<SubmitArgs>),
+    /// Queue depth, tasks in flight and dead letters.
+    Stats(StatsArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -206,6 +210,73 @@ pub struct AttachArgs {
     /// Print the command instead of running it.
     #[arg(long)]
     pub print: bool,
+}
+
+/// Where the fleet's work queue and bucket are (until `lease setup` records them).
+#[derive(Debug, Args, Clone)]
+pub struct WorkArgs {
+    /// URL of the SQS task queue.
+    #[arg(long, env = "LEASE_QUEUE_URL")]
+    pub queue_url: String,
+    /// Control-plane bucket (task specs too large for SQS, logs, bundles).
+    #[arg(long, env = "LEASE_BUCKET")]
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["claude", "image", "shell"])))]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub work: WorkArgs,
+    /// A Claude Code prompt, run with `claude -p`; `@FILE` reads it from a file.
+    #[arg(long)]
+    pub claude: Option<String>,
+    #[arg(long, requires = "claude")]
+    pub model: Option<String>,
+    #[arg(long, requires = "claude")]
+    pub permission_mode: Option<String>,
+    /// Comma-separated tool names Claude may use.
+    #[arg(long, requires = "claude", value_delimiter = ',')]
+    pub allowed_tools: Vec<String>,
+    #[arg(long, requires = "claude")]
+    pub max_turns: Option<u32>,
+    /// A Docker image to run; the bundle directory is mounted at /out.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// GPUs for the container (`all`, or a count).
+    #[arg(long, requires = "image")]
+    pub gpus: Option<String>,
+    /// KEY=VALUE for the container's environment (repeatable).
+    #[arg(long, requires = "image")]
+    pub env: Vec<String>,
+    /// A shell command, run with `bash -lc` in the bundle directory; `@FILE` reads it
+    /// from a file.
+    #[arg(long)]
+    pub shell: Option<String>,
+    /// Stop the task and report it failed after this long.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Directory whose contents become the result bundle (default: the task's own).
+    #[arg(long)]
+    pub bundle: Option<String>,
+    /// Pool of nodes to run on.
+    #[arg(long)]
+    pub pool: Option<String>,
+    /// Submit N copies; `{index}` in the spec becomes 0..N-1.
+    #[arg(long)]
+    pub array: Option<u32>,
+    /// KEY=v1,v2,...: one task per combination; `{KEY}` in the spec becomes each value.
+    #[arg(long)]
+    pub param: Vec<String>,
+    /// Arguments for the --image container, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub work: WorkArgs,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

@@ -8,7 +8,9 @@ pub mod commands;
 pub mod error;
 pub mod output;
 pub mod plan;
+pub mod queue;
 pub mod resolve;
+pub mod submit;
 pub mod userdata;
 
 use clap::CommandFactory;

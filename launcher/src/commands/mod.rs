@@ -5,7 +5,9 @@ pub mod attach;
 pub mod extend;
 pub mod launch;
 pub mod list;
+pub mod stats;
 pub mod status;
+pub mod submit;
 
 use chrono::{DateTime, Utc};
 use lease_common::aws::{AwsOptions, load_sdk_config};
@@ -15,6 +17,7 @@ use crate::cli::{Cli, Command, OutputFormat};
 use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
 use crate::plan::owner_from_arn;
+use crate::queue::AwsQueue;
 
 /// What every command needs besides AWS: how to print, whether to ask, and the time.
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Attach(a) => {
             attach::run(&cloud, a, g.profile.as_deref(), sdk.endpoint_url()).await
         }
+        Command::Submit(a) => submit::run(&AwsQueue::new(&sdk), &ctx, a).await,
+        Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &ctx, a).await,
         Command::Completions { .. } => unreachable_completions(),
     }
 }

@@ -1,0 +1,131 @@
+//! `lease submit`: build the tasks, move any too large for SQS to S3, send in batches,
+//! and account for every task: sent, or refused with the reason.
+
+use lease_common::layout::task_spec_key;
+use lease_common::messages::{MAX_SQS_BODY, MESSAGE_VERSION, Task, TaskPointer};
+use serde::Serialize;
+
+use crate::cli::{OutputFormat, SubmitArgs};
+use crate::commands::Ctx;
+use crate::error::{Error, Result};
+use crate::output;
+use crate::queue::{Outgoing, TaskQueue};
+use crate::submit;
+
+/// SQS takes at most 10 messages per batch call.
+const BATCH: usize = 10;
+
+#[derive(Debug, Serialize)]
+struct Submitted {
+    id: String,
+    kind: &'static str,
+    message_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    spec_s3: Option<String>,
+}
+
+/// The body to send for a task: the task itself, or a pointer to its copy in S3.
+async fn body_for<Q: TaskQueue>(
+    q: &Q,
+    bucket: Option<&str>,
+    task: &Task,
+) -> Result<(String, Option<String>)> {
+    let json = task.to_json();
+    if json.len() <= MAX_SQS_BODY {
+        return Ok((json, None));
+    }
+    let bucket = bucket.ok_or_else(|| {
+        Error::usage(format!(
+            "task '{}' is {} bytes, more than SQS takes ({MAX_SQS_BODY}); pass --bucket so it can go to S3",
+            task.id,
+            json.len()
+        ))
+    })?;
+    let key = task_spec_key(&task.id);
+    q.put_object(bucket, &key, json.into_bytes()).await?;
+    let url = format!("s3://{bucket}/{key}");
+    let pointer = TaskPointer {
+        v: MESSAGE_VERSION,
+        id: task.id.clone(),
+        spec_s3: url.clone(),
+        attempt: task.attempt,
+    };
+    let body = serde_json::to_string(&pointer).map_err(|e| Error::usage(e.to_string()))?;
+    Ok((body, Some(url)))
+}
+
+pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()> {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    let tasks = submit::build(args, ctx.now, &random)?;
+    let mut sent: Vec<Submitted> = Vec::new();
+    let mut refused: Vec<(String, String)> = Vec::new();
+    for chunk in tasks.chunks(BATCH) {
+        let mut batch = Vec::with_capacity(chunk.len());
+        let mut pointers = Vec::with_capacity(chunk.len());
+        for t in chunk {
+            let (body, spec_s3) = body_for(q, args.work.bucket.as_deref(), t).await?;
+            batch.push(Outgoing {
+                id: t.id.clone(),
+                body,
+                pool: t.pool.clone(),
+            });
+            pointers.push((t, spec_s3));
+        }
+        // A batch may be refused whole (size, permissions); then each is sent alone so
+        // one bad task does not take nine good ones with it.
+        let results = match q.send_batch(&args.work.queue_url, &batch).await {
+            Ok(r) => r,
+            Err(_) if batch.len() > 1 => {
+                let mut r = Vec::new();
+                for one in &batch {
+                    match q
+                        .send_batch(&args.work.queue_url, std::slice::from_ref(one))
+                        .await
+                    {
+                        Ok(mut single) => r.append(&mut single),
+                        Err(e) => r.push((one.id.clone(), Err(e.to_string()))),
+                    }
+                }
+                r
+            }
+            Err(e) => return Err(e),
+        };
+        for (t, spec_s3) in pointers {
+            match results.iter().find(|(id, _)| id == &t.id) {
+                Some((_, Ok(message_id))) => sent.push(Submitted {
+                    id: t.id.clone(),
+                    kind: t.spec.kind(),
+                    message_id: message_id.clone(),
+                    spec_s3,
+                }),
+                Some((_, Err(reason))) => refused.push((t.id.clone(), reason.clone())),
+                None => refused.push((t.id.clone(), "SQS did not report on it".into())),
+            }
+        }
+    }
+    match ctx.output {
+        OutputFormat::Json => output::print_json(&sent)?,
+        OutputFormat::Table => output::print(
+            &sent
+                .iter()
+                .map(|s| format!("{}\n", s.id))
+                .collect::<String>(),
+        )?,
+    }
+    eprintln!(
+        "Submitted {} of {} tasks to {}.",
+        sent.len(),
+        tasks.len(),
+        args.work.queue_url
+    );
+    if refused.is_empty() {
+        return Ok(());
+    }
+    for (id, reason) in &refused {
+        eprintln!("error: task '{id}' was not queued: {reason}");
+    }
+    Err(Error::Aws {
+        what: format!("Failed to queue {} of {} tasks", refused.len(), tasks.len()),
+        message: "they are listed above; the others are queued".into(),
+    })
+}
