@@ -10,6 +10,12 @@ pub fn bundle_prefix(instance_id: &str, task_id: &str) -> String {
     format!("jobs/{instance_id}/{task_id}/bundle/")
 }
 
+/// `jobs/<instance-id>/<task-id>/manifest.json`: every bundle file's path, size and
+/// sha256. Beside `bundle/`, not in it, so no file of the task's can overwrite it.
+pub fn manifest_key(instance_id: &str, task_id: &str) -> String {
+    format!("jobs/{instance_id}/{task_id}/manifest.json")
+}
+
 /// `jobs/<instance-id>/<task-id>/attempt-<n>/`: the partial bundle an interrupted
 /// attempt left, kept apart so the next attempt's bundle never overwrites it.
 pub fn attempt_prefix(instance_id: &str, task_id: &str, attempt: u32) -> String {
@@ -43,6 +49,7 @@ mod tests {
         assert_eq!(log_key("t1"), "logs/t1.log");
         assert_eq!(bundle_prefix("i-1", "t1"), "jobs/i-1/t1/bundle/");
         assert_eq!(attempt_prefix("i-1", "t1", 2), "jobs/i-1/t1/attempt-2/");
+        assert_eq!(manifest_key("i-1", "t1"), "jobs/i-1/t1/manifest.json");
         assert_eq!(
             agent_deb_key("0.1.0", deb_arch("x86_64")),
             "agent/0.1.0/leased_0.1.0_amd64.deb"

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod config;
 pub mod duration;
 pub mod layout;
+pub mod manifest;
 pub mod messages;
 pub mod tags;
 

@@ -82,6 +82,10 @@ pub enum Command {
     Submit(Box<SubmitArgs>),
     /// Queue depth, tasks in flight and dead letters.
     Stats(StatsArgs),
+    /// Print a task's log; -f keeps following it.
+    Logs(LogsArgs),
+    /// Download a task's result bundle, or every bundle of an instance.
+    Download(DownloadArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -277,6 +281,27 @@ pub struct SubmitArgs {
 pub struct StatsArgs {
     #[command(flatten)]
     pub work: WorkArgs,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LogsArgs {
+    pub task_id: String,
+    /// Keep printing as the log grows, until interrupted.
+    #[arg(short, long)]
+    pub follow: bool,
+    #[arg(long, env = "LEASE_BUCKET")]
+    pub bucket: String,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DownloadArgs {
+    /// A task id, or an instance id for every bundle it produced.
+    pub target: String,
+    /// Directory to download into; each task gets a subdirectory.
+    #[arg(long, default_value = ".")]
+    pub to: PathBuf,
+    #[arg(long, env = "LEASE_BUCKET")]
+    pub bucket: String,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

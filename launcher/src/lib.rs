@@ -2,6 +2,7 @@
 //! the command line and calls [`run`]; everything else lives here, written against the
 //! [`cloud::Cloud`] trait.
 
+pub mod bucket;
 pub mod cli;
 pub mod cloud;
 pub mod commands;

@@ -2,9 +2,11 @@
 
 pub mod act;
 pub mod attach;
+pub mod download;
 pub mod extend;
 pub mod launch;
 pub mod list;
+pub mod logs;
 pub mod stats;
 pub mod status;
 pub mod submit;
@@ -13,6 +15,7 @@ use chrono::{DateTime, Utc};
 use lease_common::aws::{AwsOptions, load_sdk_config};
 use lease_common::tags::Action;
 
+use crate::bucket::AwsBucket;
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
@@ -85,6 +88,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Submit(a) => submit::run(&AwsQueue::new(&sdk), &ctx, a).await,
         Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &ctx, a).await,
+        Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
+        Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
         Command::Completions { .. } => unreachable_completions(),
     }
 }

@@ -1,0 +1,131 @@
+//! Reading the control-plane bucket: task logs and result bundles.
+
+use std::path::Path;
+
+use aws_types::SdkConfig;
+use tokio::io::AsyncWriteExt;
+
+use crate::error::{Error, Result};
+
+pub trait Bucket: Sync {
+    /// The object, or `None` when it does not exist (yet).
+    fn get(&self, bucket: &str, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// Bytes from `offset` to the end, or `None` when the object does not exist or has
+    /// nothing past `offset`.
+    fn get_from(
+        &self,
+        bucket: &str,
+        key: &str,
+        offset: u64,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;
+    /// The "folders" directly under `prefix` (S3 common prefixes with `/`).
+    fn folders(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// Streams an object into `dest`, returning the bytes written.
+    fn download(
+        &self,
+        bucket: &str,
+        key: &str,
+        dest: &Path,
+    ) -> impl Future<Output = Result<u64>> + Send;
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsBucket {
+    s3: aws_sdk_s3::Client,
+}
+
+impl AwsBucket {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            s3: lease_common::aws::s3_client(config),
+        }
+    }
+}
+
+fn missing<E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(e: &E) -> bool {
+    matches!(e.code(), Some("NoSuchKey" | "NotFound" | "InvalidRange"))
+}
+
+impl Bucket for AwsBucket {
+    async fn get(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        self.get_from(bucket, key, 0).await
+    }
+
+    async fn get_from(&self, bucket: &str, key: &str, offset: u64) -> Result<Option<Vec<u8>>> {
+        let mut req = self.s3.get_object().bucket(bucket).key(key);
+        if offset > 0 {
+            req = req.range(format!("bytes={offset}-"));
+        }
+        let out = match req.send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(missing) => return Ok(None),
+            Err(e) => return Err(Error::aws(format!("Failed to read s3://{bucket}/{key}"), e)),
+        };
+        let bytes = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::Aws {
+                what: format!("Failed to read s3://{bucket}/{key}"),
+                message: e.to_string(),
+            })?
+            .into_bytes();
+        Ok((!bytes.is_empty()).then(|| bytes.to_vec()))
+    }
+
+    async fn folders(&self, bucket: &str, prefix: &str) -> Result<Vec<String>> {
+        let mut pages = self
+            .s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| Error::aws(format!("Failed to list s3://{bucket}/{prefix}"), e))?;
+            out.extend(
+                page.common_prefixes()
+                    .iter()
+                    .filter_map(|p| p.prefix().map(str::to_string)),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn download(&self, bucket: &str, key: &str, dest: &Path) -> Result<u64> {
+        let what = || format!("Failed to download s3://{bucket}/{key}");
+        let out = self
+            .s3
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| Error::aws(what(), e))?;
+        let mut body = out.body;
+        let mut file = tokio::fs::File::create(dest)
+            .await
+            .map_err(|e| Error::io(format!("Failed to create '{}'", dest.display()), e))?;
+        let mut written = 0u64;
+        while let Some(chunk) = body.try_next().await.map_err(|e| Error::Aws {
+            what: what(),
+            message: e.to_string(),
+        })? {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| Error::io(format!("Failed to write '{}'", dest.display()), e))?;
+            written += chunk.len() as u64;
+        }
+        file.flush()
+            .await
+            .map_err(|e| Error::io(format!("Failed to write '{}'", dest.display()), e))?;
+        Ok(written)
+    }
+}

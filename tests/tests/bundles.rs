@@ -1,0 +1,191 @@
+//! `lease download` and `lease logs` against moto's S3, with bundles laid out as
+//! DESIGN.md says the agent uploads them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::time::Duration;
+
+use lease_common::layout::{bundle_prefix, log_key, manifest_key};
+use lease_common::manifest::{Manifest, ManifestEntry, sha256_bytes};
+use lease_tests::{Cmd, Moto, wait_until};
+
+const BUCKET: &str = "ctl";
+const INSTANCE: &str = "i-0123456789abcdef0";
+
+async fn s3(moto: &Moto) -> aws_sdk_s3::Client {
+    let c = lease_common::aws::s3_client(&moto.sdk_config().await);
+    c.create_bucket().bucket(BUCKET).send().await.unwrap();
+    c
+}
+
+async fn put(s3: &aws_sdk_s3::Client, key: &str, body: &[u8]) {
+    s3.put_object()
+        .bucket(BUCKET)
+        .key(key)
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+/// Uploads a bundle and its manifest the way the agent does.
+async fn upload_bundle(s3: &aws_sdk_s3::Client, task: &str, files: &[(&str, Vec<u8>)]) {
+    let mut entries = Vec::new();
+    for (path, body) in files {
+        put(
+            s3,
+            &format!("{}{path}", bundle_prefix(INSTANCE, task)),
+            body,
+        )
+        .await;
+        entries.push(ManifestEntry {
+            path: path.to_string(),
+            size: body.len() as u64,
+            sha256: sha256_bytes(body),
+        });
+    }
+    let m = Manifest {
+        v: 1,
+        task_id: task.into(),
+        instance_id: INSTANCE.into(),
+        attempt: 1,
+        files: entries,
+    };
+    put(
+        s3,
+        &manifest_key(INSTANCE, task),
+        serde_json::to_string(&m).unwrap().as_bytes(),
+    )
+    .await;
+}
+
+fn lease(moto: &Moto) -> Cmd {
+    Cmd::new("lease", &moto.env()).env("LEASE_BUCKET", BUCKET)
+}
+
+#[tokio::test]
+async fn download_verifies_skips_and_never_leaves_a_bad_file() {
+    let moto = Moto::start();
+    let s3 = s3(&moto).await;
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    upload_bundle(
+        &s3,
+        "t1",
+        &[
+            ("result.txt", b"accuracy 0.93\n".to_vec()),
+            ("ckpt/model.bin", big.clone()),
+        ],
+    )
+    .await;
+    let to = tempfile::tempdir().unwrap();
+    let dir = to.path().to_str().unwrap();
+    lease(&moto)
+        .args(["download", "t1", "--to", dir])
+        .ok()
+        .await;
+    assert_eq!(
+        std::fs::read(to.path().join("t1/result.txt")).unwrap(),
+        b"accuracy 0.93\n"
+    );
+    assert_eq!(
+        std::fs::read(to.path().join("t1/ckpt/model.bin")).unwrap(),
+        big
+    );
+
+    // The object changes in S3 but the manifest does not: the local copy already matches
+    // the manifest, so it is skipped (not fetched again).
+    put(
+        &s3,
+        &format!("{}result.txt", bundle_prefix(INSTANCE, "t1")),
+        b"tampered",
+    )
+    .await;
+    let out = lease(&moto)
+        .args(["download", "t1", "--to", dir, "-o", "json"])
+        .ok()
+        .await;
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["skipped"], 2, "{summary}");
+    assert_eq!(
+        std::fs::read(to.path().join("t1/result.txt")).unwrap(),
+        b"accuracy 0.93\n"
+    );
+
+    // A missing local file is fetched again, and a mismatch with the manifest is an
+    // error that leaves no file under the final name.
+    std::fs::remove_file(to.path().join("t1/result.txt")).unwrap();
+    let (code, err) = lease(&moto)
+        .args(["download", "t1", "--to", dir])
+        .fails()
+        .await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("sha256"), "{err}");
+    assert!(!to.path().join("t1/result.txt").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(to.path().join("t1"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        leftovers.iter().all(|n| !n.contains("partial")),
+        "{leftovers:?}"
+    );
+}
+
+#[tokio::test]
+async fn download_by_instance_takes_every_bundle() {
+    let moto = Moto::start();
+    let s3 = s3(&moto).await;
+    upload_bundle(&s3, "a", &[("x", b"1".to_vec())]).await;
+    upload_bundle(&s3, "b", &[("y", b"2".to_vec())]).await;
+    let to = tempfile::tempdir().unwrap();
+    lease(&moto)
+        .args(["download", INSTANCE, "--to", to.path().to_str().unwrap()])
+        .ok()
+        .await;
+    assert_eq!(std::fs::read(to.path().join("a/x")).unwrap(), b"1");
+    assert_eq!(std::fs::read(to.path().join("b/y")).unwrap(), b"2");
+    let (code, err) = lease(&moto).args(["download", "nope"]).fails().await;
+    assert_eq!(code, 3, "{err}");
+}
+
+#[tokio::test]
+async fn logs_prints_and_follows_what_the_agent_uploads() {
+    let moto = Moto::start();
+    let s3 = s3(&moto).await;
+    let (code, _) = lease(&moto).args(["logs", "t9"]).fails().await;
+    assert_eq!(code, 3);
+    put(&s3, &log_key("t9"), b"line one\n").await;
+    assert_eq!(lease(&moto).args(["logs", "t9"]).ok().await, "line one\n");
+
+    let mut child = lease(&moto)
+        .args(["logs", "t9", "-f"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    assert_eq!(rx.recv().await.unwrap(), "line one");
+    // The agent re-uploads the whole, longer log; only the new part is printed.
+    put(&s3, &log_key("t9"), b"line one\nline two\n").await;
+    let next = wait_until(
+        "the appended line",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let got = rx.try_recv().ok();
+            async move { got }
+        },
+    )
+    .await;
+    assert_eq!(next, "line two");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
