@@ -42,12 +42,16 @@ pub fn render(
     if let Some(src) = agent {
         // The package is a .deb; on rpm-based images (Amazon Linux, the default AMI) its
         // payload is unpacked directly, since the binary and unit need no maintainer
-        // scripts beyond enabling the service, which runcmd does next.
+        // scripts beyond enabling the service, which runcmd does next. Either way the
+        // config cloud-init just wrote wins over the package's default: dpkg keeps the
+        // old conffile without asking (a question would fail the install), and tar
+        // skips files that exist.
         let script = format!(
             "set -eu; if ! command -v leased >/dev/null 2>&1; then \
              aws s3 cp 's3://{bucket}/{key}' /tmp/leased.deb; \
-             if command -v apt-get >/dev/null 2>&1; then apt-get install -y /tmp/leased.deb; \
-             else dnf install -y tmux binutils; d=$(mktemp -d); (cd \"$d\" && ar x /tmp/leased.deb && tar -C / -xf data.tar.*); \
+             if command -v apt-get >/dev/null 2>&1; then \
+             apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /tmp/leased.deb; \
+             else dnf install -y tmux binutils; d=$(mktemp -d); (cd \"$d\" && ar x /tmp/leased.deb && tar -C / --skip-old-files -xf data.tar.*); \
              systemctl daemon-reload; fi; fi",
             bucket = src.bucket,
             key = src.key
@@ -143,6 +147,8 @@ mod tests {
         let install = doc["runcmd"][0][2].as_str().unwrap();
         assert!(install.contains("s3://lease-ctl/agent/0.1.0/leased_0.1.0_amd64.deb"));
         assert!(install.contains("command -v leased"));
+        assert!(install.contains("--force-confold"), "{install}");
+        assert!(install.contains("--skip-old-files"), "{install}");
     }
 
     #[test]
