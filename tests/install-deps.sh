@@ -1,24 +1,46 @@
-#!/usr/bin/env bash
-# Installs the system programs the tests run for real, on a fresh Debian machine.
-# Idempotent: a machine that already has them does nothing here.
-set -euo pipefail
+#!/bin/sh
+# Installs the system programs the tests run for real, on a fresh Debian machine,
+# idempotently (a machine that already has them does nothing here, without network):
+#   - tmux, openssh-server and openssh-client: the tmux and sshd tests;
+#   - systemd-container (systemd-nspawn) and debootstrap: the systemd proof;
+#   - lintian and dpkg-dev: checking the .deb and its shared-library dependencies;
+#   - cargo-deb, pinned, built from source with its lockfile: the .deb itself.
+#
+#   tests/install-deps.sh        (as root, or with sudo available)
+set -eu
 
-# command -> the Debian package that provides it
-declare -A need=(
-  [tmux]=tmux
-  [sshd]=openssh-server
-  [ssh]=openssh-client
-  [ssh-keygen]=openssh-client
-)
-missing=()
-for cmd in "${!need[@]}"; do
-  if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ]; then
-    missing+=("${need[$cmd]}")
-  fi
+# The version packaging/ was written and checked against; bump it deliberately.
+CARGO_DEB_VERSION=3.8.0
+packages="tmux openssh-server openssh-client systemd-container debootstrap lintian dpkg-dev"
+
+log() { echo "install-deps.sh: $*" >&2; }
+
+sudo=
+if [ "$(id -u)" -ne 0 ]; then
+	command -v sudo >/dev/null || { log "run as root (or install sudo)"; exit 1; }
+	sudo=sudo
+fi
+
+missing=
+for pkg in $packages; do
+	if ! dpkg-query --show --showformat='${db:Status-Status}' "$pkg" 2>/dev/null | grep -qx installed; then
+		missing="$missing $pkg"
+	fi
 done
-if [ "${#missing[@]}" -gt 0 ]; then
-  echo "Installing: ${missing[*]}" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${missing[@]}" | sort -u) >/dev/null
+if [ -n "$missing" ]; then
+	log "installing$missing"
+	$sudo apt-get update
+	# shellcheck disable=SC2086 # a list of package names
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+else
+	log "apt packages present:$(printf ' %s' $packages)"
+fi
+# Installing openssh-server starts sshd on a machine that runs systemd; the tests run
+# their own sshd on a free port and need nothing from the system one.
+
+if cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+	log "cargo-deb $CARGO_DEB_VERSION present"
+else
+	log "installing cargo-deb $CARGO_DEB_VERSION"
+	nice -n 10 cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
 fi

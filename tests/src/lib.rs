@@ -12,7 +12,7 @@ pub mod nspawn;
 pub mod sshd;
 pub mod wait;
 
-pub use bins::{bin_path, Cmd};
+pub use bins::{Cmd, bin_path};
 pub use imds::FakeImds;
 pub use moto::Moto;
 pub use wait::wait_until;

@@ -22,8 +22,8 @@ pub struct Extension {
 
 /// The new deadline and TTL. Extending adds to the current deadline, or to now if it
 /// already passed (an instance outliving its deadline is one whose agent is late, and
-/// "two more hours" then means two hours from now). The TTL is rewritten so that launch
-/// time + TTL equals the new deadline: the agent enforces the earlier of the two.
+/// "two more hours" then means two hours from now). The agent enforces the earlier of
+/// `lease:expires-at` and launch time + `lease:ttl`, so both move.
 pub fn extension(i: &Instance, by: HumanDuration, now: DateTime<Utc>) -> Result<Extension> {
     if i.is_gone() {
         return Err(Error::Refused(format!(
@@ -42,9 +42,17 @@ pub fn extension(i: &Instance, by: HumanDuration, now: DateTime<Utc>) -> Result<
     let base = old.map_or(now, |d| d.max(now));
     // Whole seconds, rounded up: tags hold seconds, and the lease must not shrink.
     let new_deadline = ceil_to_second(base + by.to_chrono());
-    let launched = i.launch_time.unwrap_or(now);
-    let secs = u64::try_from((new_deadline - launched).num_seconds()).unwrap_or(0);
-    let ttl = HumanDuration::from_secs(secs.max(1));
+    // The TTL grows by as much as the deadline moved, so `2h` extended by `1h` reads
+    // `3h` even when EC2's launch second differs from the launcher's clock; and never
+    // less than launch → new deadline, or the agent would keep the old one.
+    let secs = |d: chrono::TimeDelta| u64::try_from(d.num_seconds()).unwrap_or(0);
+    let grown = tags
+        .ttl
+        .zip(old)
+        .map(|(ttl, old)| ttl.as_secs() + secs(new_deadline - old))
+        .unwrap_or(0);
+    let needed = secs(new_deadline - i.launch_time.unwrap_or(now));
+    let ttl = HumanDuration::from_secs(grown.max(needed).max(1));
     Ok(Extension {
         id: i.id.clone(),
         old_deadline: old,
@@ -133,6 +141,24 @@ mod tests {
         assert_eq!(e.old_deadline, Some(at(12, 0)));
         assert_eq!(e.new_deadline, at(13, 0));
         assert_eq!(e.ttl.to_string(), "3h");
+    }
+
+    #[test]
+    fn ttl_grows_by_the_extension_even_when_launch_lags_the_tag() {
+        // Launched a second after the launcher computed expires-at.
+        let i = Instance {
+            launch_time: Some(at(10, 0) + chrono::TimeDelta::seconds(1)),
+            ..instance(
+                "running",
+                &[
+                    ("lease:ttl", "1h"),
+                    ("lease:expires-at", "2026-11-23T11:00:00Z"),
+                ],
+            )
+        };
+        let e = extension(&i, HumanDuration::from_secs(1_800), at(10, 10)).unwrap();
+        assert_eq!(e.new_deadline, at(11, 30));
+        assert_eq!(e.ttl.to_string(), "1h30m");
     }
 
     #[test]

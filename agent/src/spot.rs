@@ -1,0 +1,200 @@
+//! Spot interruption and rebalance notices from IMDS. The watcher polls both paths every
+//! `spot-poll-interval`, parses what EC2 documents, and passes each distinct notice to
+//! the decision loop once; the loop handles a notice once (and remembers it across a
+//! restart).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::decide::Input;
+use crate::imds::Metadata;
+
+pub const INSTANCE_ACTION: &str = "meta-data/spot/instance-action";
+pub const REBALANCE: &str = "meta-data/events/recommendations/rebalance";
+
+/// `spot/instance-action`: `{"action": "terminate", "time": "2026-11-23T01:02:03Z"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InstanceAction {
+    /// `terminate`, `stop` or `hibernate`.
+    pub action: String,
+    pub time: DateTime<Utc>,
+    /// The body as served, so a repeated notice is recognised and a restart can tell a
+    /// handled notice from a new one.
+    #[serde(skip)]
+    pub raw: String,
+}
+
+/// `events/recommendations/rebalance`: `{"noticeTime": "2026-11-23T01:02:03Z"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalance {
+    pub notice_time: DateTime<Utc>,
+    #[serde(skip)]
+    pub raw: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("IMDS '{path}' returned a notice that does not parse ({reason}): {body}")]
+pub struct NoticeError {
+    pub path: &'static str,
+    pub reason: String,
+    pub body: String,
+}
+
+pub fn parse_instance_action(body: &str) -> Result<InstanceAction, NoticeError> {
+    let mut n: InstanceAction = serde_json::from_str(body).map_err(|e| NoticeError {
+        path: INSTANCE_ACTION,
+        reason: e.to_string(),
+        body: body.to_string(),
+    })?;
+    n.raw = body.trim().to_string();
+    Ok(n)
+}
+
+pub fn parse_rebalance(body: &str) -> Result<Rebalance, NoticeError> {
+    let mut n: Rebalance = serde_json::from_str(body).map_err(|e| NoticeError {
+        path: REBALANCE,
+        reason: e.to_string(),
+        body: body.to_string(),
+    })?;
+    n.raw = body.trim().to_string();
+    Ok(n)
+}
+
+/// Polls both notice paths until the receiver goes away. A failed poll is logged (at
+/// most once per failure streak) and retried on the next tick.
+pub async fn watch(metadata: Arc<dyn Metadata>, every: Duration, to_loop: mpsc::Sender<Input>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_action: Option<String> = None;
+    let mut last_rebalance: Option<String> = None;
+    let mut failing = false;
+    loop {
+        tick.tick().await;
+        let (action, rebalance) =
+            tokio::join!(metadata.get(INSTANCE_ACTION), metadata.get(REBALANCE));
+        let mut failed = false;
+        match action {
+            Ok(Some(body)) if last_action.as_deref() != Some(body.trim()) => {
+                last_action = Some(body.trim().to_string());
+                match parse_instance_action(&body) {
+                    Ok(n) => {
+                        if to_loop.send(Input::Spot(n)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failed = true;
+                if !failing {
+                    tracing::warn!("spot notice poll failed: {e}");
+                }
+            }
+        }
+        match rebalance {
+            Ok(Some(body)) if last_rebalance.as_deref() != Some(body.trim()) => {
+                last_rebalance = Some(body.trim().to_string());
+                match parse_rebalance(&body) {
+                    Ok(n) => {
+                        if to_loop.send(Input::Rebalance(n)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::error!("{e}"),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failed = true;
+                if !failing {
+                    tracing::warn!("rebalance notice poll failed: {e}");
+                }
+            }
+        }
+        if failing && !failed {
+            tracing::info!("spot notice polling works again");
+        }
+        failing = failed;
+        if to_loop.is_closed() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_bodies() {
+        let n = parse_instance_action(r#"{"action": "terminate", "time": "2026-11-23T01:02:03Z"}"#)
+            .unwrap();
+        assert_eq!(n.action, "terminate");
+        assert_eq!(n.time.to_rfc3339(), "2026-11-23T01:02:03+00:00");
+        let r = parse_rebalance(r#"{"noticeTime": "2026-11-23T01:02:03Z"}"#).unwrap();
+        assert_eq!(r.notice_time, n.time);
+        let err = parse_instance_action("<html>").unwrap_err();
+        assert!(err.to_string().contains("spot/instance-action"), "{err}");
+    }
+
+    /// Metadata whose answers a test changes: `None` is 404, `Err` a failed request.
+    #[derive(Debug)]
+    struct Scripted {
+        action: std::sync::Mutex<Result<Option<String>, ()>>,
+        polls: std::sync::atomic::AtomicU32,
+    }
+
+    impl Metadata for Scripted {
+        fn get<'a>(
+            &'a self,
+            path: &'a str,
+        ) -> crate::BoxFuture<'a, Result<Option<String>, crate::imds::ImdsError>> {
+            let answer = if path == INSTANCE_ACTION {
+                self.polls
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.action.lock().unwrap().clone()
+            } else {
+                Ok(None)
+            };
+            Box::pin(async move {
+                answer.map_err(|()| crate::imds::ImdsError::Status {
+                    path: path.to_string(),
+                    status: 500,
+                })
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_watcher_passes_each_notice_on_once_and_survives_errors() {
+        let m = Arc::new(Scripted {
+            action: std::sync::Mutex::new(Ok(None)),
+            polls: std::sync::atomic::AtomicU32::new(0),
+        });
+        let (tx, mut rx) = mpsc::channel(8);
+        let task = tokio::spawn(watch(m.clone(), Duration::from_secs(1), tx));
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(rx.try_recv().is_err(), "no notice yet");
+        *m.action.lock().unwrap() = Err(());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let body = r#"{"action": "stop", "time": "2026-11-23T01:02:03Z"}"#;
+        *m.action.lock().unwrap() = Ok(Some(body.to_string()));
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        match rx.try_recv() {
+            Ok(Input::Spot(n)) => assert_eq!(n.action, "stop"),
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "the same notice is passed on once");
+        // Polled every second throughout, errors included.
+        let polls = m.polls.load(std::sync::atomic::Ordering::Relaxed);
+        assert!((9..=11).contains(&polls), "{polls}");
+        task.abort();
+    }
+}

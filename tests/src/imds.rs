@@ -1,0 +1,506 @@
+//! A fake EC2 instance metadata service that serves exactly what EC2 documents for
+//! IMDSv2, on 127.0.0.1 only:
+//!
+//! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` (1–21600; a
+//!   missing or out-of-range value is 400; a request carrying `X-Forwarded-For` is 403)
+//!   returns a token; every other request must carry it in `X-aws-ec2-metadata-token`,
+//!   else 401 (missing, unknown or expired). IMDSv1 (a GET without a token) is 401, as
+//!   on an instance launched with `HttpTokens=required`.
+//! - `meta-data/instance-id`, `instance-type`, `ami-id`, `local-ipv4`,
+//!   `placement/region`, `placement/availability-zone`, `instance-life-cycle`;
+//!   `meta-data/spot/instance-action` and `meta-data/events/recommendations/rebalance`
+//!   (404 with no notice); `meta-data/tags/instance` (keys, one per line; 404 when
+//!   metadata tags are off) and `meta-data/tags/instance/<key>` (404 for a missing key);
+//!   `dynamic/instance-identity/document` (EC2's JSON).
+//!
+//! Backed by moto ([`FakeImds::for_instance`]), the identity comes from the emulator's
+//! instance and the tags are read from it on every request, so a `lease extend`
+//! (CreateTags) is seen through IMDS as on EC2.
+//!
+//! Test hooks: spot and rebalance notices, the next N answers as 500, an outage (500s
+//! or hanging requests), a delay on every answer, and counters (token PUTs, requests).
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+/// The most a token may live, per EC2's documentation.
+pub const MAX_TOKEN_TTL: u64 = 21_600;
+
+/// What the instance looks like from inside.
+#[derive(Debug, Clone)]
+pub struct InstanceInfo {
+    pub instance_id: String,
+    pub instance_type: String,
+    pub region: String,
+    pub availability_zone: String,
+    /// `spot` or `on-demand`.
+    pub life_cycle: String,
+    pub pending_time: DateTime<Utc>,
+    pub image_id: String,
+    pub private_ip: String,
+    pub account_id: String,
+    pub architecture: String,
+}
+
+impl InstanceInfo {
+    pub fn example(instance_id: &str) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            instance_type: "t3.micro".into(),
+            region: "us-east-1".into(),
+            availability_zone: "us-east-1a".into(),
+            life_cycle: "on-demand".into(),
+            pending_time: Utc::now(),
+            image_id: "ami-12c6146b".into(),
+            private_ip: "10.0.0.12".into(),
+            account_id: "123456789012".into(),
+            architecture: "x86_64".into(),
+        }
+    }
+}
+
+/// How IMDS misbehaves during an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// Every request (token PUTs included) answers 500.
+    Errors,
+    /// Every request hangs for this long, then answers 500 (clients time out first).
+    Hang(Duration),
+}
+
+#[derive(Debug)]
+struct State {
+    info: InstanceInfo,
+    /// Read the tags from this emulator instead of `static_tags`.
+    moto: Option<aws_sdk_ec2::Client>,
+    /// The last tags read from the emulator, reused for this long so one client read
+    /// (list, then one request per key) sees one consistent set.
+    moto_cache: Option<(Instant, BTreeMap<String, String>)>,
+    static_tags: BTreeMap<String, String>,
+    metadata_tags: bool,
+    tokens: HashMap<String, Instant>,
+    token_serial: u64,
+    token_puts: u64,
+    requests: u64,
+    unauthorized: u64,
+    spot_action: Option<String>,
+    rebalance: Option<String>,
+    fail_next: u32,
+    outage: Option<Outage>,
+    delay: Option<Duration>,
+}
+
+const MOTO_CACHE: Duration = Duration::from_millis(150);
+
+/// A running fake; stops when dropped.
+#[derive(Debug)]
+pub struct FakeImds {
+    pub endpoint: String,
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FakeImds {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl FakeImds {
+    /// A fake for a made-up instance with fixed tags.
+    pub async fn start(info: InstanceInfo, tags: BTreeMap<String, String>) -> Self {
+        Self::serve(info, None, tags).await
+    }
+
+    /// A fake for an instance in moto: identity from DescribeInstances, tags read from
+    /// moto on every request.
+    pub async fn for_instance(ec2: aws_sdk_ec2::Client, instance_id: &str) -> Self {
+        let resp = ec2
+            .describe_instances()
+            .instance_ids(instance_id)
+            .send()
+            .await
+            .expect("describe the instance the fake IMDS stands for");
+        let inst = resp
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .cloned()
+            .expect("instance exists in moto");
+        let launch = inst
+            .launch_time()
+            .map(|t| DateTime::<Utc>::from_timestamp(t.secs(), 0).expect("valid launch time"))
+            .unwrap_or_else(Utc::now);
+        let info = InstanceInfo {
+            instance_id: instance_id.to_string(),
+            instance_type: inst
+                .instance_type()
+                .map(|t| t.as_str().to_string())
+                .unwrap_or_else(|| "t3.micro".into()),
+            region: crate::moto::REGION.into(),
+            availability_zone: inst
+                .placement()
+                .and_then(|p| p.availability_zone())
+                .unwrap_or("us-east-1a")
+                .to_string(),
+            life_cycle: match inst.instance_lifecycle().map(|l| l.as_str()) {
+                Some("spot") => "spot".into(),
+                _ => "on-demand".into(),
+            },
+            pending_time: launch,
+            image_id: inst.image_id().unwrap_or("ami-12c6146b").to_string(),
+            private_ip: inst.private_ip_address().unwrap_or("10.0.0.12").to_string(),
+            account_id: "123456789012".into(),
+            architecture: inst
+                .architecture()
+                .map(|a| a.as_str().to_string())
+                .unwrap_or_else(|| "x86_64".into()),
+        };
+        Self::serve(info, Some(ec2), BTreeMap::new()).await
+    }
+
+    async fn serve(
+        info: InstanceInfo,
+        moto: Option<aws_sdk_ec2::Client>,
+        static_tags: BTreeMap<String, String>,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake IMDS on 127.0.0.1");
+        let port = listener.local_addr().expect("local addr").port();
+        let state = Arc::new(Mutex::new(State {
+            info,
+            moto,
+            moto_cache: None,
+            static_tags,
+            metadata_tags: true,
+            tokens: HashMap::new(),
+            token_serial: 0,
+            token_puts: 0,
+            requests: 0,
+            unauthorized: 0,
+            spot_action: None,
+            rebalance: None,
+            fail_next: 0,
+            outage: None,
+            delay: None,
+        }));
+        let shared = state.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(shared.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            port,
+            state,
+            server,
+        }
+    }
+
+    /// The variable that points the agent (and the AWS SDKs) at this fake.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_string(),
+            self.endpoint.clone(),
+        )]
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut State) -> R) -> R {
+        f(&mut self.state.lock().expect("fake IMDS state"))
+    }
+
+    pub fn info(&self) -> InstanceInfo {
+        self.with(|s| s.info.clone())
+    }
+
+    /// Serves a spot interruption notice, as EC2 does two minutes before reclaiming.
+    pub fn set_spot_action(&self, action: &str, time: DateTime<Utc>) {
+        let body = format!(
+            "{{\"action\": \"{action}\", \"time\": \"{}\"}}",
+            time.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        self.with(|s| s.spot_action = Some(body));
+    }
+
+    pub fn clear_spot_action(&self) {
+        self.with(|s| s.spot_action = None);
+    }
+
+    pub fn set_rebalance(&self, notice_time: DateTime<Utc>) {
+        let body = format!(
+            "{{\"noticeTime\": \"{}\"}}",
+            notice_time.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        self.with(|s| s.rebalance = Some(body));
+    }
+
+    /// The next `n` requests (of any kind) answer 500.
+    pub fn fail_next(&self, n: u32) {
+        self.with(|s| s.fail_next = n);
+    }
+
+    pub fn set_outage(&self, outage: Option<Outage>) {
+        self.with(|s| s.outage = outage);
+    }
+
+    /// Every answer waits this long first.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        self.with(|s| s.delay = delay);
+    }
+
+    /// Switches instance metadata tags on or off (`tags/instance` then answers 404).
+    pub fn set_metadata_tags(&self, on: bool) {
+        self.with(|s| s.metadata_tags = on);
+    }
+
+    /// Sets a tag (fixed-tag fakes only; moto-backed fakes read moto).
+    pub fn set_tag(&self, key: &str, value: &str) {
+        self.with(|s| {
+            s.static_tags.insert(key.into(), value.into());
+        });
+    }
+
+    /// Forgets every token issued, as an IMDS restart would: the next GET is 401.
+    pub fn revoke_tokens(&self) {
+        self.with(|s| s.tokens.clear());
+    }
+
+    pub fn token_puts(&self) -> u64 {
+        self.with(|s| s.token_puts)
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.with(|s| s.requests)
+    }
+
+    pub fn unauthorized(&self) -> u64 {
+        self.with(|s| s.unauthorized)
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .header("server", "EC2ws")
+        .body(Full::new(Bytes::from(body.into())))
+        .expect("static response")
+}
+
+fn not_found() -> Response<Full<Bytes>> {
+    // What EC2 sends for a path with nothing behind it.
+    Response::builder()
+        .status(StatusCode::NOT_FOUND)
+        .header("content-type", "text/html")
+        .header("server", "EC2ws")
+        .body(Full::new(Bytes::from_static(
+            b"<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n<!DOCTYPE html>\n<html><head><title>404 - Not Found</title></head><body><h1>404 - Not Found</h1></body></html>\n",
+        )))
+        .expect("static response")
+}
+
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (delay, outage, fail) = {
+        let mut s = state.lock().expect("fake IMDS state");
+        s.requests += 1;
+        let fail = if s.fail_next > 0 {
+            s.fail_next -= 1;
+            true
+        } else {
+            false
+        };
+        (s.delay, s.outage, fail)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    match outage {
+        Some(Outage::Errors) => return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, "")),
+        Some(Outage::Hang(d)) => {
+            tokio::time::sleep(d).await;
+            return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, ""));
+        }
+        None => {}
+    }
+    if fail {
+        return Ok(text(StatusCode::INTERNAL_SERVER_ERROR, ""));
+    }
+    let path = req.uri().path().to_string();
+    if path == "/latest/api/token" {
+        return Ok(token(&state, &req));
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(StatusCode::METHOD_NOT_ALLOWED, ""));
+    }
+    // IMDSv2 only: a valid, unexpired token or 401.
+    let authorized = {
+        let mut s = state.lock().expect("fake IMDS state");
+        let ok = req
+            .headers()
+            .get("x-aws-ec2-metadata-token")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|t| s.tokens.get(t))
+            .is_some_and(|exp| Instant::now() < *exp);
+        if !ok {
+            s.unauthorized += 1;
+        }
+        ok
+    };
+    if !authorized {
+        return Ok(text(StatusCode::UNAUTHORIZED, ""));
+    }
+    let Some(rest) = path.strip_prefix("/latest/") else {
+        return Ok(not_found());
+    };
+    Ok(match answer(&state, rest).await {
+        Some(body) => text(StatusCode::OK, body),
+        None => not_found(),
+    })
+}
+
+fn token(state: &Arc<Mutex<State>>, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::PUT {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "");
+    }
+    if req.headers().contains_key("x-forwarded-for") {
+        return text(StatusCode::FORBIDDEN, "");
+    }
+    let ttl = req
+        .headers()
+        .get("x-aws-ec2-metadata-token-ttl-seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|t| (1..=MAX_TOKEN_TTL).contains(t));
+    let Some(ttl) = ttl else {
+        return text(StatusCode::BAD_REQUEST, "");
+    };
+    let mut s = state.lock().expect("fake IMDS state");
+    s.token_puts += 1;
+    s.token_serial += 1;
+    let nanos = Utc::now().timestamp_subsec_nanos();
+    let token = format!("AQAEA{:012x}{:08x}fake==", s.token_serial, nanos);
+    s.tokens
+        .insert(token.clone(), Instant::now() + Duration::from_secs(ttl));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain")
+        .header("x-aws-ec2-metadata-token-ttl-seconds", ttl.to_string())
+        .body(Full::new(Bytes::from(token)))
+        .expect("static response")
+}
+
+async fn tags(state: &Arc<Mutex<State>>) -> Option<BTreeMap<String, String>> {
+    let (moto, id, cached) = {
+        let s = state.lock().expect("fake IMDS state");
+        if !s.metadata_tags {
+            return None;
+        }
+        match &s.moto {
+            None => return Some(s.static_tags.clone()),
+            Some(c) => (
+                c.clone(),
+                s.info.instance_id.clone(),
+                s.moto_cache
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < MOTO_CACHE)
+                    .map(|(_, t)| t.clone()),
+            ),
+        }
+    };
+    if let Some(t) = cached {
+        return Some(t);
+    }
+    let resp = moto
+        .describe_instances()
+        .instance_ids(&id)
+        .send()
+        .await
+        .ok()?;
+    let map: BTreeMap<String, String> = resp
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .flat_map(|i| i.tags())
+        .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+        .collect();
+    state.lock().expect("fake IMDS state").moto_cache = Some((Instant::now(), map.clone()));
+    Some(map)
+}
+
+async fn answer(state: &Arc<Mutex<State>>, path: &str) -> Option<String> {
+    let (info, spot, rebalance) = {
+        let s = state.lock().expect("fake IMDS state");
+        (s.info.clone(), s.spot_action.clone(), s.rebalance.clone())
+    };
+    let path = path.trim_end_matches('/');
+    match path {
+        "meta-data/instance-id" => Some(info.instance_id),
+        "meta-data/instance-type" => Some(info.instance_type),
+        "meta-data/ami-id" => Some(info.image_id),
+        "meta-data/local-ipv4" => Some(info.private_ip),
+        "meta-data/placement/region" => Some(info.region),
+        "meta-data/placement/availability-zone" => Some(info.availability_zone),
+        "meta-data/instance-life-cycle" => Some(info.life_cycle),
+        "meta-data/spot/instance-action" => spot,
+        "meta-data/events/recommendations/rebalance" => rebalance,
+        "meta-data/tags/instance" => {
+            let t = tags(state).await?;
+            Some(t.keys().cloned().collect::<Vec<_>>().join("\n"))
+        }
+        "dynamic/instance-identity/document" => Some(identity_document(&info)),
+        other => {
+            let key = other.strip_prefix("meta-data/tags/instance/")?;
+            tags(state).await?.get(key).cloned()
+        }
+    }
+}
+
+fn identity_document(i: &InstanceInfo) -> String {
+    // EC2's layout, nulls included.
+    let doc = serde_json::json!({
+        "accountId": i.account_id,
+        "architecture": i.architecture,
+        "availabilityZone": i.availability_zone,
+        "billingProducts": null,
+        "devpayProductCodes": null,
+        "marketplaceProductCodes": null,
+        "imageId": i.image_id,
+        "instanceId": i.instance_id,
+        "instanceType": i.instance_type,
+        "kernelId": null,
+        "pendingTime": i.pending_time.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "privateIp": i.private_ip,
+        "ramdiskId": null,
+        "region": i.region,
+        "version": "2017-09-30"
+    });
+    serde_json::to_string_pretty(&doc).expect("serialise identity document")
+}
