@@ -21,9 +21,13 @@ pub enum DurationError {
         "invalid duration '{0}': expected something like 90s, 30m, 2h, 1d, 1h30m or a number of seconds"
     )]
     Invalid(String),
-    #[error("duration '{0}' is too long")]
+    #[error("duration '{0}' is too long (at most 100 years)")]
     Overflow(String),
 }
+
+/// The longest duration accepted: a century. Anything longer is a typo, and keeping
+/// every duration this small lets deadline arithmetic never overflow a timestamp.
+pub const MAX_SECS: u64 = 100 * 365 * 86_400;
 
 const UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
 
@@ -42,7 +46,10 @@ impl HumanDuration {
 
     /// A `chrono` duration for arithmetic on wall-clock deadlines.
     pub fn to_chrono(self) -> chrono::TimeDelta {
-        chrono::TimeDelta::seconds(i64::try_from(self.0.as_secs()).unwrap_or(i64::MAX))
+        i64::try_from(self.0.as_secs())
+            .ok()
+            .and_then(chrono::TimeDelta::try_seconds)
+            .unwrap_or(chrono::TimeDelta::MAX)
     }
 }
 
@@ -68,11 +75,15 @@ impl FromStr for HumanDuration {
         }
         let invalid = || DurationError::Invalid(input.to_string());
         let overflow = || DurationError::Overflow(input.to_string());
+        let capped = |secs: u64| {
+            if secs > MAX_SECS {
+                Err(overflow())
+            } else {
+                Ok(Self::from_secs(secs))
+            }
+        };
         if s.bytes().all(|b| b.is_ascii_digit()) {
-            return s
-                .parse::<u64>()
-                .map(Self::from_secs)
-                .map_err(|_| overflow());
+            return s.parse::<u64>().map_err(|_| overflow()).and_then(capped);
         }
         let mut total: u64 = 0;
         let mut digits = String::new();
@@ -103,7 +114,7 @@ impl FromStr for HumanDuration {
         if !digits.is_empty() {
             return Err(invalid());
         }
-        Ok(Self::from_secs(total))
+        capped(total)
     }
 }
 
@@ -175,10 +186,23 @@ mod tests {
             let err = bad.parse::<HumanDuration>().unwrap_err();
             assert!(err.to_string().contains(bad), "{err}");
         }
-        assert!(matches!(
-            "99999999999999999999d".parse::<HumanDuration>(),
-            Err(DurationError::Overflow(_))
-        ));
+        for huge in ["99999999999999999999d", "18446744073709551615", "36501d"] {
+            assert!(
+                matches!(
+                    huge.parse::<HumanDuration>(),
+                    Err(DurationError::Overflow(_))
+                ),
+                "{huge}"
+            );
+        }
+        assert_eq!(
+            "36500d".parse::<HumanDuration>().unwrap().as_secs(),
+            MAX_SECS
+        );
+        assert_eq!(
+            HumanDuration::from_secs(u64::MAX).to_chrono(),
+            chrono::TimeDelta::MAX
+        );
     }
 
     #[test]

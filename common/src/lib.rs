@@ -8,6 +8,7 @@ pub mod duration;
 pub mod layout;
 pub mod manifest;
 pub mod messages;
+pub mod stack;
 pub mod tags;
 
 pub use duration::HumanDuration;

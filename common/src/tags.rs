@@ -321,7 +321,7 @@ impl LeaseTags {
     pub fn deadline(&self, launched_at: Option<DateTime<Utc>>) -> Option<DateTime<Utc>> {
         let from_ttl = launched_at
             .zip(self.ttl)
-            .map(|(launch, ttl)| launch + ttl.to_chrono());
+            .and_then(|(launch, ttl)| launch.checked_add_signed(ttl.to_chrono()));
         match (self.expires_at, from_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

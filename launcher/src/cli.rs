@@ -86,6 +86,8 @@ pub enum Command {
     Logs(LogsArgs),
     /// Download a task's result bundle, or every bundle of an instance.
     Download(DownloadArgs),
+    /// Print a least-privilege IAM policy for the agents' role or for `lease` users.
+    IamPolicy(IamPolicyArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -302,6 +304,33 @@ pub struct DownloadArgs {
     pub to: PathBuf,
     #[arg(long, env = "LEASE_BUCKET")]
     pub bucket: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicyKind {
+    /// The role every instance's agent runs with.
+    Agent,
+    /// Whoever runs `lease` (a person, or CI).
+    Launcher,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct IamPolicyArgs {
+    /// Which policy: `agent` or `launcher`.
+    #[arg(value_enum)]
+    pub kind: PolicyKind,
+    /// The control-plane stack whose resources the policy names.
+    #[arg(long, default_value = lease_common::stack::DEFAULT_STACK)]
+    pub stack: String,
+    /// AWS account id (default: the account of your AWS identity).
+    #[arg(long)]
+    pub account: Option<String>,
+    /// AWS partition: aws, aws-cn or aws-us-gov.
+    #[arg(long, default_value = lease_common::stack::DEFAULT_PARTITION)]
+    pub partition: String,
+    /// Limit the agent to these pools' queues (repeatable; default: every pool of the stack).
+    #[arg(long = "pool")]
+    pub pools: Vec<String>,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cloud;
 pub mod commands;
 pub mod error;
+pub mod iam;
 pub mod output;
 pub mod plan;
 pub mod queue;

@@ -110,6 +110,19 @@ impl Moto {
     pub async fn ec2(&self) -> aws_sdk_ec2::Client {
         aws_sdk_ec2::Client::new(&self.sdk_config().await)
     }
+
+    /// One instance as DescribeInstances shows it: what tests assert on.
+    pub async fn instance(&self, id: &str) -> aws_sdk_ec2::types::Instance {
+        let out = self
+            .ec2()
+            .await
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DescribeInstances {id}: {e:?}"));
+        out.reservations()[0].instances()[0].clone()
+    }
 }
 
 impl Drop for Moto {

@@ -31,20 +31,8 @@ async fn launch(moto: &Moto, args: &[&str]) -> String {
     ids[0].to_string()
 }
 
-async fn instance(moto: &Moto, id: &str) -> aws_sdk_ec2::types::Instance {
-    let out = moto
-        .ec2()
-        .await
-        .describe_instances()
-        .instance_ids(id)
-        .send()
-        .await
-        .unwrap();
-    out.reservations()[0].instances()[0].clone()
-}
-
 async fn state(moto: &Moto, id: &str) -> String {
-    instance(moto, id)
+    moto.instance(id)
         .await
         .state()
         .and_then(|s| s.name())
@@ -53,7 +41,7 @@ async fn state(moto: &Moto, id: &str) -> String {
 }
 
 async fn tag_map(moto: &Moto, id: &str) -> BTreeMap<String, String> {
-    instance(moto, id)
+    moto.instance(id)
         .await
         .tags()
         .iter()
@@ -64,7 +52,7 @@ async fn tag_map(moto: &Moto, id: &str) -> BTreeMap<String, String> {
 /// The deadline as DESIGN.md defines it, computed from what moto holds: the earlier of
 /// `lease:expires-at` and launch time + `lease:ttl`.
 async fn deadline(moto: &Moto, id: &str) -> DateTime<Utc> {
-    let i = instance(moto, id).await;
+    let i = moto.instance(id).await;
     let launched = DateTime::<Utc>::from_timestamp(i.launch_time().unwrap().secs(), 0);
     let t = tag_map(moto, id).await;
     tags::LeaseTags::from_map(&t)

@@ -16,18 +16,6 @@ fn lease(moto: &Moto) -> Cmd {
     Cmd::new("lease", &moto.env())
 }
 
-async fn instance(moto: &Moto, id: &str) -> aws_sdk_ec2::types::Instance {
-    let out = moto
-        .ec2()
-        .await
-        .describe_instances()
-        .instance_ids(id)
-        .send()
-        .await
-        .unwrap();
-    out.reservations()[0].instances()[0].clone()
-}
-
 fn tags(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
     i.tags()
         .iter()
@@ -78,7 +66,7 @@ async fn launch_sets_tags_metadata_market_and_user_data_atomically() {
     assert_eq!(launched.len(), 2, "{launched:?}");
     let ec2 = moto.ec2().await;
     for id in &launched {
-        let i = instance(&moto, id).await;
+        let i = moto.instance(id).await;
         let t = tags(&i);
         assert_eq!(t["lease:managed"], "true");
         assert_eq!(
@@ -191,7 +179,7 @@ async fn on_demand_launch_waits_until_running() {
         .await;
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
     let id = json[0]["id"].as_str().unwrap();
-    let i = instance(&moto, id).await;
+    let i = moto.instance(id).await;
     assert_eq!(i.instance_lifecycle(), None, "on-demand has no lifecycle");
     assert_eq!(i.state().unwrap().name().unwrap().as_str(), "running");
 }
@@ -313,7 +301,7 @@ async fn status_reports_what_ec2_says() {
         .ok()
         .await;
     let s: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let i = instance(&moto, &id).await;
+    let i = moto.instance(&id).await;
     assert_eq!(s["id"], id);
     assert_eq!(s["private_ip"].as_str(), i.private_ip_address());
     assert_eq!(s["market"], "spot");
@@ -332,11 +320,11 @@ async fn status_reports_what_ec2_says() {
 async fn extend_moves_the_deadline_and_ttl_and_refuses_terminated() {
     let moto = Moto::start();
     let id = launch(&moto, &["--ttl", "1h"]).await.remove(0);
-    let before: DateTime<Utc> = tags(&instance(&moto, &id).await)["lease:expires-at"]
+    let before: DateTime<Utc> = tags(&moto.instance(&id).await)["lease:expires-at"]
         .parse()
         .unwrap();
     lease(&moto).args(["extend", &id, "30m"]).ok().await;
-    let t = tags(&instance(&moto, &id).await);
+    let t = tags(&moto.instance(&id).await);
     let after: DateTime<Utc> = t["lease:expires-at"].parse().unwrap();
     assert_eq!(after - before, chrono::TimeDelta::minutes(30));
     assert_eq!(t["lease:ttl"], "1h30m");
@@ -365,7 +353,7 @@ async fn terminate_asks_for_more_than_one_and_never_touches_unmanaged() {
     let state = |id: String| {
         let moto = &moto;
         async move {
-            instance(moto, &id)
+            moto.instance(&id)
                 .await
                 .state()
                 .unwrap()

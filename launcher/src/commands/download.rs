@@ -77,6 +77,16 @@ async fn bundles<B: Bucket>(b: &B, bucket: &str, target: &str) -> Result<Vec<(St
     Ok(found)
 }
 
+/// sha256 of a file, off the async threads: hashing a large checkpoint takes seconds.
+async fn hash(path: &Path) -> Result<String> {
+    let owned = path.to_path_buf();
+    let what = || format!("Failed to hash '{}'", path.display());
+    tokio::task::spawn_blocking(move || sha256_file(&owned))
+        .await
+        .map_err(|e| Error::io(what(), std::io::Error::other(e)))?
+        .map_err(|e| Error::io(what(), e))
+}
+
 /// Fetches one file unless an identical copy is there; returns bytes fetched (0 = skipped).
 async fn fetch<B: Bucket>(
     b: &B,
@@ -85,20 +95,8 @@ async fn fetch<B: Bucket>(
     entry: &ManifestEntry,
     dest: &Path,
 ) -> Result<u64> {
-    let dest_text = dest.display().to_string();
     if dest.is_file() {
-        let have = tokio::task::spawn_blocking({
-            let dest = dest.to_path_buf();
-            move || sha256_file(&dest)
-        })
-        .await
-        .map_err(|e| {
-            Error::io(
-                format!("Failed to hash '{dest_text}'"),
-                std::io::Error::other(e),
-            )
-        })?
-        .map_err(|e| Error::io(format!("Failed to hash '{dest_text}'"), e))?;
+        let have = hash(dest).await?;
         if have == entry.sha256 {
             return Ok(0);
         }
@@ -115,18 +113,7 @@ async fn fetch<B: Bucket>(
             .unwrap_or_default()
     ));
     let written = b.download(bucket, key, &partial).await?;
-    let got = tokio::task::spawn_blocking({
-        let partial = partial.clone();
-        move || sha256_file(&partial)
-    })
-    .await
-    .map_err(|e| {
-        Error::io(
-            format!("Failed to hash '{dest_text}'"),
-            std::io::Error::other(e),
-        )
-    })?
-    .map_err(|e| Error::io(format!("Failed to hash '{dest_text}'"), e))?;
+    let got = hash(&partial).await?;
     if got != entry.sha256 || written != entry.size {
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(Error::Aws {
@@ -137,9 +124,12 @@ async fn fetch<B: Bucket>(
             ),
         });
     }
-    tokio::fs::rename(&partial, dest)
-        .await
-        .map_err(|e| Error::io(format!("Failed to move the download into '{dest_text}'"), e))?;
+    tokio::fs::rename(&partial, dest).await.map_err(|e| {
+        Error::io(
+            format!("Failed to move the download into '{}'", dest.display()),
+            e,
+        )
+    })?;
     Ok(written)
 }
 

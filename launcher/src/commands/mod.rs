@@ -4,6 +4,7 @@ pub mod act;
 pub mod attach;
 pub mod download;
 pub mod extend;
+pub mod iam_policy;
 pub mod launch;
 pub mod list;
 pub mod logs;
@@ -90,6 +91,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &ctx, a).await,
         Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
         Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
+        Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
         Command::Completions { .. } => unreachable_completions(),
     }
 }

@@ -1,0 +1,106 @@
+//! `lease iam-policy agent|launcher`: prints a least-privilege IAM policy document for
+//! the agents' role or for the people who run `lease`, on the stack's resources.
+
+use lease_common::stack::{Location, Stack};
+
+use crate::cli::{IamPolicyArgs, PolicyKind};
+use crate::cloud::Cloud;
+use crate::error::{Error, Result};
+use crate::iam;
+
+/// The account id in an ARN (`arn:aws:sts::123456789012:assumed-role/…`): its fifth field.
+fn account_of(arn: &str) -> Option<&str> {
+    arn.split(':').nth(4).filter(|a| !a.is_empty())
+}
+
+/// `--account` when given, else the caller's own account (one STS call, which needs no
+/// permission): a policy is almost always for the account one is signed in to.
+async fn account<C: Cloud>(cloud: &C, args: &IamPolicyArgs) -> Result<String> {
+    if let Some(a) = &args.account {
+        return Ok(a.clone());
+    }
+    let arn = cloud.caller_arn().await?;
+    account_of(&arn).map(str::to_string).ok_or_else(|| {
+        Error::usage(format!(
+            "Cannot read an account id from the caller identity '{arn}'; pass --account"
+        ))
+    })
+}
+
+/// The policy document, pretty-printed, with a trailing newline.
+pub async fn render<C: Cloud>(cloud: &C, args: &IamPolicyArgs) -> Result<String> {
+    let usage = |e: &dyn std::fmt::Display| Error::usage(e.to_string());
+    let stack = Stack::new(&args.stack).map_err(|e| usage(&e))?;
+    if cloud.region().is_empty() {
+        return Err(Error::usage(
+            "No AWS region: pass --region or set AWS_REGION (ARNs in the policy name it)",
+        ));
+    }
+    let account = account(cloud, args).await?;
+    let at = Location::new(&args.partition, &account, cloud.region()).map_err(|e| usage(&e))?;
+    let policy = match args.kind {
+        PolicyKind::Agent => iam::agent_policy(&stack, &at, &args.pools).map_err(|e| usage(&e))?,
+        PolicyKind::Launcher => iam::launcher_policy(&stack, &at),
+    };
+    let text = serde_json::to_string_pretty(&policy)
+        .map_err(|e| Error::io("Failed to render the policy", std::io::Error::other(e)))?;
+    Ok(format!("{text}\n"))
+}
+
+pub async fn run<C: Cloud>(cloud: &C, args: &IamPolicyArgs) -> Result<()> {
+    crate::output::print(&render(cloud, args).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::fake::FakeCloud;
+
+    fn args(kind: PolicyKind) -> IamPolicyArgs {
+        IamPolicyArgs {
+            kind,
+            stack: "dev".into(),
+            account: None,
+            partition: "aws".into(),
+            pools: vec![],
+        }
+    }
+
+    #[tokio::test]
+    async fn account_defaults_to_the_caller_and_region_to_the_clients() {
+        let cloud = FakeCloud::new("eu-west-1");
+        let text = render(&cloud, &args(PolicyKind::Agent)).await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            v["Statement"][1]["Resource"][0],
+            "arn:aws:sns:eu-west-1:123456789012:lease-dev-bus"
+        );
+        let mut a = args(PolicyKind::Launcher);
+        a.account = Some("210987654321".into());
+        let text = render(&cloud, &a).await.unwrap();
+        assert!(text.contains("arn:aws:iam::210987654321:role/lease-dev-agent"));
+    }
+
+    #[tokio::test]
+    async fn bad_names_are_usage_errors() {
+        let cloud = FakeCloud::new("eu-west-1");
+        let mut a = args(PolicyKind::Agent);
+        a.stack = "Dev".into();
+        let err = render(&cloud, &a).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("'Dev'"), "{err}");
+        let mut a = args(PolicyKind::Agent);
+        a.account = Some("123".into());
+        assert_eq!(render(&cloud, &a).await.unwrap_err().exit_code(), 2);
+    }
+
+    #[test]
+    fn account_is_the_fifth_arn_field() {
+        assert_eq!(
+            account_of("arn:aws:sts::123456789012:assumed-role/r/s"),
+            Some("123456789012")
+        );
+        assert_eq!(account_of("nonsense"), None);
+    }
+}
