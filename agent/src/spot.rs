@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 
 use crate::decide::Input;
-use crate::imds::Metadata;
+use crate::imds::{ImdsError, Metadata};
 
 pub const INSTANCE_ACTION: &str = "meta-data/spot/instance-action";
 pub const REBALANCE: &str = "meta-data/events/recommendations/rebalance";
@@ -67,6 +67,33 @@ pub fn parse_rebalance(body: &str) -> Result<Rebalance, NoticeError> {
 
 /// Polls both notice paths until the receiver goes away. A failed poll is logged (at
 /// most once per failure streak) and retried on the next tick.
+/// A notice not seen before, from one poll of its path. A repeat of the last body is
+/// ignored (EC2 serves the same notice until the instance goes); a poll that fails
+/// sets `failed` and is logged only when polling was working until now.
+fn fresh<T>(
+    polled: Result<Option<String>, ImdsError>,
+    last: &mut Option<String>,
+    parse: fn(&str) -> Result<T, NoticeError>,
+    what: &str,
+    failing: bool,
+    failed: &mut bool,
+) -> Option<T> {
+    match polled {
+        Ok(Some(body)) if last.as_deref() != Some(body.trim()) => {
+            *last = Some(body.trim().to_string());
+            parse(&body).map_err(|e| tracing::error!("{e}")).ok()
+        }
+        Ok(_) => None,
+        Err(e) => {
+            *failed = true;
+            if !failing {
+                tracing::warn!("{what} notice poll failed: {e}");
+            }
+            None
+        }
+    }
+}
+
 pub async fn watch(metadata: Arc<dyn Metadata>, every: Duration, to_loop: mpsc::Sender<Input>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -78,45 +105,31 @@ pub async fn watch(metadata: Arc<dyn Metadata>, every: Duration, to_loop: mpsc::
         let (action, rebalance) =
             tokio::join!(metadata.get(INSTANCE_ACTION), metadata.get(REBALANCE));
         let mut failed = false;
-        match action {
-            Ok(Some(body)) if last_action.as_deref() != Some(body.trim()) => {
-                last_action = Some(body.trim().to_string());
-                match parse_instance_action(&body) {
-                    Ok(n) => {
-                        if to_loop.send(Input::Spot(n)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::error!("{e}"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                failed = true;
-                if !failing {
-                    tracing::warn!("spot notice poll failed: {e}");
-                }
-            }
+        let spot = fresh(
+            action,
+            &mut last_action,
+            parse_instance_action,
+            "spot",
+            failing,
+            &mut failed,
+        );
+        if let Some(n) = spot
+            && to_loop.send(Input::Spot(n)).await.is_err()
+        {
+            return;
         }
-        match rebalance {
-            Ok(Some(body)) if last_rebalance.as_deref() != Some(body.trim()) => {
-                last_rebalance = Some(body.trim().to_string());
-                match parse_rebalance(&body) {
-                    Ok(n) => {
-                        if to_loop.send(Input::Rebalance(n)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(e) => tracing::error!("{e}"),
-                }
-            }
-            Ok(_) => {}
-            Err(e) => {
-                failed = true;
-                if !failing {
-                    tracing::warn!("rebalance notice poll failed: {e}");
-                }
-            }
+        let rebalance = fresh(
+            rebalance,
+            &mut last_rebalance,
+            parse_rebalance,
+            "rebalance",
+            failing,
+            &mut failed,
+        );
+        if let Some(n) = rebalance
+            && to_loop.send(Input::Rebalance(n)).await.is_err()
+        {
+            return;
         }
         if failing && !failed {
             tracing::info!("spot notice polling works again");
@@ -155,7 +168,7 @@ mod tests {
         fn get<'a>(
             &'a self,
             path: &'a str,
-        ) -> crate::BoxFuture<'a, Result<Option<String>, crate::imds::ImdsError>> {
+        ) -> crate::BoxFuture<'a, Result<Option<String>, ImdsError>> {
             let answer = if path == INSTANCE_ACTION {
                 self.polls
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -164,7 +177,7 @@ mod tests {
                 Ok(None)
             };
             Box::pin(async move {
-                answer.map_err(|()| crate::imds::ImdsError::Status {
+                answer.map_err(|()| ImdsError::Status {
                     path: path.to_string(),
                     status: 500,
                 })

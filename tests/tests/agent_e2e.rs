@@ -70,6 +70,24 @@ async fn wait_for_state(moto: &Moto, id: &str, want: &[&str], limit: Duration) -
     .await
 }
 
+/// The instance reached shutting-down or terminated (seen through DescribeInstances)
+/// no earlier than its deadline and at most a second after it.
+async fn assert_ended_within_a_second(
+    moto: &Moto,
+    id: &str,
+    deadline: DateTime<Utc>,
+    limit: Duration,
+    agent: &Agent,
+) {
+    let seen = wait_for_state(moto, id, &["shutting-down", "terminated"], limit).await;
+    let late = seen - deadline;
+    assert!(
+        late >= TimeDelta::zero() && late <= ONE_SECOND,
+        "{late}\n{}",
+        agent.logs()
+    );
+}
+
 /// A `leased run` process with its own state and runtime directories; killed on drop.
 struct Agent {
     child: Child,
@@ -687,19 +705,7 @@ async fn sigkill_and_restart_keep_the_same_deadline() {
             .unwrap(),
         deadline
     );
-    let seen = wait_for_state(
-        &moto,
-        &id,
-        &["shutting-down", "terminated"],
-        Duration::from_secs(30),
-    )
-    .await;
-    let late = seen - deadline;
-    assert!(
-        late >= TimeDelta::zero() && late <= ONE_SECOND,
-        "{late}\n{}",
-        agent.logs()
-    );
+    assert_ended_within_a_second(&moto, &id, deadline, Duration::from_secs(30), &agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,19 +809,7 @@ async fn with_metadata_tags_off_the_deadline_comes_from_describe_tags() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&moto, &imds, dir.path(), "");
     let deadline = deadline(&moto, &id).await;
-    let seen = wait_for_state(
-        &moto,
-        &id,
-        &["shutting-down", "terminated"],
-        Duration::from_secs(20),
-    )
-    .await;
-    let late = seen - deadline;
-    assert!(
-        late >= TimeDelta::zero() && late <= ONE_SECOND,
-        "{late}\n{}",
-        agent.logs()
-    );
+    assert_ended_within_a_second(&moto, &id, deadline, Duration::from_secs(20), &agent).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
