@@ -15,16 +15,9 @@ pub mod resolve;
 pub mod submit;
 pub mod userdata;
 
-use clap::CommandFactory;
-
 pub use error::{Error, Result};
 
 pub async fn run(cli: cli::Cli) -> Result<()> {
-    if let cli::Command::Completions { shell } = &cli.command {
-        let mut out = Vec::new();
-        clap_complete::generate(*shell, &mut cli::Cli::command(), "lease", &mut out);
-        return output::print(&String::from_utf8_lossy(&out));
-    }
     commands::dispatch(cli).await
 }
 

@@ -17,6 +17,8 @@ use lease_common::aws::{AwsOptions, load_sdk_config};
 use lease_common::tags::Action;
 
 use crate::bucket::AwsBucket;
+use clap::CommandFactory;
+
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
@@ -41,12 +43,13 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         color: crate::output::stdout_color(),
         now: Utc::now(),
     };
-    let list_regions = match &cli.command {
-        Command::List(_) => true,
-        Command::Completions { .. } => unreachable_completions()?,
-        _ => false,
-    };
-    if !list_regions && g.regions.len() > 1 {
+    if let Command::Completions { shell } = &cli.command {
+        // Needs no AWS: printed before any configuration is loaded.
+        let mut out = Vec::new();
+        clap_complete::generate(*shell, &mut Cli::command(), "lease", &mut out);
+        return crate::output::print(&String::from_utf8_lossy(&out));
+    }
+    if !matches!(cli.command, Command::List(_)) && g.regions.len() > 1 {
         return Err(Error::usage(
             "--region may be given more than once only for `lease list`",
         ));
@@ -92,13 +95,6 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
         Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
         Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
-        Command::Completions { .. } => unreachable_completions(),
+        Command::Completions { .. } => Ok(()),
     }
-}
-
-/// `completions` needs no AWS and is handled before dispatch (in `run`).
-fn unreachable_completions<T>() -> Result<T> {
-    Err(Error::usage(
-        "completions are printed without AWS; this is a bug in lease",
-    ))
 }
