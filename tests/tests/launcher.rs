@@ -565,3 +565,47 @@ async fn list_queries_several_regions_and_names_them() {
         .await;
     assert_eq!(code, 2, "several regions are for list only");
 }
+
+#[tokio::test]
+async fn iam_policy_names_the_callers_account_and_confines_the_agent() {
+    let moto = Moto::start();
+    let out = lease(&moto)
+        .args(["iam-policy", "agent", "--stack", "dev"])
+        .ok()
+        .await;
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["Version"], "2012-10-17");
+    let statements = doc["Statement"].as_array().unwrap();
+    let resources: Vec<String> = statements
+        .iter()
+        .flat_map(|s| s["Resource"].as_array().cloned().unwrap_or_default())
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        resources.contains(&"arn:aws:sqs:us-east-1:123456789012:lease-dev-pool-*".to_string()),
+        "{resources:?}"
+    );
+    for s in statements {
+        let actions: Vec<&str> = s["Action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        if actions
+            .iter()
+            .any(|a| a.starts_with("ec2:Terminate") || a.starts_with("ec2:Stop"))
+        {
+            assert_eq!(
+                s["Resource"],
+                serde_json::json!(["${ec2:SourceInstanceARN}"]),
+                "{s}"
+            );
+        }
+    }
+    let (code, err) = lease(&moto)
+        .args(["iam-policy", "agent", "--stack", "Bad_Name"])
+        .fails()
+        .await;
+    assert_eq!(code, 2, "{err}");
+}
