@@ -111,6 +111,34 @@ impl Moto {
         aws_sdk_ec2::Client::new(&self.sdk_config().await)
     }
 
+    /// Launches one instance directly through EC2 (not through lease), with these tags set
+    /// by RunInstances itself; no tags makes an instance lease does not manage.
+    pub async fn run_instance(&self, tags: &[(&str, &str)]) -> String {
+        let mut req = self
+            .ec2()
+            .await
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(1)
+            .max_count(1);
+        if !tags.is_empty() {
+            let mut spec = aws_sdk_ec2::types::TagSpecification::builder()
+                .resource_type(aws_sdk_ec2::types::ResourceType::Instance);
+            for (k, v) in tags {
+                spec = spec.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+            }
+            req = req.tag_specifications(spec.build());
+        }
+        let out = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("RunInstances: {e:?}"));
+        out.instances()[0]
+            .instance_id()
+            .expect("RunInstances returns an instance id")
+            .to_string()
+    }
+
     /// One instance as DescribeInstances shows it: what tests assert on.
     pub async fn instance(&self, id: &str) -> aws_sdk_ec2::types::Instance {
         let out = self

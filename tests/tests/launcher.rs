@@ -245,13 +245,7 @@ async fn list_paginates_over_a_thousand_instances_and_filters_by_owner_and_job()
             .unwrap();
     }
     // An unmanaged instance never shows.
-    ec2.run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap();
+    moto.run_instance(&[]).await;
     let count = |out: String| {
         serde_json::from_str::<Vec<serde_json::Value>>(&out)
             .unwrap()
@@ -391,20 +385,7 @@ async fn terminate_asks_for_more_than_one_and_never_touches_unmanaged() {
     let s = state(stop_me.clone()).await;
     assert!(s == "stopping" || s == "stopped", "{s}");
 
-    let other = moto
-        .ec2()
-        .await
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .send()
-        .await
-        .unwrap()
-        .instances()[0]
-        .instance_id()
-        .unwrap()
-        .to_string();
+    let other = moto.run_instance(&[]).await;
     let (code, err) = lease(&moto)
         .args(["terminate", &other, "--yes"])
         .fails()

@@ -3,7 +3,7 @@
 //! cap are reached without waiting.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use aws_sdk_ec2::types::{InstanceStateName, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::InstanceStateName;
 use chrono::{DateTime, TimeDelta, Utc};
 use lease_common::tags::render_time;
 use lease_reaper::{AwsEc2, ReapAction, ReaperConfig, Report, reap};
@@ -12,22 +12,8 @@ use lease_tests::Moto;
 /// Launches one instance with these tags, the way `lease launch` would (tags set by
 /// RunInstances itself).
 async fn run(moto: &Moto, tags: &[(&str, String)]) -> String {
-    let mut spec = TagSpecification::builder().resource_type(ResourceType::Instance);
-    for (k, v) in tags {
-        spec = spec.tags(Tag::builder().key(*k).value(v).build());
-    }
-    let out = moto
-        .ec2()
-        .await
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(spec.build())
-        .send()
-        .await
-        .unwrap();
-    out.instances()[0].instance_id().unwrap().to_string()
+    let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    moto.run_instance(&tags).await
 }
 
 fn managed(expires_at: DateTime<Utc>) -> Vec<(&'static str, String)> {
