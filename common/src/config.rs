@@ -57,6 +57,14 @@ pub struct AgentConfig {
     /// DynamoDB table of registered nodes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nodes_table: Option<String>,
+    /// The pool this node serves (informational: the queue URL decides what it takes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// One task to run once instead of taking work from a queue (`lease launch --task`):
+    /// the node runs it, uploads its bundle, tags `lease:status=complete` or `failed`
+    /// and ends the lease as `lease:on-complete` says.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task: Option<crate::messages::Task>,
     /// AWS region; defaults to the instance's own region from IMDS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
@@ -97,6 +105,8 @@ impl Default for AgentConfig {
             log_bucket: None,
             tasks_table: None,
             nodes_table: None,
+            pool: None,
+            task: None,
             region: None,
             profile: None,
             heartbeat_interval: HumanDuration::from_secs(30),

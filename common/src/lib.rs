@@ -8,6 +8,7 @@ pub mod duration;
 pub mod layout;
 pub mod manifest;
 pub mod messages;
+pub mod records;
 pub mod stack;
 pub mod tags;
 
