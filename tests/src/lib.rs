@@ -5,10 +5,12 @@
 //! to return, and the panic message is the test's failure message.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+pub mod agent;
 pub mod bins;
 pub mod imds;
 pub mod moto;
 pub mod nspawn;
+pub mod recorder;
 pub mod sshd;
 pub mod wait;
 

@@ -17,7 +17,9 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::from(2);
     };
     if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
-        eprintln!("fake-imds: AWS_ENDPOINT_URL must point at the emulator; it serves no real instance");
+        eprintln!(
+            "fake-imds: AWS_ENDPOINT_URL must point at the emulator; it serves no real instance"
+        );
         return std::process::ExitCode::from(2);
     }
     let sdk = match load_sdk_config(&AwsOptions::default()).await {

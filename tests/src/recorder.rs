@@ -1,0 +1,159 @@
+//! A pass-through HTTP proxy in front of moto that notes when each AWS API call
+//! arrived, so a benchmark can time an agent's calls (the terminate at a deadline, a
+//! requeue after a spot notice) from outside the agent, not from its own log.
+//!
+//! Point the process under test's `AWS_ENDPOINT_URL` at [`Recorder::endpoint`]; the
+//! action is read from the EC2/SQS query body (`Action=…`), or the JSON protocols'
+//! `X-Amz-Target` header (`AmazonSQS.SendMessage` → `SendMessage`).
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// One call as the proxy saw it arrive.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub at: DateTime<Utc>,
+    pub action: String,
+    pub body: String,
+}
+
+#[derive(Debug)]
+pub struct Recorder {
+    endpoint: String,
+    calls: Arc<Mutex<Vec<Call>>>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl Recorder {
+    /// Starts the proxy on 127.0.0.1 in front of `upstream` (moto's endpoint).
+    pub async fn start(upstream: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the recorder on 127.0.0.1");
+        let port = listener.local_addr().expect("local addr").port();
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let client: Client<HttpConnector, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build_http();
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let shared = calls.clone();
+        let server = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (calls, client, upstream) = (shared.clone(), client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        forward(calls.clone(), client.clone(), upstream.clone(), req)
+                    });
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            calls,
+            server,
+        }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Every call so far with this action, oldest first.
+    pub fn calls(&self, action: &str) -> Vec<Call> {
+        self.calls
+            .lock()
+            .expect("recorder state")
+            .iter()
+            .filter(|c| c.action == action)
+            .cloned()
+            .collect()
+    }
+}
+
+async fn forward(
+    calls: Arc<Mutex<Vec<Call>>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: String,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let at = Utc::now();
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let action = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.rsplit('.').next())
+        .map(str::to_string)
+        .or_else(|| {
+            text.split('&')
+                .find_map(|kv| kv.strip_prefix("Action="))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    calls.lock().expect("recorder state").push(Call {
+        at,
+        action,
+        body: text,
+    });
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut out = Request::builder()
+        .method(parts.method)
+        .uri(format!("{upstream}{path}"));
+    for (k, v) in &parts.headers {
+        out = out.header(k, v);
+    }
+    let Ok(out) = out.body(Full::new(body)) else {
+        return Ok(status(StatusCode::BAD_REQUEST));
+    };
+    match client.request(out).await {
+        Ok(resp) => {
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            Ok(Response::from_parts(parts, Full::new(body)))
+        }
+        Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
+    }
+}
+
+fn status(code: StatusCode) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = code;
+    r
+}
