@@ -1,0 +1,105 @@
+"""Collects the benchmark figures (one JSON file per benchmark in RAW_DIR) into one
+table (markdown, on stdout) and one file (OUT.json). A benchmark that did not run is
+listed as such. Usage: report.py RAW_DIR OUT.json"""
+import datetime
+import json
+import os
+import platform
+import sys
+
+
+def load(raw, name):
+    path = os.path.join(raw, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def verdict(ok):
+    return "met" if ok else "MISSED"
+
+
+def rows(raw):
+    spot = load(raw, "spot_notice")
+    if spot:
+        yield ("1. spot notice → SpotInterruption at a subscriber",
+               f"p50 {spot['event_p50_ms']:.0f} ms, p99 {spot['event_p99_ms']:.0f} ms ({spot['trials']} trials)",
+               "—", "p99 ≤ 1500 ms", verdict(spot["event_p99_ms"] <= 1500))
+        yield ("1. spot notice → task message visible again",
+               f"p50 {spot['requeue_p50_ms']:.0f} ms, p99 {spot['requeue_p99_ms']:.0f} ms",
+               "—", "p99 ≤ 1500 ms", verdict(spot["requeue_p99_ms"] <= 1500))
+    else:
+        yield ("1. spot notice → event / requeue", "not run", "", "", "")
+    d = load(raw, "deadline_to_terminate")
+    if d:
+        yield ("2. deadline → TerminateInstances call",
+               f"p50 {d['p50_ms']:.0f} ms, p99 {d['p99_ms']:.0f} ms ({d['trials']} trials)",
+               "—", "p99 ≤ 1000 ms", verdict(d["p99_ms"] <= 1000))
+    else:
+        yield ("2. deadline → terminate", "not run", "", "", "")
+    f = load(raw, "idle_footprint")
+    if f:
+        yield ("3. idle agent, 60 s, 1 s spot polling",
+               f"RSS {f['max_rss_kb'] / 1000:.1f} MB max, CPU {f['cpu_percent_of_core']:.3f} % of a core, "
+               f"{f['token_puts_in_window']} token PUTs in the window",
+               "—", "≤ 10 MB, ≤ 0.5 %",
+               verdict(f["max_rss_kb"] <= 10_000 and f["cpu_percent_of_core"] <= 0.5))
+    else:
+        yield ("3. idle footprint", "not run", "", "", "")
+    lst = load(raw, "list_1000")
+    if lst:
+        r = lst["list_1000"]
+        yield ("4. `lease list`, 1,000 instances",
+               f"{r['lease list']['median_s']:.2f} s (median of {r['lease list']['trials']})",
+               f"aws ec2 describe-instances {r['aws ec2 describe-instances']['median_s']:.2f} s; "
+               f"emulator alone {r['emulator floor (in-process boto3)']['median_s']:.2f} s",
+               "≤ 0.5× aws", f"{lst['ratio']:.2f}× — " + verdict(lst["ratio"] <= 0.5))
+    else:
+        yield ("4. lease list", "not run", "", "", "")
+    up = load(raw, "bundle_upload")
+    if up:
+        yield ("5. bundle upload, 200 files + 512 MiB",
+               f"{up['lease_mb_per_s']:.0f} MB/s ({up['lease_s']:.1f} s)",
+               f"aws s3 cp --recursive {up['aws_mb_per_s']:.0f} MB/s ({up['aws_s']:.1f} s)",
+               "≥ 1.5× aws", f"{up['ratio']:.2f}× — " + verdict(up["ratio"] >= 1.5))
+    else:
+        yield ("5. bundle upload", "not run", "", "", "")
+    m = load(raw, "mock_tasks")
+    if m:
+        yield ("6. mock tasks through one agent",
+               f"{m['tasks_per_s']:.1f} tasks/s ({m['tasks']} tasks in {m['elapsed_s']:.1f} s)",
+               "—", "≥ 20/s", verdict(m["tasks_per_s"] >= 20))
+    else:
+        yield ("6. mock tasks", "not run", "", "", "")
+    s = load(raw, "startup")
+    if s:
+        yield ("7. `lease --version`; binary sizes",
+               f"{s['lease_version_median_ms']:.1f} ms; lease {s['lease_bytes'] / 1e6:.1f} MB, "
+               f"leased {s['leased_bytes'] / 1e6:.1f} MB", "—", "—", "")
+    else:
+        yield ("7. start-up and sizes", "not run", "", "", "")
+
+
+def main():
+    raw, out_file = sys.argv[1], sys.argv[2]
+    table = list(rows(raw))
+    print(f"Benchmarks, {datetime.date.today()}, {platform.machine()}, "
+          f"{os.cpu_count()} cores, against moto's server on 127.0.0.1 (`tests/bench/run`)\n")
+    print("| benchmark | lease | reference | target | result |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in table:
+        print("| " + " | ".join(r) + " |")
+    figures = {}
+    for name in sorted(os.listdir(raw)):
+        if name.endswith(".json"):
+            with open(os.path.join(raw, name)) as f:
+                figures[name[:-5]] = json.load(f)
+    with open(out_file, "w") as f:
+        json.dump({"date": str(datetime.date.today()), "figures": figures,
+                   "table": [dict(zip(["benchmark", "lease", "reference", "target", "result"], r))
+                             for r in table]}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
