@@ -329,14 +329,13 @@ pub struct StatsArgs {
 }
 
 #[derive(Debug, Args, Clone)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct TasksArgs {
     /// DynamoDB table of task records.
     #[arg(long, env = "LEASE_TASKS_TABLE", global = true)]
     pub tasks_table: Option<String>,
     #[command(subcommand)]
     pub command: Option<TasksCommand>,
-    /// `lease tasks` alone lists, with these filters.
+    /// `lease tasks` alone lists, with these filters (a subcommand takes its own).
     #[command(flatten)]
     pub list: TaskListArgs,
 }
@@ -352,15 +351,27 @@ pub enum TasksCommand {
     Cancel(TaskIdArgs),
 }
 
-#[derive(Debug, Args, Clone, Default)]
+#[derive(Debug, Args, Clone, PartialEq)]
 pub struct TaskListArgs {
     /// Only tasks in this state (repeatable): queued, running, uploading, complete,
     /// failed, interrupted, cancelled.
     #[arg(long = "state")]
     pub states: Vec<String>,
     /// Show at most this many (the newest).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = DEFAULT_TASK_LIMIT)]
     pub limit: usize,
+}
+
+/// Rows `lease tasks` shows unless told otherwise: a screenful of the newest.
+pub const DEFAULT_TASK_LIMIT: usize = 50;
+
+impl Default for TaskListArgs {
+    fn default() -> Self {
+        Self {
+            states: Vec::new(),
+            limit: DEFAULT_TASK_LIMIT,
+        }
+    }
 }
 
 #[derive(Debug, Args, Clone)]

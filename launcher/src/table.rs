@@ -95,6 +95,9 @@ pub enum Created {
     Exists,
 }
 
+/// The `reason` a cancelled task's record carries.
+pub const CANCEL_REASON: &str = "cancelled with `lease tasks cancel`";
+
 /// What a cancel found.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cancel {
@@ -291,10 +294,7 @@ impl Tables for AwsTables {
             .expression_attribute_names("#ended", task::ENDED_AT)
             .expression_attribute_names("#expires", records::EXPIRES)
             .expression_attribute_values(":now", AttributeValue::S(now))
-            .expression_attribute_values(
-                ":reason",
-                AttributeValue::S("cancelled with `lease tasks cancel`".into()),
-            )
+            .expression_attribute_values(":reason", AttributeValue::S(CANCEL_REASON.into()))
             .expression_attribute_values(
                 ":expires",
                 AttributeValue::N((at.timestamp() + records::TASK_RETENTION_SECS).to_string()),
@@ -418,7 +418,12 @@ pub mod fake {
             let now = lease_common::tags::render_time(at);
             item.insert(task::STATE.into(), Attr::s(TaskState::Cancelled.as_str()));
             item.insert(task::UPDATED_AT.into(), Attr::s(&now));
+            item.insert(task::REASON.into(), Attr::s(CANCEL_REASON));
             item.entry(task::ENDED_AT.into()).or_insert(Attr::s(&now));
+            item.insert(
+                records::EXPIRES.into(),
+                Attr::n(at.timestamp() + records::TASK_RETENTION_SECS),
+            );
             Ok(Cancel::Cancelled(before))
         }
     }

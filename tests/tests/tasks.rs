@@ -301,6 +301,17 @@ async fn tasks_list_show_and_cancel() {
         text(&item, task::UPDATED_AT),
         text(&item, task::SUBMITTED_AT)
     );
+    assert_eq!(text(&item, task::ENDED_AT), text(&item, task::UPDATED_AT));
+    let kept_until = number(&item, records::EXPIRES) - Utc::now().timestamp();
+    assert!(
+        (kept_until - records::TASK_RETENTION_SECS).abs() <= 60,
+        "a cancelled record is kept as long as any finished one: {kept_until}"
+    );
+    assert_eq!(
+        text(&item, task::SUMMARY),
+        "echo t-new-queued",
+        "the rest is kept"
+    );
 
     // A finished task is refused, and its record is exactly as it was.
     let before = c.get("t-old-done").await.unwrap();

@@ -200,3 +200,144 @@ async fn record<T: Tables>(
         .collect()
         .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use clap::Parser;
+    use lease_common::records::{self, task};
+
+    use super::*;
+    use crate::queue::QueueCounts;
+    use crate::table::fake::FakeTables;
+    use crate::table::{Attr, Item, get_s};
+
+    /// A queue whose sends an agent answers at once: each sent task is claimed
+    /// (recorded `running`) before `lease submit` gets to write its record.
+    #[derive(Debug, Default)]
+    struct RacingQueue<'a> {
+        claims: Option<&'a FakeTables>,
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl TaskQueue for RacingQueue<'_> {
+        async fn send_batch(
+            &self,
+            _url: &str,
+            batch: &[Outgoing],
+        ) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+            let mut out = Vec::new();
+            for m in batch {
+                self.sent.lock().unwrap().push(m.id.clone());
+                if let Some(t) = self.claims {
+                    let item = Item::from([
+                        (records::TASK_ID.to_string(), Attr::s(&m.id)),
+                        (task::STATE.to_string(), Attr::s("running")),
+                    ]);
+                    t.insert("tasks", vec![item]);
+                }
+                out.push((m.id.clone(), Ok(format!("msg-{}", m.id))));
+            }
+            Ok(out)
+        }
+
+        async fn put_object(&self, _b: &str, _k: &str, _body: Vec<u8>) -> Result<()> {
+            Ok(())
+        }
+
+        async fn counts(&self, _url: &str) -> Result<QueueCounts> {
+            Ok(QueueCounts::default())
+        }
+
+        async fn dead_letter_url(&self, _url: &str) -> Result<Option<String>> {
+            Ok(None)
+        }
+    }
+
+    fn args(extra: &[&str]) -> SubmitArgs {
+        let mut argv = vec![
+            "lease",
+            "submit",
+            "--queue-url",
+            "q",
+            "--tasks-table",
+            "tasks",
+        ];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Submit(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx {
+            output: OutputFormat::Json,
+            yes: false,
+            color: false,
+            now: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_follow_the_messages_and_never_overwrite_a_claim() {
+        let tables = FakeTables::default();
+        let q = RacingQueue::default();
+        run(
+            &q,
+            &tables,
+            &ctx(),
+            &args(&["--shell", "true", "--array", "12"]),
+        )
+        .await
+        .unwrap();
+        let sent = q.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 12);
+        for id in &sent {
+            let item = tables.get("tasks", id).unwrap();
+            assert_eq!(get_s(&item, task::STATE), Some("queued"));
+        }
+
+        let claimed = FakeTables::default();
+        let q = RacingQueue {
+            claims: Some(&claimed),
+            ..Default::default()
+        };
+        run(
+            &q,
+            &claimed,
+            &ctx(),
+            &args(&["--shell", "true", "--array", "3"]),
+        )
+        .await
+        .unwrap();
+        for id in q.sent.lock().unwrap().iter() {
+            let item = claimed.get("tasks", id).unwrap();
+            assert_eq!(
+                get_s(&item, task::STATE),
+                Some("running"),
+                "the claim stands"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_written_fails_the_command_after_sending() {
+        let tables = FakeTables {
+            broken: true,
+            ..Default::default()
+        };
+        let q = RacingQueue::default();
+        let err = run(&q, &tables, &ctx(), &args(&["--shell", "true"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.to_string().contains("record"), "{err}");
+        assert_eq!(
+            q.sent.lock().unwrap().len(),
+            1,
+            "the task was queued all the same"
+        );
+    }
+}

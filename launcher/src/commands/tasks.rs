@@ -187,6 +187,12 @@ fn table_name(args: &TasksArgs) -> Result<&str> {
 }
 
 pub async fn run<T: Tables>(tables: &T, ctx: &Ctx, args: &TasksArgs) -> Result<()> {
+    if args.command.is_some() && args.list != TaskListArgs::default() {
+        // Filters before a subcommand would be silently ignored; say where they go.
+        return Err(Error::usage(
+            "--state and --limit go after `list` (or with no subcommand at all)",
+        ));
+    }
     let table = table_name(args)?;
     match &args.command {
         None => list(tables, ctx, table, &args.list).await,
@@ -397,6 +403,32 @@ mod tests {
         assert!(err.to_string().contains("'nope'"), "{err}");
         // Cancelling twice is not an error: the task is where it was asked to be.
         run(&t, &ctx(), &cancel_args("q")).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn filters_before_a_subcommand_are_refused_not_ignored() {
+        use clap::Parser;
+        let parse = |argv: &[&str]| match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Tasks(a) => a,
+            other => panic!("{other:?}"),
+        };
+        let a = parse(&["lease", "tasks", "--state", "queued", "show", "t"]);
+        let err = run(&FakeTables::default(), &ctx(), &a).await.unwrap_err();
+        assert!(err.to_string().contains("after `list`"), "{err}");
+        // The table may come before or after the subcommand.
+        let a = parse(&["lease", "tasks", "--tasks-table", "x", "show", "t"]);
+        assert_eq!(a.tasks_table.as_deref(), Some("x"));
+        let a = parse(&[
+            "lease",
+            "tasks",
+            "list",
+            "--state",
+            "queued",
+            "--tasks-table",
+            "x",
+        ]);
+        assert_eq!(a.tasks_table.as_deref(), Some("x"));
+        assert!(matches!(a.command, Some(TasksCommand::List(ref l)) if l.states == ["queued"]));
     }
 
     #[tokio::test]
