@@ -31,7 +31,8 @@ struct LocalInputs {
     terms: LeaseTerms,
     agent_config: AgentConfig,
     extra_user_data: Option<String>,
-    /// One per instance, in launch order; empty for a launch without a task.
+    /// One per instance, in launch order; empty for a launch without a task. A task
+    /// from `--agent-config` is moved here, so both ways follow the same rules.
     tasks: Vec<Task>,
 }
 
@@ -80,7 +81,27 @@ fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
     {
         return Err(Error::usage("--job must not be empty"));
     }
-    let tasks = if args.task.is_given() {
+    let from_file = agent_config.task.take();
+    if from_file.is_some() && args.task.is_given() {
+        return Err(Error::usage(
+            "--agent-config already has a 'task'; give the task either there or as flags",
+        ));
+    }
+    if from_file.is_some() && args.count > 1 {
+        return Err(Error::usage(
+            "--agent-config has a 'task' and --count is more than 1: each instance needs a \
+             task id of its own, so give the task as flags (--shell, --image or --claude)",
+        ));
+    }
+    let tasks = match from_file {
+        Some(task) => vec![task],
+        None if args.task.is_given() => {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            crate::submit::per_instance(&args.task, args.count as usize, ctx.now, &random)?
+        }
+        None => Vec::new(),
+    };
+    if !tasks.is_empty() {
         merge(
             "log-bucket",
             "--bucket",
@@ -99,16 +120,7 @@ fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
                  pass --bucket or set LEASE_BUCKET",
             ));
         }
-        if agent_config.task.is_some() {
-            return Err(Error::usage(
-                "--agent-config already has a 'task'; give the task either there or as flags",
-            ));
-        }
-        let random = uuid::Uuid::new_v4().simple().to_string();
-        crate::submit::per_instance(&args.task, args.count as usize, ctx.now, &random)?
-    } else {
-        Vec::new()
-    };
+    }
     Ok(LocalInputs {
         terms,
         agent_config,
@@ -462,6 +474,39 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("lease submit"), "{err}");
         assert!(cloud.launched.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_task_in_the_agent_config_follows_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            "task:\n  v: 1\n  id: nightly\n  kind: shell\n  command: make\n",
+        )
+        .unwrap();
+        let cloud = FakeCloud::new("us-east-1");
+        let with = |extra: &[&str]| {
+            let mut a = launch_args(extra);
+            a.agent_config = Some(path.clone());
+            a
+        };
+        for (flags, needle) in [
+            (&["--count", "2", "--bucket", "ctl"][..], "--count"),
+            (&[], "--bucket"),
+            (
+                &["--bucket", "ctl", "--shell", "x"],
+                "either there or as flags",
+            ),
+        ] {
+            let err = run(&cloud, &ctx(), &with(flags)).await.unwrap_err();
+            assert!(err.to_string().contains(needle), "{flags:?}: {err}");
+        }
+        assert!(cloud.launched.lock().unwrap().is_empty());
+        run(&cloud, &ctx(), &with(&["--bucket", "ctl"]))
+            .await
+            .unwrap();
+        assert_eq!(task_in(&cloud.launched.lock().unwrap()[0]).id, "nightly");
     }
 
     #[tokio::test]
