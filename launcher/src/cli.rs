@@ -10,8 +10,8 @@ Exit status:
   0   success
   1   an AWS call or an operation failed (the message names what and why)
   2   bad usage: unknown flag, bad duration, illegal tag, missing argument
-  3   nothing matched: no managed instance with that id or name
-  4   refused: needs confirmation (--yes), or the instance is in the wrong state
+  3   nothing matched: no managed instance (or task) with that id or name
+  4   refused: needs confirmation (--yes), or the instance (or task) is in the wrong state
   5   a required local program is missing (ssh, aws, session-manager-plugin)";
 
 #[derive(Debug, Parser)]
@@ -80,8 +80,12 @@ pub enum Command {
     Attach(AttachArgs),
     /// Queue work for the fleet: a Claude Code prompt, a Docker image or a shell command.
     Submit(Box<SubmitArgs>),
-    /// Queue depth, tasks in flight and dead letters.
+    /// Queue depth, tasks in flight and dead letters, and tasks by state.
     Stats(StatsArgs),
+    /// Task records: list (default), show one, cancel one.
+    Tasks(TasksArgs),
+    /// The node registry: agents, their status, task and deadline.
+    Nodes(NodesArgs),
     /// Print a task's log; -f keeps following it.
     Logs(LogsArgs),
     /// Download a task's result bundle, or every bundle of an instance.
@@ -112,6 +116,9 @@ pub struct LaunchArgs {
     /// What to do at the deadline.
     #[arg(long, value_parser = parse_action, default_value = "terminate")]
     pub on_expiry: Action,
+    /// What to do once the launch's task (--shell, --image, --claude) has finished.
+    #[arg(long, value_parser = parse_action, default_value = "terminate")]
+    pub on_complete: Action,
     /// Use on-demand capacity instead of spot.
     #[arg(long)]
     pub on_demand: bool,
@@ -154,6 +161,15 @@ pub struct LaunchArgs {
     /// Print the full request and call nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// One task for each instance to run once, then end the lease per --on-complete.
+    #[command(flatten)]
+    pub task: TaskArgs,
+    /// Bucket for the task's log and result bundle (needed with a task).
+    #[arg(long, env = "LEASE_BUCKET")]
+    pub bucket: Option<String>,
+    /// DynamoDB task table the agent records the task's state in (`lease tasks`).
+    #[arg(long, env = "LEASE_TASKS_TABLE")]
+    pub tasks_table: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -229,11 +245,10 @@ pub struct WorkArgs {
     pub bucket: Option<String>,
 }
 
-#[derive(Debug, Args, Clone)]
-#[command(group(clap::ArgGroup::new("kind").required(true).args(["claude", "image", "shell"])))]
-pub struct SubmitArgs {
-    #[command(flatten)]
-    pub work: WorkArgs,
+/// What a task runs: shared by `lease submit` and `lease launch`.
+#[derive(Debug, Args, Clone, Default)]
+#[command(group(clap::ArgGroup::new("task").args(["claude", "image", "shell"])))]
+pub struct TaskArgs {
     /// A Claude Code prompt, run with `claude -p`; `@FILE` reads it from a file.
     #[arg(long)]
     pub claude: Option<String>,
@@ -260,11 +275,40 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub shell: Option<String>,
     /// Stop the task and report it failed after this long.
-    #[arg(long)]
+    #[arg(long, requires = "task")]
     pub timeout: Option<String>,
     /// Directory whose contents become the result bundle (default: the task's own).
-    #[arg(long)]
+    #[arg(long, requires = "task")]
     pub bundle: Option<String>,
+    /// Arguments for the --image container, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
+impl TaskArgs {
+    /// Whether any task kind was given (`lease launch` runs a task only then).
+    pub fn is_given(&self) -> bool {
+        self.claude.is_some() || self.image.is_some() || self.shell.is_some()
+    }
+}
+
+/// The DynamoDB task table, optional where a command works without it.
+#[derive(Debug, Args, Clone)]
+pub struct TasksTableArg {
+    /// DynamoDB table of task records (`lease tasks`, `lease stats`).
+    #[arg(long, env = "LEASE_TASKS_TABLE")]
+    pub tasks_table: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("kind").required(true).args(["claude", "image", "shell"])))]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub work: WorkArgs,
+    #[command(flatten)]
+    pub table: TasksTableArg,
+    #[command(flatten)]
+    pub task: TaskArgs,
     /// Pool of nodes to run on.
     #[arg(long)]
     pub pool: Option<String>,
@@ -274,15 +318,78 @@ pub struct SubmitArgs {
     /// KEY=v1,v2,...: one task per combination; `{KEY}` in the spec becomes each value.
     #[arg(long)]
     pub param: Vec<String>,
-    /// Arguments for the --image container, after `--`.
-    #[arg(last = true)]
-    pub args: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]
 pub struct StatsArgs {
     #[command(flatten)]
     pub work: WorkArgs,
+    #[command(flatten)]
+    pub table: TasksTableArg,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TasksArgs {
+    /// DynamoDB table of task records.
+    #[arg(long, env = "LEASE_TASKS_TABLE", global = true)]
+    pub tasks_table: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<TasksCommand>,
+    /// `lease tasks` alone lists, with these filters (a subcommand takes its own).
+    #[command(flatten)]
+    pub list: TaskListArgs,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum TasksCommand {
+    /// Tasks, newest first: id, state, kind, node, attempt, last update, summary.
+    #[command(alias = "ls")]
+    List(TaskListArgs),
+    /// Every attribute of one task, and where its log and bundle are in S3.
+    Show(TaskIdArgs),
+    /// Cancel a task unless it already finished.
+    Cancel(TaskIdArgs),
+}
+
+#[derive(Debug, Args, Clone, PartialEq)]
+pub struct TaskListArgs {
+    /// Only tasks in this state (repeatable): queued, running, uploading, complete,
+    /// failed, interrupted, cancelled.
+    #[arg(long = "state")]
+    pub states: Vec<String>,
+    /// Show at most this many (the newest).
+    #[arg(long, default_value_t = DEFAULT_TASK_LIMIT)]
+    pub limit: usize,
+}
+
+/// Rows `lease tasks` shows unless told otherwise: a screenful of the newest.
+pub const DEFAULT_TASK_LIMIT: usize = 50;
+
+impl Default for TaskListArgs {
+    fn default() -> Self {
+        Self {
+            states: Vec::new(),
+            limit: DEFAULT_TASK_LIMIT,
+        }
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TaskIdArgs {
+    pub task_id: String,
+    /// Control-plane bucket, to name the log and bundle locations the record lacks.
+    #[arg(long, env = "LEASE_BUCKET")]
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct NodesArgs {
+    /// DynamoDB table of registered nodes.
+    #[arg(long, env = "LEASE_NODES_TABLE")]
+    pub nodes_table: Option<String>,
+    /// Include deregistered nodes and stale ones (no heartbeat for three intervals).
+    #[arg(long, short = 'a')]
+    pub all: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod queue;
 pub mod resolve;
 pub mod submit;
+pub mod table;
 pub mod userdata;
 
 pub use error::{Error, Result};

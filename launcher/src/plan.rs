@@ -108,6 +108,7 @@ pub struct LeaseTerms {
     pub idle_timeout: Option<HumanDuration>,
     pub on_idle: Action,
     pub on_expiry: Action,
+    pub on_complete: Action,
 }
 
 impl LeaseTerms {
@@ -146,11 +147,12 @@ impl LeaseTerms {
             idle_timeout,
             on_idle: args.on_idle,
             on_expiry: args.on_expiry,
+            on_complete: args.on_complete,
         })
     }
 
     pub fn wants_hibernation(&self) -> bool {
-        self.on_idle == Action::Hibernate || self.on_expiry == Action::Hibernate
+        [self.on_idle, self.on_expiry, self.on_complete].contains(&Action::Hibernate)
     }
 }
 
@@ -183,7 +185,7 @@ pub fn lease_tags(
         idle_timeout: terms.idle_timeout,
         on_idle: terms.on_idle,
         on_expiry: terms.on_expiry,
-        on_complete: Action::Terminate,
+        on_complete: terms.on_complete,
         // The agent overwrites this once it runs; until then `lease list` says why
         // the instance has no agent status yet.
         status: Some(NodeStatus::Starting),
@@ -374,6 +376,16 @@ mod tests {
         assert_eq!((plan.min_count, plan.max_count), (3, 3));
         assert_eq!(tag(&plan, "lease:idle-timeout"), Some("30m"));
         assert_eq!(tag(&plan, "lease:on-idle"), Some("hibernate"));
+        assert_eq!(tag(&plan, "lease:on-complete"), Some("terminate"));
+    }
+
+    #[test]
+    fn on_complete_is_tagged_and_hibernation_configured_for_it() {
+        let a = args(&["--on-complete", "hibernate"]);
+        let terms = LeaseTerms::from_args(&a, false).unwrap();
+        let plan = build(&a, &terms, resolved(), now()).unwrap();
+        assert_eq!(tag(&plan, "lease:on-complete"), Some("hibernate"));
+        assert!(plan.hibernation_options.is_some());
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Turning `lease submit` flags into task messages: one task, an array (`--array N`,
-//! `{index}`), or one per combination of `--param KEY=v1,v2` values (`{KEY}`). Pure:
-//! the command module sends what this builds.
+//! Turning task flags into task messages: one task, an array (`--array N`,
+//! `{index}`), or one per combination of `--param KEY=v1,v2` values (`{KEY}`) for
+//! `lease submit`; one task per instance for `lease launch`. Pure: the command modules
+//! send what this builds.
 
 use std::collections::BTreeMap;
 
@@ -8,7 +9,7 @@ use chrono::{DateTime, Utc};
 use lease_common::HumanDuration;
 use lease_common::messages::{ClaudeSpec, DockerSpec, ShellSpec, Task, TaskSpec};
 
-use crate::cli::SubmitArgs;
+use crate::cli::{SubmitArgs, TaskArgs};
 use crate::error::{Error, Result};
 
 /// `@FILE` reads the text from a file: a long prompt does not fit on a command line
@@ -22,7 +23,7 @@ fn text_or_file(flag: &str, value: &str) -> Result<String> {
 }
 
 /// The spec the flags describe, before substitution.
-pub fn template(args: &SubmitArgs) -> Result<TaskSpec> {
+pub fn template(args: &TaskArgs) -> Result<TaskSpec> {
     let spec = match (&args.claude, &args.image, &args.shell) {
         (Some(prompt), None, None) => TaskSpec::Claude(ClaudeSpec {
             prompt: text_or_file("--claude", prompt)?,
@@ -54,13 +55,13 @@ pub fn template(args: &SubmitArgs) -> Result<TaskSpec> {
         }),
         _ => {
             return Err(Error::usage(
-                "submit: give exactly one of --claude, --image or --shell",
+                "give exactly one of --claude, --image or --shell",
             ));
         }
     };
     if !args.args.is_empty() && !matches!(spec, TaskSpec::Docker(_)) {
         return Err(Error::usage(
-            "submit: arguments after `--` are for --image tasks only",
+            "arguments after `--` are for --image tasks only",
         ));
     }
     Ok(spec)
@@ -160,17 +161,70 @@ pub fn base_id(now: DateTime<Utc>, random: &str) -> String {
     )
 }
 
-/// The tasks to send, in order.
-pub fn build(args: &SubmitArgs, now: DateTime<Utc>, random: &str) -> Result<Vec<Task>> {
-    let spec = template(args)?;
-    let timeout = args
-        .timeout
+fn timeout(args: &TaskArgs) -> Result<Option<HumanDuration>> {
+    args.timeout
         .as_deref()
         .map(|t| {
             t.parse::<HumanDuration>()
                 .map_err(|e| Error::usage(format!("--timeout: {e}")))
         })
-        .transpose()?;
+        .transpose()
+}
+
+/// `count` copies of one task with ids `<base>` (one) or `<base>-0`… (several), for
+/// `lease launch`: each instance gets a task id of its own, because the id keys the
+/// task's record, log and claim, and two instances sharing one would fight over them.
+pub fn per_instance(
+    args: &TaskArgs,
+    count: usize,
+    now: DateTime<Utc>,
+    random: &str,
+) -> Result<Vec<Task>> {
+    let spec = template(args)?;
+    let timeout = timeout(args)?;
+    let base = base_id(now, random);
+    Ok((0..count)
+        .map(|n| {
+            let id = if count == 1 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            let mut task = Task::new(id, spec.clone());
+            task.timeout = timeout;
+            task.bundle = args.bundle.clone();
+            task
+        })
+        .collect())
+}
+
+/// Longest summary kept in a task record: a table row, not the whole prompt.
+pub const SUMMARY_CHARS: usize = 80;
+
+/// The one-line summary a task record carries: the shell command, the image with its
+/// arguments, or the prompt's start, on one line and cut at [`SUMMARY_CHARS`].
+pub fn summary(spec: &TaskSpec) -> String {
+    let text = match spec {
+        TaskSpec::Shell(s) => s.command.clone(),
+        TaskSpec::Docker(d) => std::iter::once(d.image.as_str())
+            .chain(d.args.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        TaskSpec::Claude(c) => c.prompt.clone(),
+    };
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= SUMMARY_CHARS {
+        one_line
+    } else {
+        let cut: String = one_line.chars().take(SUMMARY_CHARS - 1).collect();
+        format!("{cut}…")
+    }
+}
+
+/// The tasks to send, in order.
+pub fn build(args: &SubmitArgs, now: DateTime<Utc>, random: &str) -> Result<Vec<Task>> {
+    let spec = template(&args.task)?;
+    let timeout = timeout(&args.task)?;
     if args.array == Some(0) {
         return Err(Error::usage("--array must be at least 1"));
     }
@@ -189,7 +243,7 @@ pub fn build(args: &SubmitArgs, now: DateTime<Utc>, random: &str) -> Result<Vec<
             };
             let mut task = Task::new(id, substitute_spec(&spec, vars));
             task.timeout = timeout;
-            task.bundle = args.bundle.as_deref().map(|b| substitute(b, vars));
+            task.bundle = args.task.bundle.as_deref().map(|b| substitute(b, vars));
             task.pool = args.pool.clone();
             task
         })
@@ -287,6 +341,51 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn launch_tasks_get_one_id_per_instance() {
+        let a = args(&["--shell", "make", "--timeout", "5m", "--bundle", "out"]);
+        let one = per_instance(&a.task, 1, now(), "abcdef").unwrap();
+        assert_eq!(one[0].id, "20261123-100000-abcdef");
+        let three = per_instance(&a.task, 3, now(), "abcdef").unwrap();
+        let ids: Vec<&str> = three.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "20261123-100000-abcdef-0",
+                "20261123-100000-abcdef-1",
+                "20261123-100000-abcdef-2"
+            ]
+        );
+        assert!(three.iter().all(|t| t.timeout.unwrap().as_secs() == 300
+            && t.bundle.as_deref() == Some("out")
+            && t.pool.is_none()));
+    }
+
+    #[test]
+    fn summaries_are_one_short_line() {
+        let shell = TaskSpec::Shell(ShellSpec {
+            command: "make\n  test".into(),
+        });
+        assert_eq!(summary(&shell), "make test");
+        let docker = TaskSpec::Docker(DockerSpec {
+            image: "trainer:1".into(),
+            args: vec!["--epochs".into(), "3".into()],
+            env: BTreeMap::new(),
+            gpus: None,
+        });
+        assert_eq!(summary(&docker), "trainer:1 --epochs 3");
+        let claude = TaskSpec::Claude(ClaudeSpec {
+            prompt: "é".repeat(200),
+            model: None,
+            permission_mode: None,
+            allowed_tools: vec![],
+            max_turns: None,
+        });
+        let s = summary(&claude);
+        assert_eq!(s.chars().count(), SUMMARY_CHARS);
+        assert!(s.ends_with('…'));
     }
 
     #[test]

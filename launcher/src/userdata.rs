@@ -86,8 +86,16 @@ pub fn render(
         }
     };
     if out.len() > MAX_USER_DATA {
+        let advice = match &config.task {
+            Some(task) => format!(
+                "task '{}' makes it too large to travel in user-data; queue it with `lease submit` \
+                 (which moves large tasks to S3) and launch nodes that take work from the queue",
+                task.id
+            ),
+            None => "shrink --user-data or --agent-config".to_string(),
+        };
         return Err(Error::usage(format!(
-            "user-data would be {} bytes; EC2 allows at most {MAX_USER_DATA} (16 KB). Shrink --user-data or --agent-config",
+            "user-data would be {} bytes; EC2 allows at most {MAX_USER_DATA} (16 KB): {advice}",
             out.len()
         )));
     }
@@ -167,5 +175,43 @@ mod tests {
         let big = format!("#!/bin/sh\n{}", "x".repeat(MAX_USER_DATA));
         let err = render(&AgentConfig::default(), None, Some(&big)).unwrap_err();
         assert!(err.to_string().contains("16 KB"), "{err}");
+        assert!(err.to_string().contains("--user-data"), "{err}");
+    }
+
+    #[test]
+    fn a_task_travels_in_the_agent_config_and_a_large_one_points_to_submit() {
+        use lease_common::messages::{ShellSpec, Task, TaskSpec};
+        let task = Task::new(
+            "t-1",
+            TaskSpec::Shell(ShellSpec {
+                command: "make test\necho 'done: \"ok\"'".into(),
+            }),
+        );
+        let config = AgentConfig {
+            task: Some(task.clone()),
+            log_bucket: Some("ctl".into()),
+            ..Default::default()
+        };
+        let ud = render(&config, None, None).unwrap();
+        let doc = cloud_config_part(&ud);
+        let content = doc["write_files"][0]["content"].as_str().unwrap();
+        let parsed =
+            AgentConfig::from_yaml(std::path::Path::new(DEFAULT_CONFIG_PATH), content).unwrap();
+        assert_eq!(parsed.task, Some(task));
+
+        let huge = AgentConfig {
+            task: Some(Task::new(
+                "t-2",
+                TaskSpec::Shell(ShellSpec {
+                    command: "x".repeat(MAX_USER_DATA),
+                }),
+            )),
+            ..Default::default()
+        };
+        let err = render(&huge, None, None).unwrap_err().to_string();
+        assert!(
+            err.contains("16 KB") && err.contains("lease submit") && err.contains("t-2"),
+            "{err}"
+        );
     }
 }

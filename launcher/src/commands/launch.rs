@@ -1,17 +1,24 @@
 //! `lease launch`: validate everything, resolve the AMI and owner, launch in one call,
 //! report every instance launched even when a later step fails.
+//!
+//! With a task (`--shell`, `--image`, `--claude`) every instance runs one task of its
+//! own, carried in its user-data's agent config. Each gets its own task id, because the
+//! id keys the task's record, log and claim; user-data differs per instance, so a task
+//! launch is one RunInstances call per instance rather than one for all.
 
 use std::time::Duration;
 
 use lease_common::config::AgentConfig;
+use lease_common::messages::Task;
 use lease_common::tags::{EXPIRES_AT, MANAGED};
+use serde::Serialize;
 
 use crate::cli::{LaunchArgs, OutputFormat};
 use crate::cloud::{Cloud, Instance, Query};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
-use crate::plan::{self, LeaseTerms, Resolved};
+use crate::plan::{self, LaunchPlan, LeaseTerms, Resolved};
 use crate::userdata::{self, AgentSource};
 
 /// How long `--wait` waits for every instance to be running.
@@ -24,11 +31,34 @@ struct LocalInputs {
     terms: LeaseTerms,
     agent_config: AgentConfig,
     extra_user_data: Option<String>,
+    /// One per instance, in launch order; empty for a launch without a task. A task
+    /// from `--agent-config` is moved here, so both ways follow the same rules.
+    tasks: Vec<Task>,
 }
 
-fn read_local(args: &LaunchArgs, yes: bool) -> Result<LocalInputs> {
-    let terms = LeaseTerms::from_args(args, yes)?;
-    let agent_config = match &args.agent_config {
+/// A flag that also fills an agent config key: both given and different is an error,
+/// rather than one silently winning.
+fn merge(
+    key: &str,
+    flag: &str,
+    from_file: &mut Option<String>,
+    from_flag: Option<&String>,
+) -> Result<()> {
+    match (from_file.as_ref(), from_flag) {
+        (Some(a), Some(b)) if a != b => Err(Error::usage(format!(
+            "{flag} '{b}' disagrees with '{key}: {a}' in --agent-config; give one"
+        ))),
+        (None, Some(b)) => {
+            *from_file = Some(b.clone());
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
+    let terms = LeaseTerms::from_args(args, ctx.yes)?;
+    let mut agent_config = match &args.agent_config {
         Some(path) => {
             AgentConfig::load(path).map_err(|e| Error::usage(format!("--agent-config: {e}")))?
         }
@@ -51,11 +81,100 @@ fn read_local(args: &LaunchArgs, yes: bool) -> Result<LocalInputs> {
     {
         return Err(Error::usage("--job must not be empty"));
     }
+    let from_file = agent_config.task.take();
+    if from_file.is_some() && args.task.is_given() {
+        return Err(Error::usage(
+            "--agent-config already has a 'task'; give the task either there or as flags",
+        ));
+    }
+    if from_file.is_some() && args.count > 1 {
+        return Err(Error::usage(
+            "--agent-config has a 'task' and --count is more than 1: each instance needs a \
+             task id of its own, so give the task as flags (--shell, --image or --claude)",
+        ));
+    }
+    let tasks = match from_file {
+        Some(task) => vec![task],
+        None if args.task.is_given() => {
+            let random = uuid::Uuid::new_v4().simple().to_string();
+            crate::submit::per_instance(&args.task, args.count as usize, ctx.now, &random)?
+        }
+        None => Vec::new(),
+    };
+    if !tasks.is_empty() {
+        merge(
+            "log-bucket",
+            "--bucket",
+            &mut agent_config.log_bucket,
+            args.bucket.as_ref(),
+        )?;
+        merge(
+            "tasks-table",
+            "--tasks-table",
+            &mut agent_config.tasks_table,
+            args.tasks_table.as_ref(),
+        )?;
+        if agent_config.log_bucket.is_none() {
+            return Err(Error::usage(
+                "a launch with a task needs a bucket for the task's log and result bundle: \
+                 pass --bucket or set LEASE_BUCKET",
+            ));
+        }
+    }
     Ok(LocalInputs {
         terms,
         agent_config,
         extra_user_data,
+        tasks,
     })
+}
+
+/// The RunInstances requests: one for the whole count, or one per instance with its
+/// own task. Every user-data is rendered (and size-checked) before any call.
+fn plans(
+    args: &LaunchArgs,
+    local: &LocalInputs,
+    arch: &str,
+    image_id: &str,
+    owner: &str,
+    ctx: &Ctx,
+) -> Result<Vec<(LaunchPlan, Option<String>)>> {
+    let one = |args: &LaunchArgs, config: &AgentConfig| -> Result<LaunchPlan> {
+        let user_data = userdata::render(
+            config,
+            agent_source(args, arch).as_ref(),
+            local.extra_user_data.as_deref(),
+        )?;
+        plan::build(
+            args,
+            &local.terms,
+            Resolved {
+                image_id: image_id.to_string(),
+                owner: owner.to_string(),
+                user_data,
+                client_token: uuid::Uuid::new_v4().to_string(),
+            },
+            ctx.now,
+        )
+    };
+    if local.tasks.is_empty() {
+        return Ok(vec![(one(args, &local.agent_config)?, None)]);
+    }
+    let single = LaunchArgs {
+        count: 1,
+        ..args.clone()
+    };
+    local
+        .tasks
+        .iter()
+        .map(|task| {
+            let config = AgentConfig {
+                task: Some(task.clone()),
+                ..local.agent_config.clone()
+            };
+            Ok((one(&single, &config)?, Some(task.id.clone())))
+        })
+        .collect()
 }
 
 fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
@@ -69,34 +188,28 @@ fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
 }
 
 pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()> {
-    let local = read_local(args, ctx.yes)?;
-    let client_token = uuid::Uuid::new_v4().to_string();
+    let local = read_local(args, ctx)?;
 
     if args.dry_run {
         // No API call at all: what AWS would resolve is shown as the placeholder EC2
         // itself accepts (`resolve:ssm:`), and the owner as who it would be.
         let arch = "x86_64";
-        let resolved = Resolved {
-            image_id: args
-                .ami
-                .clone()
-                .unwrap_or_else(|| format!("resolve:ssm:{}", plan::al2023_parameter(arch))),
-            owner: args
-                .owner
-                .clone()
-                .unwrap_or_else(|| "<your AWS identity>".into()),
-            user_data: userdata::render(
-                &local.agent_config,
-                agent_source(args, arch).as_ref(),
-                local.extra_user_data.as_deref(),
-            )?,
-            client_token,
-        };
-        let plan = plan::build(args, &local.terms, resolved, ctx.now)?;
+        let image_id = args
+            .ami
+            .clone()
+            .unwrap_or_else(|| format!("resolve:ssm:{}", plan::al2023_parameter(arch)));
+        let owner = args
+            .owner
+            .clone()
+            .unwrap_or_else(|| "<your AWS identity>".into());
+        let plans = plans(args, &local, arch, &image_id, &owner, ctx)?;
         eprintln!(
             "Dry run: this is the RunInstances request lease would send; nothing was called."
         );
-        return output::print_json(&plan);
+        return match plans.as_slice() {
+            [(plan, _)] => output::print_json(plan),
+            many => output::print_json(&many.iter().map(|(p, _)| p).collect::<Vec<_>>()),
+        };
     }
 
     let archs = cloud.architectures(&args.instance_type).await?;
@@ -114,57 +227,93 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()
         Some(o) => o.clone(),
         None => plan::owner_from_arn(&cloud.caller_arn().await?),
     };
-    let user_data = userdata::render(
-        &local.agent_config,
-        agent_source(args, &arch).as_ref(),
-        local.extra_user_data.as_deref(),
-    )?;
-    let plan = plan::build(
-        args,
-        &local.terms,
-        Resolved {
-            image_id,
-            owner,
-            user_data,
-            client_token,
-        },
-        ctx.now,
-    )?;
+    let plans = plans(args, &local, &arch, &image_id, &owner, ctx)?;
 
-    let launched = cloud.run_instances(&plan).await?;
+    let mut launched: Vec<Launched> = Vec::new();
+    let mut failure = None;
+    for (plan, task_id) in &plans {
+        match cloud.run_instances(plan).await {
+            Ok(instances) => launched.extend(instances.into_iter().map(|instance| Launched {
+                instance,
+                task_id: task_id.clone(),
+            })),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let wanted = args.count as usize;
     let market = if args.on_demand { "on-demand" } else { "spot" };
-    let deadline = plan.tag_specifications[0]
+    let deadline = plans[0].0.tag_specifications[0]
         .tags
         .iter()
         .find(|t| t.key == EXPIRES_AT)
         .map(|t| t.value.clone())
         .unwrap_or_else(|| "none".into());
-    eprintln!(
-        "Launched {} {market} {} in {} (deadline {deadline}).",
-        launched.len(),
-        args.instance_type,
-        cloud.region()
-    );
+    if !launched.is_empty() {
+        eprintln!(
+            "Launched {} {market} {} in {} (deadline {deadline}).",
+            launched.len(),
+            args.instance_type,
+            cloud.region()
+        );
+    }
     // Report what exists before anything else can fail, so no instance goes unreported.
     report(ctx, &launched)?;
-    if launched.len() < plan.min_count as usize {
+    if let Some(e) = failure {
+        if launched.is_empty() {
+            return Err(e);
+        }
         return Err(Error::Aws {
-            what: format!("Launch of {} x {}", plan.min_count, args.instance_type),
+            what: format!("Launch of {wanted} x {}", args.instance_type),
+            message: format!("stopped after {} (listed above): {e}", launched.len()),
+        });
+    }
+    if launched.len() < wanted {
+        return Err(Error::Aws {
+            what: format!("Launch of {wanted} x {}", args.instance_type),
             message: format!("EC2 launched only {} (listed above)", launched.len()),
         });
     }
+    if let Some(bucket) = local.agent_config.log_bucket.as_deref()
+        && !local.tasks.is_empty()
+    {
+        eprintln!(
+            "Each instance runs its task once, uploads the log and bundle to s3://{bucket}/, \
+             then ends its lease ({}). Follow one with `lease logs TASK -f`.",
+            args.on_complete
+        );
+    }
     if args.wait {
-        wait_running(cloud, &launched).await?;
+        let instances: Vec<Instance> = launched.into_iter().map(|l| l.instance).collect();
+        wait_running(cloud, &instances).await?;
     }
     Ok(())
 }
 
-fn report(ctx: &Ctx, launched: &[Instance]) -> Result<()> {
+/// One launched instance, and the task it runs when launched with one.
+#[derive(Debug, Serialize)]
+struct Launched {
+    #[serde(flatten)]
+    instance: Instance,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    task_id: Option<String>,
+}
+
+fn report(ctx: &Ctx, launched: &[Launched]) -> Result<()> {
     match ctx.output {
-        // One id per line: what scripts capture with $(lease launch …).
+        // One id per line, and its task beside it: what scripts capture with
+        // $(lease launch …) or `lease launch … | while read instance task`.
         OutputFormat::Table => {
-            let ids: String = launched.iter().map(|i| format!("{}\n", i.id)).collect();
-            output::print(&ids)
+            let lines: String = launched
+                .iter()
+                .map(|l| match &l.task_id {
+                    Some(t) => format!("{} {t}\n", l.instance.id),
+                    None => format!("{}\n", l.instance.id),
+                })
+                .collect();
+            output::print(&lines)
         }
         OutputFormat::Json => output::print_json(&launched),
     }
@@ -278,6 +427,86 @@ mod tests {
             "{err}"
         );
         assert!(cloud.launched.lock().unwrap().is_empty());
+    }
+
+    fn task_in(plan: &LaunchPlan) -> Task {
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&plan.user_data).unwrap();
+        let content = doc["write_files"][0]["content"].as_str().unwrap();
+        let config = AgentConfig::from_yaml(std::path::Path::new("user-data"), content).unwrap();
+        assert_eq!(config.log_bucket.as_deref(), Some("ctl"));
+        config.task.unwrap()
+    }
+
+    #[tokio::test]
+    async fn each_instance_gets_a_task_of_its_own() {
+        let cloud = FakeCloud::new("us-east-1");
+        let a = launch_args(&["--count", "3", "--shell", "make", "--bucket", "ctl"]);
+        run(&cloud, &ctx(), &a).await.unwrap();
+        let plans = cloud.launched.lock().unwrap();
+        assert_eq!(plans.len(), 3, "one call per instance");
+        let ids: std::collections::BTreeSet<String> = plans.iter().map(|p| task_in(p).id).collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        assert!(plans.iter().all(|p| p.min_count == 1 && p.max_count == 1));
+        let tokens: std::collections::BTreeSet<&str> =
+            plans.iter().map(|p| p.client_token.as_str()).collect();
+        assert_eq!(
+            tokens.len(),
+            3,
+            "a retry of one launch never repeats another"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_launch_without_a_bucket_launches_nothing() {
+        let cloud = FakeCloud::new("us-east-1");
+        let err = run(&cloud, &ctx(), &launch_args(&["--shell", "make"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("--bucket"), "{err}");
+        let huge = "x".repeat(userdata::MAX_USER_DATA);
+        let err = run(
+            &cloud,
+            &ctx(),
+            &launch_args(&["--shell", &huge, "--bucket", "ctl"]),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("lease submit"), "{err}");
+        assert!(cloud.launched.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_task_in_the_agent_config_follows_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(
+            &path,
+            "task:\n  v: 1\n  id: nightly\n  kind: shell\n  command: make\n",
+        )
+        .unwrap();
+        let cloud = FakeCloud::new("us-east-1");
+        let with = |extra: &[&str]| {
+            let mut a = launch_args(extra);
+            a.agent_config = Some(path.clone());
+            a
+        };
+        for (flags, needle) in [
+            (&["--count", "2", "--bucket", "ctl"][..], "--count"),
+            (&[], "--bucket"),
+            (
+                &["--bucket", "ctl", "--shell", "x"],
+                "either there or as flags",
+            ),
+        ] {
+            let err = run(&cloud, &ctx(), &with(flags)).await.unwrap_err();
+            assert!(err.to_string().contains(needle), "{flags:?}: {err}");
+        }
+        assert!(cloud.launched.lock().unwrap().is_empty());
+        run(&cloud, &ctx(), &with(&["--bucket", "ctl"]))
+            .await
+            .unwrap();
+        assert_eq!(task_in(&cloud.launched.lock().unwrap()[0]).id, "nightly");
     }
 
     #[tokio::test]

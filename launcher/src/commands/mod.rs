@@ -8,9 +8,11 @@ pub mod iam_policy;
 pub mod launch;
 pub mod list;
 pub mod logs;
+pub mod nodes;
 pub mod stats;
 pub mod status;
 pub mod submit;
+pub mod tasks;
 
 use chrono::{DateTime, Utc};
 use lease_common::aws::{AwsOptions, load_sdk_config};
@@ -24,6 +26,7 @@ use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
 use crate::plan::owner_from_arn;
 use crate::queue::AwsQueue;
+use crate::table::AwsTables;
 
 /// What every command needs besides AWS: how to print, whether to ask, and the time.
 #[derive(Debug, Clone)]
@@ -90,8 +93,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Attach(a) => {
             attach::run(&cloud, a, g.profile.as_deref(), sdk.endpoint_url()).await
         }
-        Command::Submit(a) => submit::run(&AwsQueue::new(&sdk), &ctx, a).await,
-        Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &ctx, a).await,
+        Command::Submit(a) => {
+            submit::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, a).await
+        }
+        Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, a).await,
+        Command::Tasks(a) => tasks::run(&AwsTables::new(&sdk), &ctx, a).await,
+        Command::Nodes(a) => nodes::run(&AwsTables::new(&sdk), &ctx, a).await,
         Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
         Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
         Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,

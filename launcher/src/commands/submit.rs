@@ -1,5 +1,12 @@
 //! `lease submit`: build the tasks, move any too large for SQS to S3, send in batches,
-//! and account for every task: sent, or refused with the reason.
+//! and account for every task: sent, or refused with the reason. With a task table,
+//! each sent task then gets its `queued` record.
+//!
+//! The message goes first and the record second. A message without a record is fine:
+//! the agent's claim creates the record (`attribute_not_exists`). A record without a
+//! message would be a lie, a task listed as queued that no node will ever receive. The
+//! record is written only if none exists, so an agent that claimed the task between
+//! the send and the write keeps its newer state.
 
 use lease_common::layout::task_spec_key;
 use lease_common::messages::{MAX_SQS_BODY, MESSAGE_VERSION, Task, TaskPointer};
@@ -11,6 +18,11 @@ use crate::error::{Error, Result};
 use crate::output;
 use crate::queue::{Outgoing, TaskQueue};
 use crate::submit;
+use crate::table::{Created, Tables, queued_record};
+
+/// Records written at once: enough to keep a large array quick, few enough to stay far
+/// below a table's on-demand write throttling.
+const RECORD_CONCURRENCY: usize = 8;
 
 /// SQS takes at most 10 messages per batch call.
 const BATCH: usize = 10;
@@ -22,6 +34,8 @@ struct Submitted {
     message_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     spec_s3: Option<String>,
+    #[serde(skip)]
+    summary: String,
 }
 
 /// The body to send for a task: the task itself, or a pointer to its copy in S3.
@@ -54,7 +68,12 @@ async fn body_for<Q: TaskQueue>(
     Ok((body, Some(url)))
 }
 
-pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()> {
+pub async fn run<Q: TaskQueue, T: Tables>(
+    q: &Q,
+    tables: &T,
+    ctx: &Ctx,
+    args: &SubmitArgs,
+) -> Result<()> {
     let random = uuid::Uuid::new_v4().simple().to_string();
     let tasks = submit::build(args, ctx.now, &random)?;
     let mut sent: Vec<Submitted> = Vec::new();
@@ -93,6 +112,7 @@ pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()
         for (t, spec_s3) in pointers {
             match results.iter().find(|(id, _)| id == &t.id) {
                 Some((_, Ok(message_id))) => sent.push(Submitted {
+                    summary: submit::summary(&t.spec),
                     id: t.id.clone(),
                     kind: t.spec.kind(),
                     message_id: message_id.clone(),
@@ -118,14 +138,206 @@ pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()
         tasks.len(),
         args.work.queue_url
     );
-    if refused.is_empty() {
-        return Ok(());
-    }
+    let unrecorded = match &args.table.tasks_table {
+        Some(table) => record(tables, table, &tasks, &sent, ctx).await,
+        None => Vec::new(),
+    };
     for (id, reason) in &refused {
         eprintln!("error: task '{id}' was not queued: {reason}");
     }
-    Err(Error::Aws {
-        what: format!("Failed to queue {} of {} tasks", refused.len(), tasks.len()),
-        message: "they are listed above; the others are queued".into(),
-    })
+    for (id, reason) in &unrecorded {
+        eprintln!("error: task '{id}' is queued but has no record yet: {reason}");
+    }
+    if !refused.is_empty() {
+        return Err(Error::Aws {
+            what: format!("Failed to queue {} of {} tasks", refused.len(), tasks.len()),
+            message: "they are listed above; the others are queued".into(),
+        });
+    }
+    if !unrecorded.is_empty() {
+        return Err(Error::Aws {
+            what: format!(
+                "Failed to record {} of {} queued tasks",
+                unrecorded.len(),
+                sent.len()
+            ),
+            message: "they will run all the same, and get their record when a node claims them"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Writes the `queued` record of every sent task; returns the ones that failed.
+async fn record<T: Tables>(
+    tables: &T,
+    table: &str,
+    tasks: &[Task],
+    sent: &[Submitted],
+    ctx: &Ctx,
+) -> Vec<(String, String)> {
+    use futures::StreamExt;
+    let writes = sent.iter().filter_map(|s| {
+        let task = tasks.iter().find(|t| t.id == s.id)?;
+        let item = queued_record(task, &s.summary, ctx.now);
+        Some(async move {
+            match tables.create_task(table, &item).await {
+                Ok(Created::Written) => None,
+                Ok(Created::Exists) => {
+                    tracing::info!(
+                        "Task '{}' already has a record (claimed already); left as it is",
+                        s.id
+                    );
+                    None
+                }
+                Err(e) => Some((s.id.clone(), e.to_string())),
+            }
+        })
+    });
+    futures::stream::iter(writes)
+        .buffer_unordered(RECORD_CONCURRENCY)
+        .filter_map(|r| async move { r })
+        .collect()
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use clap::Parser;
+    use lease_common::records::{self, task};
+
+    use super::*;
+    use crate::queue::QueueCounts;
+    use crate::table::fake::FakeTables;
+    use crate::table::{Attr, Item, get_s};
+
+    /// A queue whose sends an agent answers at once: each sent task is claimed
+    /// (recorded `running`) before `lease submit` gets to write its record.
+    #[derive(Debug, Default)]
+    struct RacingQueue<'a> {
+        claims: Option<&'a FakeTables>,
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl TaskQueue for RacingQueue<'_> {
+        async fn send_batch(
+            &self,
+            _url: &str,
+            batch: &[Outgoing],
+        ) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+            let mut out = Vec::new();
+            for m in batch {
+                self.sent.lock().unwrap().push(m.id.clone());
+                if let Some(t) = self.claims {
+                    let item = Item::from([
+                        (records::TASK_ID.to_string(), Attr::s(&m.id)),
+                        (task::STATE.to_string(), Attr::s("running")),
+                    ]);
+                    t.insert("tasks", vec![item]);
+                }
+                out.push((m.id.clone(), Ok(format!("msg-{}", m.id))));
+            }
+            Ok(out)
+        }
+
+        async fn put_object(&self, _b: &str, _k: &str, _body: Vec<u8>) -> Result<()> {
+            Ok(())
+        }
+
+        async fn counts(&self, _url: &str) -> Result<QueueCounts> {
+            Ok(QueueCounts::default())
+        }
+
+        async fn dead_letter_url(&self, _url: &str) -> Result<Option<String>> {
+            Ok(None)
+        }
+    }
+
+    fn args(extra: &[&str]) -> SubmitArgs {
+        let mut argv = vec![
+            "lease",
+            "submit",
+            "--queue-url",
+            "q",
+            "--tasks-table",
+            "tasks",
+        ];
+        argv.extend_from_slice(extra);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Submit(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ctx() -> Ctx {
+        Ctx {
+            output: OutputFormat::Json,
+            yes: false,
+            color: false,
+            now: chrono::Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn records_follow_the_messages_and_never_overwrite_a_claim() {
+        let tables = FakeTables::default();
+        let q = RacingQueue::default();
+        run(
+            &q,
+            &tables,
+            &ctx(),
+            &args(&["--shell", "true", "--array", "12"]),
+        )
+        .await
+        .unwrap();
+        let sent = q.sent.lock().unwrap().clone();
+        assert_eq!(sent.len(), 12);
+        for id in &sent {
+            let item = tables.get("tasks", id).unwrap();
+            assert_eq!(get_s(&item, task::STATE), Some("queued"));
+        }
+
+        let claimed = FakeTables::default();
+        let q = RacingQueue {
+            claims: Some(&claimed),
+            ..Default::default()
+        };
+        run(
+            &q,
+            &claimed,
+            &ctx(),
+            &args(&["--shell", "true", "--array", "3"]),
+        )
+        .await
+        .unwrap();
+        for id in q.sent.lock().unwrap().iter() {
+            let item = claimed.get("tasks", id).unwrap();
+            assert_eq!(
+                get_s(&item, task::STATE),
+                Some("running"),
+                "the claim stands"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_cannot_be_written_fails_the_command_after_sending() {
+        let tables = FakeTables {
+            broken: true,
+            ..Default::default()
+        };
+        let q = RacingQueue::default();
+        let err = run(&q, &tables, &ctx(), &args(&["--shell", "true"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 1);
+        assert!(err.to_string().contains("record"), "{err}");
+        assert_eq!(
+            q.sent.lock().unwrap().len(),
+            1,
+            "the task was queued all the same"
+        );
+    }
 }
