@@ -15,6 +15,10 @@ pub struct Settings {
     /// The model when a Claude task names none.
     pub default_model: Option<String>,
     pub region: String,
+    /// The Claude Code executable: `claude` on the agent's PATH unless set. Claude
+    /// Code's own installer puts it in `~/.local/bin`, which a systemd unit's PATH
+    /// does not hold.
+    pub claude_program: String,
 }
 
 /// A task's program, its environment, and what runs before it.
@@ -56,7 +60,7 @@ fn claude(c: &ClaudeSpec, settings: &Settings) -> Result<Plan, String> {
         return Err("'prompt' is empty".into());
     }
     let mut argv: Vec<String> = [
-        "claude",
+        settings.claude_program.as_str(),
         "-p",
         "--output-format",
         "stream-json",
@@ -164,6 +168,7 @@ mod tests {
             bedrock,
             default_model: Some("claude-sonnet-4-5".into()),
             region: "eu-west-1".into(),
+            claude_program: "claude".into(),
         }
     }
 

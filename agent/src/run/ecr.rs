@@ -46,6 +46,11 @@ impl SdkEcr {
     pub fn new(client: aws_sdk_ecr::Client) -> Self {
         Self { client }
     }
+
+    /// From shared SDK settings (`&SdkConfig`) or a finished ECR config.
+    pub fn from_config(config: impl Into<aws_sdk_ecr::Config>) -> Self {
+        Self::new(aws_sdk_ecr::Client::from_conf(config.into()))
+    }
 }
 
 impl EcrLogin for SdkEcr {

@@ -1,6 +1,8 @@
 //! [`Runner`] on tmux: one session per task, the real programs.
 
+use std::ffi::OsString;
 use std::io::ErrorKind;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +15,9 @@ use tokio::time::Instant;
 use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
 use super::process::{self, Finished};
-use super::wrapper::{self, EXIT, GO, KIND, PID, PROMPT, SCRIPT, Script, runner_dir};
+use super::wrapper::{
+    self, END_MARKER, EXIT, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, runner_dir,
+};
 use super::{Exit, Launch, RunError, Runner};
 use crate::BoxFuture;
 
@@ -28,6 +32,11 @@ const START_LIMIT: Duration = Duration::from_secs(10);
 const DOCKER_STOP_SLACK: Duration = Duration::from_secs(30);
 /// After SIGKILL, how long the pane may take to show the task's end.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long after the exit status appeared the runner waits for the log to show the
+/// script's end line before it reports the end anyway (a broken pipe, a full disk).
+const LOG_PATIENCE: Duration = Duration::from_secs(3);
+/// The end line is searched for in this much of the log's end.
+const LOG_TAIL_BYTES: u64 = 4096;
 /// How often a wait re-reads the task's state.
 const POLL_EVERY: Duration = Duration::from_millis(25);
 
@@ -44,6 +53,8 @@ pub struct TmuxRunner {
     /// `tmux -L <socket>`: a private server (tests). `None` is the default server, the
     /// one `tmux attach` as root finds.
     socket: Option<String>,
+    /// Set for every task on top of the agent's own environment.
+    env: Vec<(String, String)>,
 }
 
 /// What tmux says about a session's pane.
@@ -61,10 +72,26 @@ impl TmuxRunner {
                 bedrock: config.claude.bedrock,
                 default_model: config.claude.model.clone(),
                 region,
+                claude_program: "claude".into(),
             },
             ecr,
             socket: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Runs Claude Code from `program` (a path, or a name looked up on PATH) instead
+    /// of `claude` on the agent's PATH.
+    pub fn with_claude_program(mut self, program: impl Into<String>) -> Self {
+        self.settings.claude_program = program.into();
+        self
+    }
+
+    /// Sets `key=value` for every task, over the agent's environment (which a task
+    /// otherwise inherits): e.g. `HOME` for a unit that runs without one.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Uses the tmux server on socket `name` (`tmux -L name`) instead of the default.
@@ -100,7 +127,7 @@ impl TmuxRunner {
                     "-p",
                     "-t",
                     &target,
-                    "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
+                    "#{session_name}|#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
                 ],
             )
             .await?;
@@ -115,20 +142,27 @@ impl TmuxRunner {
                 &out,
             ));
         }
+        // A server on its way out answers for a session it no longer has with empty
+        // fields, so the answer must name the session to count.
         let fields: Vec<&str> = out.stdout.trim().split('|').collect();
-        Ok(match fields.as_slice() {
-            ["1", status, signal] => {
-                match (
-                    signal.parse::<i32>().ok().filter(|s| *s > 0),
-                    status.parse::<i32>(),
-                ) {
-                    (Some(sig), _) => Pane::Dead(Exit::Signal(sig)),
-                    (None, Ok(code)) => Pane::Dead(Exit::from_shell_status(code)),
-                    (None, Err(_)) => Pane::Dead(Exit::Signal(9)),
-                }
+        let dead = |status: &str, signal: &str| match (signal.parse::<i32>(), status.parse::<i32>())
+        {
+            (Ok(sig), _) if sig > 0 => Some(Exit::Signal(sig)),
+            (_, Ok(code)) => Some(Exit::from_shell_status(code)),
+            _ => None,
+        };
+        match fields.as_slice() {
+            [name, ..] if *name != session => Ok(Pane::Missing),
+            [_, "0", _, _] => Ok(Pane::Running),
+            [_, "1", status, signal] if dead(status, signal).is_some() => {
+                Ok(Pane::Dead(dead(status, signal).unwrap_or(Exit::Signal(9))))
             }
-            _ => Pane::Running,
-        })
+            _ => Err(RunError::Command {
+                command: "tmux display-message".into(),
+                session: session.to_string(),
+                message: format!("unexpected answer {:?}", out.stdout.trim()),
+            }),
+        }
     }
 
     async fn kill_session(&self, session: &str) -> Result<(), RunError> {
@@ -190,6 +224,11 @@ impl TmuxRunner {
         };
         let plan =
             command::plan(&launch.task, &launch.workdir, &self.settings).map_err(not_started)?;
+        if let Some((bad, _)) = self.env.iter().find(|(k, _)| !is_shell_name(k)) {
+            return Err(not_started(format!(
+                "the runner's environment has an invalid variable name {bad:?}"
+            )));
+        }
         if !launch.workdir.is_dir() {
             return Err(not_started(format!(
                 "its working directory '{}' does not exist",
@@ -236,13 +275,16 @@ impl TmuxRunner {
             task_id: task_id.to_string(),
             dir: dir.clone(),
             workdir: launch.workdir.clone(),
-            env: plan.env,
+            env: self.env.iter().cloned().chain(plan.env).collect(),
             preamble: plan.preamble,
             argv: plan.argv,
             stdin,
         };
         let script_path = dir.join(SCRIPT);
         write_private(&script_path, &script.render()).map_err(|e| prepare(&script_path, e))?;
+        let log_path = dir.join(LOG);
+        std::fs::write(&log_path, launch.log_path.as_os_str().as_bytes())
+            .map_err(|e| prepare(&log_path, e))?;
         let kind_path = dir.join(KIND);
         std::fs::write(&kind_path, launch.task.spec.kind()).map_err(|e| prepare(&kind_path, e))?;
 
@@ -319,7 +361,7 @@ impl TmuxRunner {
     async fn poll_task(&self, task_id: &str, workdir: &Path) -> Result<Option<Exit>, RunError> {
         let dir = runner_dir(workdir);
         if let Some(exit) = read_exit(task_id, &dir)? {
-            return Ok(Some(exit));
+            return Ok(log_complete(&dir).then_some(exit));
         }
         let session = session_name(task_id);
         match self.pane(&session).await? {
@@ -339,7 +381,10 @@ impl TmuxRunner {
             }
             // The status file is written just before the script exits; read it again
             // now the pane has gone.
-            Pane::Dead(exit) => Ok(Some(read_exit(task_id, &dir)?.unwrap_or(exit))),
+            Pane::Dead(exit) => match read_exit(task_id, &dir)? {
+                Some(recorded) => Ok(log_complete(&dir).then_some(recorded)),
+                None => Ok(Some(exit)),
+            },
             Pane::Missing => read_exit(task_id, &dir)?
                 .map(Some)
                 .ok_or_else(|| RunError::Lost {
@@ -485,16 +530,66 @@ impl TmuxRunner {
     }
 }
 
-/// tmux's ways of saying there is no such session (or no server at all).
+/// A name `export` takes: letters, digits and `_`, not starting with a digit.
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// tmux's ways of saying there is no such session (or no server at all: the server
+/// exits with its last session, and a command can race that exit).
 fn is_missing(stderr: &str) -> bool {
     [
         "can't find",
         "no server running",
         "error connecting",
         "no current",
+        "server exited",
     ]
     .iter()
     .any(|m| stderr.contains(m))
+}
+
+/// Whether the log holds the script's end line (or has had its chance to): only then
+/// does the worker's last read of the log see everything the task printed.
+fn log_complete(dir: &Path) -> bool {
+    let Ok(log) = std::fs::read(dir.join(LOG)) else {
+        return true;
+    };
+    let log = PathBuf::from(OsString::from_vec(log));
+    if tail_contains(&log, END_MARKER.as_bytes()) {
+        return true;
+    }
+    let waited = std::fs::metadata(dir.join(EXIT))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    match waited {
+        Some(w) if w < LOG_PATIENCE => false,
+        _ => {
+            tracing::warn!(log = %log.display(), "the task's end line never reached its log");
+            true
+        }
+    }
+}
+
+fn tail_contains(path: &Path, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
+        .is_err()
+        || f.read_to_end(&mut buf).is_err()
+    {
+        return false;
+    }
+    buf.windows(needle.len()).any(|w| w == needle)
 }
 
 fn read_exit(task_id: &str, dir: &Path) -> Result<Option<Exit>, RunError> {

@@ -30,6 +30,12 @@ pub const EXIT: &str = "exit";
 pub const KIND: &str = "kind";
 /// A Claude task's prompt, fed on standard input.
 pub const PROMPT: &str = "prompt";
+/// The log's path, so a poll (by another agent, too) can see the log is complete.
+pub const LOG: &str = "log";
+/// The script's last line of output, before it writes the exit status. tmux copies a
+/// pane's output to the log on its own schedule, so the status file can appear before
+/// the last lines reach the log; the runner reports the end once this line is there.
+pub const END_MARKER: &str = "[lease] task ended: exit status ";
 
 /// Where the runner keeps a task's wrapper script and exit status: beside the workdir
 /// (`<workdir>.lease-run`), never inside it, so none of it lands in the bundle.
@@ -77,9 +83,11 @@ impl Script {
         s.push_str(&format!(
             "while [ ! -e \"$dir/{GO}\" ]; do sleep 0.02; done\n"
         ));
-        s.push_str(
-            "finish() {\n  echo \"$1\" > \"$dir/exit.tmp\" && mv -f \"$dir/exit.tmp\" \"$dir/exit\"\n  exit \"$1\"\n}\n",
-        );
+        s.push_str(&format!(
+            "finish() {{\n  echo \"{END_MARKER}$1\"\n  \
+             echo \"$1\" > \"$dir/exit.tmp\" && mv -f \"$dir/exit.tmp\" \"$dir/exit\"\n  \
+             exit \"$1\"\n}}\n"
+        ));
         for (k, v) in &self.env {
             s.push_str(&format!("export {k}={}\n", quote(v)));
         }
@@ -176,7 +184,10 @@ mod tests {
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
-            format!("{}\nhello 'world'\nunset\nfrom stdin\n", workdir.display())
+            format!(
+                "{}\nhello 'world'\nunset\nfrom stdin\n{END_MARKER}3\n",
+                workdir.display()
+            )
         );
         let status = std::fs::read_to_string(dir.join(EXIT)).unwrap();
         assert_eq!(parse_status(&status), Some(Exit::Code(3)));
