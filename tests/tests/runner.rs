@@ -593,3 +593,47 @@ async fn bad_launches_are_refused_by_name_and_start_nothing() {
     std::fs::write(l.workdir.join("release"), "").unwrap();
     assert_eq!(wait_exit(&r, &l).await, Exit::Code(0));
 }
+
+/// Figures, not assertions on speed: how long a trivial task takes from `start` to a
+/// reported end through tmux, and how many mock tasks one runner gets through a
+/// second (start, poll, log read, parse, batch), the ceiling mock mode puts under the
+/// agent's ≥ 20 tasks/s target. Run with `--nocapture` to see them.
+#[tokio::test]
+async fn figures_for_task_turnaround() {
+    use leased::run::{MockRunner, OUTPUT_BATCH_BYTES, batch_lines};
+    use std::time::Instant;
+
+    let tmux = Tmux::new("figures");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = runner(&tmux, &AgentConfig::default(), tmp.path()).await;
+    const TMUX_TASKS: usize = 10;
+    let started = Instant::now();
+    for i in 0..TMUX_TASKS {
+        let l = launch(tmp.path(), &format!("fig{i}"), shell("echo hi"));
+        r.start(&l).await.unwrap();
+        assert_eq!(wait_exit(&r, &l).await, Exit::Code(0));
+        r.cleanup(&l.task.id, &l.workdir).await.unwrap();
+    }
+    let tmux_each = started.elapsed() / TMUX_TASKS as u32;
+
+    const MOCK_TASKS: usize = 500;
+    let mock = MockRunner::new(Duration::ZERO);
+    let started = Instant::now();
+    let mut lines_out = 0;
+    for i in 0..MOCK_TASKS {
+        let l = launch(tmp.path(), &format!("mock{i}"), shell("make"));
+        mock.start(&l).await.unwrap();
+        assert_eq!(wait_exit(&mock, &l).await, Exit::Code(0));
+        let mut parser = OutputParser::for_spec(&l.task.spec);
+        let lines: Vec<String> = log_lines(&l).iter().flat_map(|x| parser.push(x)).collect();
+        lines_out += batch_lines(lines, OUTPUT_BATCH_BYTES).concat().len();
+        mock.cleanup(&l.task.id, &l.workdir).await.unwrap();
+    }
+    let mock_rate = MOCK_TASKS as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(lines_out, MOCK_TASKS * 6);
+    eprintln!(
+        "runner figures: tmux shell task start→end {:.1} ms each ({TMUX_TASKS} tasks); \
+         mock runner {mock_rate:.0} tasks/s ({MOCK_TASKS} tasks, zero duration)",
+        tmux_each.as_secs_f64() * 1e3
+    );
+}

@@ -153,6 +153,8 @@ pub trait Runner: Send + Sync + Debug {
         task_id: &'a str,
         workdir: &'a Path,
     ) -> BoxFuture<'a, Result<(), RunError>>;
-    /// Task ids of live `lease-*` sessions (adoption after an agent restart).
+    /// Task ids of the `lease-*` sessions (adoption after an agent restart), including
+    /// those whose program has ended (remain-on-exit keeps them): polling them tells
+    /// how they ended.
     fn live_sessions(&self) -> BoxFuture<'_, Result<Vec<String>, RunError>>;
 }

@@ -145,23 +145,21 @@ impl TmuxRunner {
         // A server on its way out answers for a session it no longer has with empty
         // fields, so the answer must name the session to count.
         let fields: Vec<&str> = out.stdout.trim().split('|').collect();
-        let dead = |status: &str, signal: &str| match (signal.parse::<i32>(), status.parse::<i32>())
-        {
-            (Ok(sig), _) if sig > 0 => Some(Exit::Signal(sig)),
-            (_, Ok(code)) => Some(Exit::from_shell_status(code)),
-            _ => None,
+        let unexpected = || RunError::Command {
+            command: "tmux display-message".into(),
+            session: session.to_string(),
+            message: format!("unexpected answer {:?}", out.stdout.trim()),
         };
         match fields.as_slice() {
             [name, ..] if *name != session => Ok(Pane::Missing),
             [_, "0", _, _] => Ok(Pane::Running),
-            [_, "1", status, signal] if dead(status, signal).is_some() => {
-                Ok(Pane::Dead(dead(status, signal).unwrap_or(Exit::Signal(9))))
-            }
-            _ => Err(RunError::Command {
-                command: "tmux display-message".into(),
-                session: session.to_string(),
-                message: format!("unexpected answer {:?}", out.stdout.trim()),
-            }),
+            // tmux gives a signal for a pane killed by one, else the exit status.
+            [_, "1", status, signal] => match (signal.parse::<i32>(), status.parse::<i32>()) {
+                (Ok(sig), _) if sig > 0 => Ok(Pane::Dead(Exit::Signal(sig))),
+                (_, Ok(code)) => Ok(Pane::Dead(Exit::from_shell_status(code))),
+                _ => Err(unexpected()),
+            },
+            _ => Err(unexpected()),
         }
     }
 
@@ -454,6 +452,7 @@ impl TmuxRunner {
         let session = session_name(task_id);
         let docker = std::fs::read_to_string(dir.join(KIND)).is_ok_and(|k| k == "docker");
         let mut stopped = false;
+        let mut patience = grace;
         if docker {
             // docker stop sends the image's stop signal (SIGTERM by default), waits
             // the grace, then SIGKILL; the `docker run` in the pane then returns.
@@ -464,7 +463,10 @@ impl TmuxRunner {
             let out =
                 process::run("docker", &args, &session, None, grace + DOCKER_STOP_SLACK).await?;
             stopped = out.success;
-            if !stopped {
+            if stopped {
+                // The grace was spent inside docker stop; the client only has to return.
+                patience = KILL_WAIT;
+            } else {
                 // No container yet (still pulling): the client in the pane is stopped
                 // like any other task.
                 tracing::debug!(task = task_id, "docker stop: {}", out.stderr);
@@ -473,7 +475,7 @@ impl TmuxRunner {
         if !stopped {
             self.signal_group(task_id, &dir, "TERM").await?;
         }
-        if self.wait_end(task_id, workdir, grace).await {
+        if self.wait_end(task_id, workdir, patience).await {
             return Ok(());
         }
         tracing::warn!(
