@@ -104,7 +104,9 @@ fn claude(c: &ClaudeSpec, settings: &Settings) -> Result<Plan, String> {
 
 /// `docker run` named after the session, so `docker stop` finds it; the workdir is
 /// `/out`. `--rm` leaves no container behind; the preamble removes one an earlier
-/// attempt of the same task left (a crashed engine), which would block the name.
+/// attempt of the same task left (a crashed engine), which would block the name. `-t`
+/// gives the program a terminal, as the other kinds have: it writes its lines as they
+/// come instead of in buffered blocks, and progress bars show in `lease attach`.
 fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String> {
     if d.image.trim().is_empty() || d.image.starts_with('-') {
         return Err(format!("'image' {:?} is not an image reference", d.image));
@@ -114,6 +116,7 @@ fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String>
         "docker".into(),
         "run".into(),
         "--rm".into(),
+        "-t".into(),
         "--name".into(),
         name.clone(),
         "-v".into(),
@@ -264,6 +267,7 @@ mod tests {
                 "docker",
                 "run",
                 "--rm",
+                "-t",
                 "--name",
                 "lease-d1",
                 "-v",

@@ -126,7 +126,7 @@ impl Runner for MockRunner {
         let launch = launch.clone();
         Box::pin(async move {
             let task_id = launch.task.id.clone();
-            let prepare = |path: &Path, source| RunError::Prepare {
+            let prepare = |path: &Path, source| RunError::File {
                 task_id: task_id.clone(),
                 path: path.to_path_buf(),
                 source,

@@ -82,8 +82,8 @@ impl Exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("Failed to prepare task '{task_id}' in '{path}': {source}")]
-    Prepare {
+    #[error("Failed to use '{path}' for task '{task_id}': {source}")]
+    File {
         task_id: String,
         path: PathBuf,
         source: std::io::Error,

@@ -240,7 +240,7 @@ impl TmuxRunner {
         }
 
         let dir = runner_dir(&launch.workdir);
-        let prepare = |path: &Path, source| RunError::Prepare {
+        let prepare = |path: &Path, source| RunError::File {
             task_id: task_id.to_string(),
             path: path.to_path_buf(),
             source,
@@ -369,7 +369,7 @@ impl TmuxRunner {
                 // start it asked for goes ahead.
                 if dir.join(PID).exists() && !dir.join(GO).exists() {
                     let go = dir.join(GO);
-                    std::fs::write(&go, "").map_err(|source| RunError::Prepare {
+                    std::fs::write(&go, "").map_err(|source| RunError::File {
                         task_id: task_id.to_string(),
                         path: go,
                         source,
@@ -419,7 +419,7 @@ impl TmuxRunner {
             // No wrapper ran: closing the session is all there is to do.
             Err(e) if e.kind() == ErrorKind::NotFound => return self.kill_session(&session).await,
             Err(source) => {
-                return Err(RunError::Prepare {
+                return Err(RunError::File {
                     task_id: task_id.to_string(),
                     path: pid_path,
                     source,
@@ -499,7 +499,7 @@ impl TmuxRunner {
         }
         self.kill_session(&session).await?;
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(RunError::Prepare {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(RunError::File {
                 task_id: task_id.to_string(),
                 path: dir,
                 source: e,
@@ -605,7 +605,7 @@ fn read_exit(task_id: &str, dir: &Path) -> Result<Option<Exit>, RunError> {
                 content: text,
             }),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RunError::Prepare {
+        Err(source) => Err(RunError::File {
             task_id: task_id.to_string(),
             path,
             source,

@@ -76,6 +76,11 @@ impl Script {
             quote(&self.task_id)
         ));
         s.push_str(&format!("unset {}\n", UNIT_VARIABLES.join(" ")));
+        // A system unit without User= has no HOME; Claude Code keeps its settings there
+        // and `bash -l` reads its profile from there.
+        s.push_str(
+            "[ -n \"${HOME-}\" ] || { HOME=$(getent passwd \"$(id -u)\" | cut -d: -f6); export HOME; }\n",
+        );
         s.push_str(&format!("dir={dir}\n"));
         s.push_str(&format!(
             "echo $$ > \"$dir/{PID}.tmp\" && mv -f \"$dir/{PID}.tmp\" \"$dir/{PID}\"\n"
@@ -171,7 +176,8 @@ mod tests {
             argv: vec![
                 "sh".into(),
                 "-c".into(),
-                "pwd; echo \"$GREETING\"; echo \"${NOTIFY_SOCKET-unset}\"; cat; exit 3".into(),
+                "pwd; echo \"$GREETING\"; echo \"${NOTIFY_SOCKET-unset}\"; echo \"$HOME\"; cat; exit 3"
+                    .into(),
             ],
             stdin: Some(dir.join("in")),
         };
@@ -179,13 +185,20 @@ mod tests {
         let out = Command::new("sh")
             .arg(dir.join(SCRIPT))
             .env("NOTIFY_SOCKET", "/run/systemd/notify")
+            .env_remove("HOME")
             .output()
             .unwrap();
+        let home = Command::new("sh")
+            .arg("-c")
+            .arg("getent passwd \"$(id -u)\" | cut -d: -f6")
+            .output()
+            .unwrap();
+        let home = String::from_utf8(home.stdout).unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
             format!(
-                "{}\nhello 'world'\nunset\nfrom stdin\n{END_MARKER}3\n",
+                "{}\nhello 'world'\nunset\n{home}from stdin\n{END_MARKER}3\n",
                 workdir.display()
             )
         );
