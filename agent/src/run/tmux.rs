@@ -1,8 +1,7 @@
 //! [`Runner`] on tmux: one session per task, the real programs.
 
-use std::ffi::OsString;
 use std::io::ErrorKind;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +15,7 @@ use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
 use super::process::{self, Finished};
 use super::wrapper::{
-    self, END_MARKER, EXIT, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, runner_dir,
+    self, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, log_complete, read_exit, runner_dir,
 };
 use super::{Exit, Launch, RunError, Runner};
 use crate::BoxFuture;
@@ -32,11 +31,6 @@ const START_LIMIT: Duration = Duration::from_secs(10);
 const DOCKER_STOP_SLACK: Duration = Duration::from_secs(30);
 /// After SIGKILL, how long the pane may take to show the task's end.
 const KILL_WAIT: Duration = Duration::from_secs(5);
-/// How long after the exit status appeared the runner waits for the log to show the
-/// script's end line before it reports the end anyway (a broken pipe, a full disk).
-const LOG_PATIENCE: Duration = Duration::from_secs(3);
-/// The end line is searched for in this much of the log's end.
-const LOG_TAIL_BYTES: u64 = 4096;
 /// How often a wait re-reads the task's state.
 const POLL_EVERY: Duration = Duration::from_millis(25);
 
@@ -553,64 +547,6 @@ fn is_missing(stderr: &str) -> bool {
     ]
     .iter()
     .any(|m| stderr.contains(m))
-}
-
-/// Whether the log holds the script's end line (or has had its chance to): only then
-/// does the worker's last read of the log see everything the task printed.
-fn log_complete(dir: &Path) -> bool {
-    let Ok(log) = std::fs::read(dir.join(LOG)) else {
-        return true;
-    };
-    let log = PathBuf::from(OsString::from_vec(log));
-    if tail_contains(&log, END_MARKER.as_bytes()) {
-        return true;
-    }
-    let waited = std::fs::metadata(dir.join(EXIT))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok());
-    match waited {
-        Some(w) if w < LOG_PATIENCE => false,
-        _ => {
-            tracing::warn!(log = %log.display(), "the task's end line never reached its log");
-            true
-        }
-    }
-}
-
-fn tail_contains(path: &Path, needle: &[u8]) -> bool {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut buf = Vec::new();
-    if f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
-        .is_err()
-        || f.read_to_end(&mut buf).is_err()
-    {
-        return false;
-    }
-    buf.windows(needle.len()).any(|w| w == needle)
-}
-
-fn read_exit(task_id: &str, dir: &Path) -> Result<Option<Exit>, RunError> {
-    let path = dir.join(EXIT);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => wrapper::parse_status(&text)
-            .map(Some)
-            .ok_or_else(|| RunError::BadStatus {
-                task_id: task_id.to_string(),
-                path: path.clone(),
-                content: text,
-            }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RunError::File {
-            task_id: task_id.to_string(),
-            path,
-            source,
-        }),
-    }
 }
 
 /// Writes a file only root can read: a prompt or a script may hold secrets.
