@@ -521,8 +521,16 @@ async fn ecr_credentials_come_from_get_authorization_token() {
             .await
             .unwrap();
     assert_eq!(creds.username, "AWS");
-    // The emulator's password names the registry id the call asked for.
+    // The emulator's password names the caller's account, whose registry this is.
     assert_eq!(creds.password, "123456789012-auth-token");
+
+    // A registry in another region is asked in its region (the emulator answers for
+    // any; the call must still succeed through the second client).
+    let creds =
+        leased::run::EcrLogin::credentials(&ecr, "123456789012.dkr.ecr.eu-central-1.amazonaws.com")
+            .await
+            .unwrap();
+    assert_eq!(creds.username, "AWS");
 }
 
 #[tokio::test]
