@@ -17,15 +17,15 @@ pub enum IamError {
 }
 
 /// The policy language version every document uses (the only one with variables).
-const VERSION: &str = "2012-10-17";
+pub(crate) const VERSION: &str = "2012-10-17";
 
 /// The tag every instance `lease launch` creates carries, and the only instances the
 /// launcher's policy lets it change.
-fn managed_tag_condition(key: &str) -> Value {
+pub(crate) fn managed_tag_condition(key: &str) -> Value {
     json!({ "StringEquals": { (format!("{key}/{}", tags::MANAGED)): "true" } })
 }
 
-fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
+pub(crate) fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
     json!({
         "Sid": sid,
         "Effect": "Allow",
@@ -34,7 +34,7 @@ fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
     })
 }
 
-fn with_condition(mut statement: Value, condition: Value) -> Value {
+pub(crate) fn with_condition(mut statement: Value, condition: Value) -> Value {
     if let Some(obj) = statement.as_object_mut() {
         obj.insert("Condition".into(), condition);
     }

@@ -11,6 +11,7 @@ pub mod iam;
 pub mod output;
 pub mod plan;
 pub mod queue;
+pub mod reaper_deploy;
 pub mod resolve;
 pub mod submit;
 pub mod userdata;
