@@ -13,6 +13,8 @@ pub mod plan;
 pub mod queue;
 pub mod reaper_deploy;
 pub mod resolve;
+pub mod schedule;
+pub mod scheduler;
 pub mod submit;
 pub mod userdata;
 

@@ -20,13 +20,13 @@ const WAIT_EVERY: Duration = Duration::from_secs(2);
 
 /// Everything read from local files, checked before any API call.
 #[derive(Debug)]
-struct LocalInputs {
-    terms: LeaseTerms,
-    agent_config: AgentConfig,
-    extra_user_data: Option<String>,
+pub(crate) struct LocalInputs {
+    pub(crate) terms: LeaseTerms,
+    pub(crate) agent_config: AgentConfig,
+    pub(crate) extra_user_data: Option<String>,
 }
 
-fn read_local(args: &LaunchArgs, yes: bool) -> Result<LocalInputs> {
+pub(crate) fn read_local(args: &LaunchArgs, yes: bool) -> Result<LocalInputs> {
     let terms = LeaseTerms::from_args(args, yes)?;
     let agent_config = match &args.agent_config {
         Some(path) => {
@@ -58,7 +58,7 @@ fn read_local(args: &LaunchArgs, yes: bool) -> Result<LocalInputs> {
     })
 }
 
-fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
+pub(crate) fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
     args.agent_bucket.as_ref().map(|bucket| AgentSource {
         bucket: bucket.clone(),
         key: lease_common::layout::agent_deb_key(

@@ -8,6 +8,7 @@ pub mod iam_policy;
 pub mod launch;
 pub mod list;
 pub mod logs;
+pub mod schedule;
 pub mod stats;
 pub mod status;
 pub mod submit;
@@ -95,6 +96,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
         Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
         Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
+        Command::Schedule(a) => {
+            schedule::run(&cloud, &crate::scheduler::AwsSchedules::new(&sdk), &ctx, a).await
+        }
         Command::Completions { .. } => Ok(()),
     }
 }
