@@ -32,6 +32,13 @@ enum Scheduled {
     Launch(Box<LaunchArgs>),
 }
 
+/// clap's message for the scheduled command, without its own `error: ` (ours is added).
+fn clap_usage(e: &clap::Error) -> Error {
+    let text = e.render().to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    Error::usage(format!("the scheduled command: {}", text.trim_end()))
+}
+
 fn parse_scheduled(words: &[String]) -> Result<Scheduled> {
     // A scheduled task goes to the command topic, never to a queue: the queue URL that
     // `lease submit` requires is not asked for here, and refused when given.
@@ -40,7 +47,7 @@ fn parse_scheduled(words: &[String]) -> Result<Scheduled> {
     });
     let matches = command
         .try_get_matches_from(words)
-        .map_err(|e| Error::usage(format!("the scheduled command: {}", e.render())))?;
+        .map_err(|e| clap_usage(&e))?;
     if let Some(("submit", sub)) = matches.subcommand() {
         for flag in ["queue_url", "bucket"] {
             if sub.value_source(flag) == Some(ValueSource::CommandLine) {
@@ -51,8 +58,7 @@ fn parse_scheduled(words: &[String]) -> Result<Scheduled> {
             }
         }
     }
-    Scheduled::from_arg_matches(&matches)
-        .map_err(|e| Error::usage(format!("the scheduled command: {}", e.render())))
+    Scheduled::from_arg_matches(&matches).map_err(|e| clap_usage(&e))
 }
 
 /// The stack and the schedule's expression and time zone, checked.
