@@ -104,8 +104,14 @@ async fn the_bootstrap_binary_serves_an_invocation_through_the_runtime_api() {
     // The event EventBridge Scheduler sends is ignored: every run reaps everything.
     let mut api = RuntimeApi::start(&[r#"{"source":"lease.scheduler"}"#]).await;
 
+    let started = std::time::Instant::now();
     let mut child = bootstrap(&moto, &api).spawn().unwrap();
     let outcome = api.outcome(ANSWER_LIMIT).await;
+    // A figure for the report, not an assertion: start, first event, reap, answer.
+    eprintln!(
+        "bootstrap answered its first invocation {:?} after it started",
+        started.elapsed()
+    );
     let _ = child.kill();
     let _ = child.wait();
 
