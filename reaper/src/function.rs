@@ -193,6 +193,73 @@ mod tests {
         move |k| map.get(k).cloned()
     }
 
+    use crate::decide::{InstanceFacts, InstanceState};
+    use chrono::TimeZone;
+
+    /// Two expired instances; terminating `i-fails` is refused.
+    #[derive(Debug)]
+    struct OneRefusal;
+
+    fn expired(id: &str) -> InstanceFacts {
+        InstanceFacts {
+            id: id.into(),
+            state: InstanceState::Running,
+            launch_time: Some(Utc.with_ymd_and_hms(2026, 11, 23, 8, 0, 0).unwrap()),
+            tags: [("lease:managed", "true"), ("lease:ttl", "1h")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    impl Ec2 for OneRefusal {
+        async fn managed_instances(&self) -> Result<Vec<InstanceFacts>, Ec2Error> {
+            Ok(vec![expired("i-fails"), expired("i-ends")])
+        }
+        async fn instance(&self, id: &str) -> Result<Option<InstanceFacts>, Ec2Error> {
+            Ok(Some(expired(id)))
+        }
+        async fn terminate(&self, id: &str) -> Result<(), Ec2Error> {
+            if id == "i-fails" {
+                return Err(Ec2Error::Terminate {
+                    id: id.into(),
+                    message: "UnauthorizedOperation: no".into(),
+                });
+            }
+            Ok(())
+        }
+        async fn stop(&self, _id: &str) -> Result<(), Ec2Error> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_action_fails_the_invocation_after_every_instance_was_tried() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let err = handle(now, &OneRefusal, &ReaperConfig::default())
+            .await
+            .unwrap_err();
+        let FunctionError::Actions {
+            failed,
+            acted,
+            ref summary,
+        } = err
+        else {
+            panic!("{err}");
+        };
+        assert_eq!((failed, acted), (1, 2));
+        let summary: serde_json::Value = serde_json::from_str(summary).unwrap();
+        assert_eq!(summary["terminated"][0]["instance-id"], "i-ends");
+        assert_eq!(summary["failed"][0]["instance-id"], "i-fails");
+        assert_eq!(
+            summary["failed"][0]["error"],
+            "Failed to terminate instance 'i-fails': UnauthorizedOperation: no"
+        );
+        let d = lambda_runtime::Diagnostic::from(err);
+        assert_eq!(d.error_type, "Reaper.ActionsFailed");
+        assert!(d.error_message.starts_with("1 of 2 reaper actions failed"));
+    }
+
     #[test]
     fn config_defaults_and_overrides() {
         assert_eq!(config_from_env(env(&[])).unwrap(), ReaperConfig::default());

@@ -472,4 +472,103 @@ mod deployment {
             "{again:?}"
         );
     }
+
+    #[tokio::test]
+    async fn ensure_repairs_drift_and_uploads_a_changed_package() {
+        let moto = Moto::start();
+        let sdk = moto.sdk_config().await;
+        let clients = DeployClients::new(&sdk);
+        let stack = Stack::new("ops").unwrap();
+        let at = Location::new("aws", "123456789012", "us-east-1").unwrap();
+        let package = package();
+        let config = ReaperConfig::default();
+        reaper_deploy::ensure(&clients, &stack, &at, &package, &config)
+            .await
+            .unwrap();
+
+        // Drift by hand: the reaper's policy narrowed, its schedule disabled.
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        iam.put_role_policy()
+            .role_name("lease-ops-reaper")
+            .policy_name("lease")
+            .policy_document(
+                r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:DescribeInstances","Resource":"*"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        let scheduler = aws_sdk_scheduler::Client::new(&sdk);
+        let s = scheduler
+            .get_schedule()
+            .group_name("lease-ops")
+            .name("reaper")
+            .send()
+            .await
+            .unwrap();
+        scheduler
+            .update_schedule()
+            .group_name("lease-ops")
+            .name("reaper")
+            .schedule_expression(s.schedule_expression().unwrap())
+            .set_flexible_time_window(s.flexible_time_window().cloned())
+            .set_target(s.target().cloned())
+            .state(aws_sdk_scheduler::types::ScheduleState::Disabled)
+            .send()
+            .await
+            .unwrap();
+        // A new build: the same zip with another version in its comment.
+        let mut bytes = package.bytes().to_vec();
+        let at_comment = bytes
+            .windows(13)
+            .rposition(|w| w == b"lease-reaper ")
+            .unwrap();
+        let digit = &mut bytes[at_comment + 13];
+        *digit = if *digit == b'7' { b'8' } else { b'7' };
+        let rebuilt = ReaperPackage::from_zip(bytes).unwrap();
+        assert_ne!(rebuilt.code_sha256(), package.code_sha256());
+
+        let repaired = reaper_deploy::ensure(&clients, &stack, &at, &rebuilt, &config)
+            .await
+            .unwrap();
+        assert_eq!(
+            changes(&repaired),
+            [
+                ("lease-ops-reaper".to_string(), Change::Updated),
+                ("lease-ops-reaper-invoke".into(), Change::Exists),
+                ("lease-ops-schedules".into(), Change::Exists),
+                ("lease-ops-reaper".into(), Change::Updated),
+                ("lease-ops".into(), Change::Exists),
+                ("lease-ops/reaper".into(), Change::Updated),
+            ]
+        );
+        let policy = iam
+            .get_role_policy()
+            .role_name("lease-ops-reaper")
+            .policy_name("lease")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            decode(policy.policy_document())["Statement"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["Sid"] == "EndManagedInstances")
+        );
+        let s = scheduler
+            .get_schedule()
+            .group_name("lease-ops")
+            .name("reaper")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(s.state().unwrap().as_str(), "ENABLED");
+        let f = aws_sdk_lambda::Client::new(&sdk)
+            .get_function_configuration()
+            .function_name("lease-ops-reaper")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(f.code_sha256(), Some(rebuilt.code_sha256().as_str()));
+    }
 }
