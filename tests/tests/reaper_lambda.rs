@@ -304,6 +304,20 @@ mod deployment {
             changes(&first),
             names.map(|n| (n.to_string(), Change::Created))
         );
+        let lambda = aws_sdk_lambda::Client::new(&sdk);
+        let scheduler = aws_sdk_scheduler::Client::new(&sdk);
+        // What a write would move: the schedule's last change. (moto keeps a function's
+        // LastModified through updates, so the function's no-op is shown by the report.)
+        let schedule_before = scheduler
+            .get_schedule()
+            .group_name("lease-dev")
+            .name("reaper")
+            .send()
+            .await
+            .unwrap()
+            .last_modification_date()
+            .cloned();
+
         let second = reaper_deploy::ensure(&clients, &stack, &at, &package, &config)
             .await
             .unwrap();
@@ -311,9 +325,18 @@ mod deployment {
             changes(&second),
             names.map(|n| (n.to_string(), Change::Exists))
         );
+        let schedule_after = scheduler
+            .get_schedule()
+            .group_name("lease-dev")
+            .name("reaper")
+            .send()
+            .await
+            .unwrap()
+            .last_modification_date()
+            .cloned();
+        assert_eq!(schedule_after, schedule_before);
 
         // The function, read back.
-        let lambda = aws_sdk_lambda::Client::new(&sdk);
         let f = lambda
             .get_function_configuration()
             .function_name("lease-dev-reaper")
@@ -369,7 +392,6 @@ mod deployment {
         );
 
         // The schedule: every five minutes, the function, through the invoke role.
-        let scheduler = aws_sdk_scheduler::Client::new(&sdk);
         let s = scheduler
             .get_schedule()
             .group_name("lease-dev")
