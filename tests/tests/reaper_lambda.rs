@@ -334,6 +334,7 @@ mod deployment {
             .unwrap()
             .last_modification_date()
             .cloned();
+        assert!(schedule_before.is_some());
         assert_eq!(schedule_after, schedule_before);
 
         // The function, read back.
