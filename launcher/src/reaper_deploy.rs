@@ -204,7 +204,7 @@ pub async fn ensure(
     config: &ReaperConfig,
 ) -> Result<Vec<ResourceChange>, DeployError> {
     let mut out = Vec::new();
-    let roles = [
+    let wanted_roles = [
         (
             stack.reaper_function(),
             "lease backstop reaper (Lambda execution role)",
@@ -224,7 +224,7 @@ pub async fn ensure(
             policy::schedules_policy(stack, at),
         ),
     ];
-    for (name, description, trust, inline) in &roles {
+    for (name, description, trust, inline) in &wanted_roles {
         let change = roles::ensure_role(clients, stack, name, description, trust, inline).await?;
         out.push(changed(ROLE, name, change));
     }
