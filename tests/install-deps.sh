@@ -4,6 +4,7 @@
 #   - tmux, openssh-server and openssh-client: the tmux and sshd tests;
 #   - systemd-container (systemd-nspawn) and debootstrap: the systemd proof;
 #   - lintian and dpkg-dev: checking the .deb and its shared-library dependencies;
+#   - zip, unzip and binutils: the reaper's Lambda package and its glibc check;
 #   - cargo-deb, pinned, built from source with its lockfile: the .deb itself.
 #
 #   tests/install-deps.sh        (as root, or with sudo available)
@@ -11,7 +12,7 @@ set -eu
 
 # The version packaging/ was written and checked against; bump it deliberately.
 CARGO_DEB_VERSION=3.8.0
-packages="tmux openssh-server openssh-client systemd-container debootstrap lintian dpkg-dev"
+packages="tmux openssh-server openssh-client systemd-container debootstrap lintian dpkg-dev zip unzip binutils"
 
 log() { echo "install-deps.sh: $*" >&2; }
 

@@ -17,7 +17,10 @@
 //! | DynamoDB node registry / task records | `lease-<stack>-nodes` / `lease-<stack>-tasks` |
 //! | agents' IAM role and instance profile | `lease-<stack>-agent` |
 //! | reaper Lambda function and its role | `lease-<stack>-reaper` |
+//! | role EventBridge Scheduler invokes the reaper with | `lease-<stack>-reaper-invoke` |
+//! | role `lease schedule` targets run with | `lease-<stack>-schedules` |
 //! | EventBridge Scheduler schedule group | `lease-<stack>` |
+//! | the reaper's schedule, in that group | `reaper` |
 //!
 //! Dead-letter queues are `dlq-<pool>`, not `pool-<pool>-dlq`, so the agents' grant on
 //! `lease-<stack>-pool-*` does not reach them.
@@ -164,7 +167,20 @@ impl Stack {
     pub fn schedule_group(&self) -> String {
         self.prefix()
     }
+
+    /// The role EventBridge Scheduler assumes to invoke the reaper, and nothing else.
+    pub fn reaper_invoke_role(&self) -> String {
+        self.named("reaper-invoke")
+    }
+
+    /// The role the targets of `lease schedule` run with (publish a task, launch).
+    pub fn schedules_role(&self) -> String {
+        self.named("schedules")
+    }
 }
+
+/// The reaper's schedule in the stack's group; `lease schedule` refuses the name.
+pub const REAPER_SCHEDULE: &str = "reaper";
 
 pub fn validate_pool(pool: &str) -> Result<(), StackError> {
     let ok = !pool.is_empty()
@@ -293,6 +309,8 @@ mod tests {
         assert_eq!(s.agent_role(), "lease-dev-agent");
         assert_eq!(s.reaper_function(), "lease-dev-reaper");
         assert_eq!(s.schedule_group(), "lease-dev");
+        assert_eq!(s.reaper_invoke_role(), "lease-dev-reaper-invoke");
+        assert_eq!(s.schedules_role(), "lease-dev-schedules");
         assert_eq!(Stack::default().bus_topic(), "lease-main-bus");
     }
 

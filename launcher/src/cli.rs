@@ -92,6 +92,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Print a least-privilege IAM policy for the agents' role or for `lease` users.
     IamPolicy(IamPolicyArgs),
+    /// Run a `submit` or a `launch` on a cron or rate schedule (EventBridge Scheduler).
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -438,6 +441,65 @@ pub struct IamPolicyArgs {
     /// Limit the agent to these pools' queues (repeatable; default: every pool of the stack).
     #[arg(long = "pool")]
     pub pools: Vec<String>,
+}
+
+/// The stack whose schedule group holds the schedules.
+#[derive(Debug, Args, Clone)]
+pub struct StackArg {
+    /// The control-plane stack (its schedule group is `lease-<stack>`).
+    #[arg(long, default_value = lease_common::stack::DEFAULT_STACK)]
+    pub stack: String,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum ScheduleCommand {
+    /// Create a schedule: `lease schedule create nightly --cron "0 9 * * ? *" -- submit --shell "make test"`.
+    Create(Box<ScheduleCreateArgs>),
+    /// The stack's schedules, with state and expression.
+    List(StackArg),
+    /// Delete a schedule.
+    Delete(ScheduleNameArgs),
+    /// Stop a schedule from running, keeping it.
+    Pause(ScheduleNameArgs),
+    /// Let a paused schedule run again.
+    Resume(ScheduleNameArgs),
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ScheduleNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub stack: StackArg,
+}
+
+#[derive(Debug, Args, Clone)]
+#[command(group(clap::ArgGroup::new("expression").required(true).args(["cron", "rate"])))]
+pub struct ScheduleCreateArgs {
+    /// Letters, digits, '-' and '_'; each scheduled task's id is NAME-<run id>.
+    pub name: String,
+    /// Six fields: minutes hours day-of-month month day-of-week year, one of the two
+    /// days being '?', e.g. "0 9 ? * MON-FRI *".
+    #[arg(long)]
+    pub cron: Option<String>,
+    /// N minute(s)|hour(s)|day(s), e.g. "5 minutes" or "1 day".
+    #[arg(long)]
+    pub rate: Option<String>,
+    /// IANA time zone the cron expression is read in (default UTC), e.g. Europe/Paris.
+    #[arg(long)]
+    pub timezone: Option<String>,
+    #[command(flatten)]
+    pub stack: StackArg,
+    /// Command topic scheduled tasks are published to (default: the stack's,
+    /// lease-<stack>-commands).
+    #[arg(long, env = "LEASE_COMMAND_TOPIC")]
+    pub topic_arn: Option<String>,
+    /// Role the schedule runs its target with (default: the stack's lease-<stack>-schedules,
+    /// made by `lease setup`).
+    #[arg(long)]
+    pub role_arn: Option<String>,
+    /// What to run, after `--`: `submit …` or `launch …`, with their usual flags.
+    #[arg(last = true, required = true, value_name = "submit|launch ARGS")]
+    pub command: Vec<String>,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

@@ -17,15 +17,15 @@ pub enum IamError {
 }
 
 /// The policy language version every document uses (the only one with variables).
-const VERSION: &str = "2012-10-17";
+pub(crate) const VERSION: &str = "2012-10-17";
 
 /// The tag every instance `lease launch` creates carries, and the only instances the
 /// launcher's policy lets it change.
-fn managed_tag_condition(key: &str) -> Value {
+pub(crate) fn managed_tag_condition(key: &str) -> Value {
     json!({ "StringEquals": { (format!("{key}/{}", tags::MANAGED)): "true" } })
 }
 
-fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
+pub(crate) fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
     json!({
         "Sid": sid,
         "Effect": "Allow",
@@ -34,7 +34,7 @@ fn statement(sid: &str, actions: &[&str], resources: Vec<String>) -> Value {
     })
 }
 
-fn with_condition(mut statement: Value, condition: Value) -> Value {
+pub(crate) fn with_condition(mut statement: Value, condition: Value) -> Value {
     if let Some(obj) = statement.as_object_mut() {
         obj.insert("Condition".into(), condition);
     }
@@ -136,7 +136,7 @@ pub fn agent_policy(stack: &Stack, at: &Location, pools: &[String]) -> Result<Va
 }
 
 /// What `lease launch/list/status/extend/terminate/stop/hibernate/attach/submit/stats/
-/// logs/download` call, on this stack's resources, and nothing else.
+/// logs/download/schedule` call, on this stack's resources, and nothing else.
 /// `sts:GetCallerIdentity` (the default owner) needs no permission.
 pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
     let bucket = stack.bucket(&at.account, &at.region);
@@ -263,6 +263,40 @@ pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
                     vec![at.s3_arn(&bucket)],
                 ),
                 json!({ "StringLike": { "s3:prefix": ["jobs/*"] } }),
+            ),
+            // schedule create|list|pause|resume|delete: the stack's group only.
+            statement(
+                "Schedules",
+                &[
+                    "scheduler:CreateSchedule",
+                    "scheduler:GetSchedule",
+                    "scheduler:UpdateSchedule",
+                    "scheduler:DeleteSchedule",
+                ],
+                vec![at.arn(
+                    "scheduler",
+                    &format!("schedule/{}/*", stack.schedule_group()),
+                )],
+            ),
+            statement(
+                "ScheduleGroup",
+                &["scheduler:GetScheduleGroup"],
+                vec![at.arn(
+                    "scheduler",
+                    &format!("schedule-group/{}", stack.schedule_group()),
+                )],
+            ),
+            // ListSchedules supports no resource-level permissions.
+            statement("ListSchedules", &["scheduler:ListSchedules"], vec!["*".into()]),
+            // A schedule runs its target with the stack's schedules role, passed only to
+            // Scheduler.
+            with_condition(
+                statement(
+                    "PassSchedulesRole",
+                    &["iam:PassRole"],
+                    vec![at.iam_arn(&format!("role/{}", stack.schedules_role()))],
+                ),
+                json!({ "StringEquals": { "iam:PassedToService": "scheduler.amazonaws.com" } }),
             ),
             // launch --iam-instance-profile: only the stack's agent role, only to EC2.
             with_condition(
@@ -418,7 +452,9 @@ mod tests {
             // `*` only where resource-level permissions do not exist.
             if resources.iter().any(|r| r == "*") {
                 assert!(
-                    actions.iter().all(|a| a.starts_with("ec2:Describe")),
+                    actions
+                        .iter()
+                        .all(|a| a.starts_with("ec2:Describe") || a == "scheduler:ListSchedules"),
                     "{sid}"
                 );
             }
@@ -528,6 +564,17 @@ mod tests {
         );
         let s = find(&all, "ListBundles");
         assert_eq!(s.2, [bucket]);
+        let s = find(&all, "Schedules");
+        assert_eq!(
+            s.2,
+            ["arn:aws:scheduler:eu-west-1:123456789012:schedule/lease-dev/*"]
+        );
+        let s = find(&all, "PassSchedulesRole");
+        assert_eq!(s.2, ["arn:aws:iam::123456789012:role/lease-dev-schedules"]);
+        assert_eq!(
+            s.3.as_ref().unwrap()["StringEquals"]["iam:PassedToService"],
+            "scheduler.amazonaws.com"
+        );
         let s = find(&all, "PassAgentRole");
         assert_eq!(s.1, ["iam:PassRole"]);
         assert_eq!(s.2, ["arn:aws:iam::123456789012:role/lease-dev-agent"]);
@@ -551,7 +598,9 @@ mod tests {
             }
             if resources.iter().any(|r| r == "*") {
                 assert!(
-                    actions.iter().all(|a| a.starts_with("ec2:Describe")),
+                    actions
+                        .iter()
+                        .all(|a| a.starts_with("ec2:Describe") || a == "scheduler:ListSchedules"),
                     "{sid}"
                 );
             }

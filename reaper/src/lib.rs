@@ -7,10 +7,12 @@
 //! instances through an [`ec2::Ec2`], acts on every one that is due, keeps going when a
 //! call fails, and reports each outcome. It is idempotent: what it terminated is no
 //! longer listed, and it never stops an instance that is already stopping or stopped.
-//! The Lambda function that will run it on a schedule (not written yet) is only wiring.
+//! [`function`] is the Lambda function that runs it on a schedule (the `bootstrap`
+//! binary is its wiring).
 
 pub mod decide;
 pub mod ec2;
+pub mod function;
 
 use chrono::{DateTime, Utc};
 use lease_common::tags::LeaseTags;

@@ -1,5 +1,6 @@
 //! The integration-test harness: real programs wherever possible (moto's server for
-//! AWS, sshd, tmux, the `lease` and `leased` binaries), and the one fake we own, IMDS.
+//! AWS, sshd, tmux, the `lease`, `leased` and reaper `bootstrap` binaries), the fake IMDS,
+//! and a stand-in for the Lambda Runtime API that the real `bootstrap` polls.
 //!
 //! Harness code may panic: a harness that cannot start its emulator has nothing useful
 //! to return, and the panic message is the test's failure message.
@@ -8,6 +9,7 @@
 pub mod agent;
 pub mod bins;
 pub mod imds;
+pub mod lambda_api;
 pub mod moto;
 pub mod nspawn;
 pub mod recorder;
@@ -16,5 +18,6 @@ pub mod wait;
 
 pub use bins::{Cmd, bin_path};
 pub use imds::FakeImds;
+pub use lambda_api::RuntimeApi;
 pub use moto::Moto;
 pub use wait::wait_until;

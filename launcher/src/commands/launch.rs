@@ -27,13 +27,13 @@ const WAIT_EVERY: Duration = Duration::from_secs(2);
 
 /// Everything read from local files, checked before any API call.
 #[derive(Debug)]
-struct LocalInputs {
-    terms: LeaseTerms,
-    agent_config: AgentConfig,
-    extra_user_data: Option<String>,
+pub(crate) struct LocalInputs {
+    pub(crate) terms: LeaseTerms,
+    pub(crate) agent_config: AgentConfig,
+    pub(crate) extra_user_data: Option<String>,
     /// One per instance, in launch order; empty for a launch without a task. A task
     /// from `--agent-config` is moved here, so both ways follow the same rules.
-    tasks: Vec<Task>,
+    pub(crate) tasks: Vec<Task>,
 }
 
 /// A flag that also fills an agent config key: both given and different is an error,
@@ -56,7 +56,7 @@ fn merge(
     }
 }
 
-fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
+pub(crate) fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
     let terms = LeaseTerms::from_args(args, ctx.yes)?;
     let mut agent_config = match &args.agent_config {
         Some(path) => {
@@ -177,7 +177,7 @@ fn plans(
         .collect()
 }
 
-fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
+pub(crate) fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
     args.agent_bucket.as_ref().map(|bucket| AgentSource {
         bucket: bucket.clone(),
         key: lease_common::layout::agent_deb_key(

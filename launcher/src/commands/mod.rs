@@ -9,6 +9,7 @@ pub mod launch;
 pub mod list;
 pub mod logs;
 pub mod nodes;
+pub mod schedule;
 pub mod stats;
 pub mod status;
 pub mod submit;
@@ -102,6 +103,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
         Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
         Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
+        Command::Schedule(a) => {
+            schedule::run(&cloud, &crate::scheduler::AwsSchedules::new(&sdk), &ctx, a).await
+        }
         Command::Completions { .. } => Ok(()),
     }
 }

@@ -1,0 +1,286 @@
+//! Deploys the backstop reaper into a stack, and removes it: the reaper's execution
+//! role, its Lambda function (`provided.al2023`, the architecture of the package), the
+//! stack's EventBridge Scheduler group with a `rate(5 minutes)` schedule invoking the
+//! function through a role that may invoke nothing else, and the role `lease schedule`
+//! targets run with. Names come from [`lease_common::stack`].
+//!
+//! [`ensure`] is idempotent: it reads each resource first and reports it `created`,
+//! `exists` (nothing sent) or `updated` (only what differs is rewritten). [`remove`]
+//! deletes in reverse order and reports what was already `absent`, so both are safe to
+//! re-run after a partial failure. What is wanted is computed by pure functions
+//! ([`policy`], [`FunctionSpec`], [`schedule_target`]); this module only reads, compares
+//! and writes.
+
+mod function;
+pub mod package;
+pub mod policy;
+mod roles;
+mod schedule;
+
+use std::fmt;
+use std::time::Duration;
+
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use aws_types::SdkConfig;
+use lease_common::stack::{Location, REAPER_SCHEDULE, Stack};
+use lease_reaper::ReaperConfig;
+use serde::Serialize;
+
+pub use function::FunctionSpec;
+pub use package::{Architecture, PackageError, ReaperPackage};
+pub use schedule::{REAPER_RATE, schedule_target};
+
+/// The tag every resource created here carries, with the stack's name, so a person (or
+/// `lease teardown`) can tell ours from anything else.
+pub const STACK_TAG: &str = "lease:stack";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Created,
+    /// Already as wanted: nothing was sent.
+    Exists,
+    Updated,
+    Deleted,
+    /// `remove` found nothing to delete.
+    Absent,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Change::Created => "created",
+            Change::Exists => "exists",
+            Change::Updated => "updated",
+            Change::Deleted => "deleted",
+            Change::Absent => "absent",
+        })
+    }
+}
+
+/// One resource and what `ensure` or `remove` did to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResourceChange {
+    /// The kind, in words: "IAM role", "Lambda function", "schedule group", "schedule".
+    pub resource: &'static str,
+    pub name: String,
+    pub change: Change,
+}
+
+impl fmt::Display for ResourceChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.resource, self.name, self.change)
+    }
+}
+
+fn changed(resource: &'static str, name: &str, change: Change) -> ResourceChange {
+    ResourceChange {
+        resource,
+        name: name.to_string(),
+        change,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeployError {
+    /// An AWS call failed: what was being done, to which resource, and AWS's reason.
+    #[error("Failed to {action} {resource} '{name}': {message}")]
+    Aws {
+        action: &'static str,
+        resource: &'static str,
+        name: String,
+        message: String,
+    },
+    #[error("Lambda function '{name}' did not become ready: {reason}")]
+    NotReady { name: String, reason: String },
+    #[error(transparent)]
+    Package(#[from] PackageError),
+}
+
+/// The service's error code and message, or the error's chain when there is none
+/// (connection refused, timeouts).
+fn reason<E>(err: &E) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    match (err.code(), err.message()) {
+        (Some(code), Some(msg)) => format!("{code}: {msg}"),
+        (Some(code), None) => code.to_string(),
+        _ => {
+            let mut out = err.to_string();
+            let mut source = err.source();
+            while let Some(s) = source {
+                out.push_str(": ");
+                out.push_str(&s.to_string());
+                source = s.source();
+            }
+            out
+        }
+    }
+}
+
+/// A request the SDK's builder refused (a required field missing): a bug here, but
+/// still reported by name rather than a panic.
+fn build_error(
+    action: &'static str,
+    resource: &'static str,
+    name: &str,
+    err: &impl std::error::Error,
+) -> DeployError {
+    DeployError::Aws {
+        action,
+        resource,
+        name: name.to_string(),
+        message: format!("the request is incomplete: {err}"),
+    }
+}
+
+fn aws_error<E>(action: &'static str, resource: &'static str, name: &str, err: &E) -> DeployError
+where
+    E: ProvideErrorMetadata + std::error::Error,
+{
+    DeployError::Aws {
+        action,
+        resource,
+        name: name.to_string(),
+        message: reason(err),
+    }
+}
+
+/// How long to wait for AWS's eventual consistency: a role IAM just created may not yet
+/// be assumable by Lambda, and a function mid-update refuses the next update.
+#[derive(Debug, Clone)]
+pub struct Pace {
+    /// Waits between CreateFunction attempts while the new role is not yet visible.
+    pub role_retries: Vec<Duration>,
+    pub poll: Duration,
+    pub ready_limit: Duration,
+}
+
+impl Default for Pace {
+    fn default() -> Self {
+        Self {
+            // About a minute in all: IAM usually propagates within ten seconds.
+            role_retries: [2, 4, 8, 16, 30].map(Duration::from_secs).to_vec(),
+            poll: Duration::from_secs(1),
+            ready_limit: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The clients the deployment calls.
+#[derive(Debug, Clone)]
+pub struct DeployClients {
+    pub iam: aws_sdk_iam::Client,
+    pub lambda: aws_sdk_lambda::Client,
+    pub scheduler: aws_sdk_scheduler::Client,
+    pub pace: Pace,
+}
+
+impl DeployClients {
+    pub fn new(config: &SdkConfig) -> Self {
+        Self {
+            iam: aws_sdk_iam::Client::new(config),
+            lambda: aws_sdk_lambda::Client::new(config),
+            scheduler: aws_sdk_scheduler::Client::new(config),
+            pace: Pace::default(),
+        }
+    }
+}
+
+const ROLE: &str = "IAM role";
+const FUNCTION: &str = "Lambda function";
+const GROUP: &str = "schedule group";
+const SCHEDULE: &str = "schedule";
+
+/// Creates or brings up to date everything the reaper needs in `stack`, in dependency
+/// order (roles, function, group, schedule), and the role of `lease schedule`'s
+/// targets. Re-running it changes nothing and reports every resource `exists`.
+pub async fn ensure(
+    clients: &DeployClients,
+    stack: &Stack,
+    at: &Location,
+    package: &ReaperPackage,
+    config: &ReaperConfig,
+) -> Result<Vec<ResourceChange>, DeployError> {
+    let mut out = Vec::new();
+    let wanted_roles = [
+        (
+            stack.reaper_function(),
+            "lease backstop reaper (Lambda execution role)",
+            policy::trust("lambda.amazonaws.com", None),
+            policy::reaper_policy(stack, at),
+        ),
+        (
+            stack.reaper_invoke_role(),
+            "EventBridge Scheduler invoking the lease backstop reaper",
+            policy::trust("scheduler.amazonaws.com", Some(at)),
+            policy::invoke_policy(stack, at),
+        ),
+        (
+            stack.schedules_role(),
+            "EventBridge Scheduler running lease schedules",
+            policy::trust("scheduler.amazonaws.com", Some(at)),
+            policy::schedules_policy(stack, at),
+        ),
+    ];
+    for (name, description, trust, inline) in &wanted_roles {
+        let change = roles::ensure_role(clients, stack, name, description, trust, inline).await?;
+        out.push(changed(ROLE, name, change));
+    }
+    let spec = FunctionSpec::wanted(stack, at, package, config);
+    let change = function::ensure_function(clients, stack, &spec, package).await?;
+    out.push(changed(FUNCTION, &stack.reaper_function(), change));
+    let change = schedule::ensure_group(clients, stack).await?;
+    out.push(changed(GROUP, &stack.schedule_group(), change));
+    let change = schedule::ensure_schedule(clients, stack, at).await?;
+    out.push(changed(
+        SCHEDULE,
+        &format!("{}/{REAPER_SCHEDULE}", stack.schedule_group()),
+        change,
+    ));
+    Ok(out)
+}
+
+/// Removes what [`ensure`] made, in reverse order; what is already gone is reported
+/// `absent`. Deleting the schedule group deletes every schedule in it, `lease
+/// schedule`'s included: they belong to the stack being removed.
+pub async fn remove(
+    clients: &DeployClients,
+    stack: &Stack,
+) -> Result<Vec<ResourceChange>, DeployError> {
+    let group = stack.schedule_group();
+    let mut out = vec![
+        changed(
+            SCHEDULE,
+            &format!("{group}/{REAPER_SCHEDULE}"),
+            schedule::remove_schedule(clients, stack).await?,
+        ),
+        changed(GROUP, &group, schedule::remove_group(clients, stack).await?),
+        changed(
+            FUNCTION,
+            &stack.reaper_function(),
+            function::remove_function(clients, stack).await?,
+        ),
+    ];
+    for name in [
+        stack.schedules_role(),
+        stack.reaper_invoke_role(),
+        stack.reaper_function(),
+    ] {
+        let change = roles::remove_role(clients, &name).await?;
+        out.push(changed(ROLE, &name, change));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_read_as_a_line_each() {
+        let c = changed(ROLE, "lease-dev-reaper", Change::Exists);
+        assert_eq!(c.to_string(), "IAM role lease-dev-reaper: exists");
+    }
+}
