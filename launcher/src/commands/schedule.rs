@@ -303,7 +303,7 @@ mod tests {
     fn the_scheduled_command_uses_submit_and_launch_flags() {
         match parse_scheduled(&words(&["submit", "--shell", "make", "--pool", "gpu"])).unwrap() {
             Scheduled::Submit(a) => {
-                assert_eq!(a.shell.as_deref(), Some("make"));
+                assert_eq!(a.task.shell.as_deref(), Some("make"));
                 assert_eq!(a.pool.as_deref(), Some("gpu"));
             }
             other => panic!("{other:?}"),
