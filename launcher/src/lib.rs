@@ -10,8 +10,10 @@ pub mod error;
 pub mod iam;
 pub mod output;
 pub mod plan;
+pub mod profile;
 pub mod queue;
 pub mod resolve;
+pub mod setup;
 pub mod submit;
 pub mod userdata;
 

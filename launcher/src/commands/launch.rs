@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use lease_common::config::AgentConfig;
+use lease_common::stack::STACK_TAG;
 use lease_common::tags::{EXPIRES_AT, MANAGED};
 
 use crate::cli::{LaunchArgs, OutputFormat};
@@ -12,6 +13,7 @@ use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
 use crate::plan::{self, LeaseTerms, Resolved};
+use crate::profile::StackOutputs;
 use crate::userdata::{self, AgentSource};
 
 /// How long `--wait` waits for every instance to be running.
@@ -68,8 +70,72 @@ fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
     })
 }
 
+/// What a stack from `lease setup` supplies that the flags and `--agent-config` left
+/// unset: the instance profile, the bucket with the agent package, and the agent's
+/// queue (the `--pool`'s), control bus, log bucket and tables.
+pub fn apply_stack(
+    args: &LaunchArgs,
+    config: &mut AgentConfig,
+    stack: &StackOutputs,
+) -> Result<LaunchArgs> {
+    let pool = args
+        .pool
+        .clone()
+        .unwrap_or_else(|| lease_common::stack::DEFAULT_POOL.to_string());
+    let queues = stack.pool(Some(&pool)).ok_or_else(|| {
+        Error::usage(format!(
+            "--pool '{pool}': stack '{}' has no queue for it (pools: {}); run `lease setup --pool {pool}` first",
+            stack.stack,
+            stack.pool_names()
+        ))
+    })?;
+    let fill = |field: &mut Option<String>, value: &str| {
+        field.get_or_insert_with(|| value.to_string());
+    };
+    fill(&mut config.queue_url, &queues.queue_url);
+    fill(&mut config.topic_arn, &stack.bus_topic_arn);
+    fill(&mut config.log_bucket, &stack.bucket);
+    fill(&mut config.tasks_table, &stack.tasks_table);
+    fill(&mut config.nodes_table, &stack.nodes_table);
+    fill(&mut config.pool, &pool);
+    fill(&mut config.region, &stack.region);
+    let mut args = args.clone();
+    fill(&mut args.iam_instance_profile, &stack.instance_profile);
+    fill(&mut args.agent_bucket, &stack.bucket);
+    Ok(args)
+}
+
 pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()> {
-    let local = read_local(args, ctx.yes)?;
+    run_in_stack(cloud, ctx, args, None).await
+}
+
+/// Launches into `stack` when there is one (see [`apply_stack`]); the instances then
+/// carry `lease:stack` too, so `lease teardown` knows they depend on it.
+pub async fn run_in_stack<C: Cloud>(
+    cloud: &C,
+    ctx: &Ctx,
+    args: &LaunchArgs,
+    stack: Option<&StackOutputs>,
+) -> Result<()> {
+    let mut local = read_local(args, ctx.yes)?;
+    let stacked;
+    let args = match stack {
+        Some(s) => {
+            stacked = apply_stack(args, &mut local.agent_config, s)?;
+            &stacked
+        }
+        None => args,
+    };
+    let stack_tag = |plan: &mut plan::LaunchPlan| {
+        if let Some(s) = stack {
+            for spec in &mut plan.tag_specifications {
+                spec.tags.push(plan::KeyValue {
+                    key: STACK_TAG.to_string(),
+                    value: s.stack.clone(),
+                });
+            }
+        }
+    };
     let client_token = uuid::Uuid::new_v4().to_string();
 
     if args.dry_run {
@@ -92,7 +158,8 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()
             )?,
             client_token,
         };
-        let plan = plan::build(args, &local.terms, resolved, ctx.now)?;
+        let mut plan = plan::build(args, &local.terms, resolved, ctx.now)?;
+        stack_tag(&mut plan);
         eprintln!(
             "Dry run: this is the RunInstances request lease would send; nothing was called."
         );
@@ -119,7 +186,7 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()
         agent_source(args, &arch).as_ref(),
         local.extra_user_data.as_deref(),
     )?;
-    let plan = plan::build(
+    let mut plan = plan::build(
         args,
         &local.terms,
         Resolved {
@@ -130,6 +197,7 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()
         },
         ctx.now,
     )?;
+    stack_tag(&mut plan);
 
     let launched = cloud.run_instances(&plan).await?;
     let market = if args.on_demand { "on-demand" } else { "spot" };

@@ -8,9 +8,11 @@ pub mod iam_policy;
 pub mod launch;
 pub mod list;
 pub mod logs;
+pub mod setup;
 pub mod stats;
 pub mod status;
 pub mod submit;
+pub mod teardown;
 
 use chrono::{DateTime, Utc};
 use lease_common::aws::{AwsOptions, load_sdk_config};
@@ -23,7 +25,28 @@ use crate::cli::{Cli, Command, OutputFormat};
 use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
 use crate::plan::owner_from_arn;
+use crate::profile::StackOutputs;
 use crate::queue::AwsQueue;
+
+/// No queue named, and no stack set up to take one from.
+pub fn no_queue() -> Error {
+    Error::usage(
+        "No task queue: pass --queue-url or set LEASE_QUEUE_URL, or run `lease setup` to create a stack",
+    )
+}
+
+/// No bucket named, and no stack set up to take one from.
+pub fn no_bucket() -> Error {
+    Error::usage(
+        "No bucket: pass --bucket or set LEASE_BUCKET, or run `lease setup` to create a stack",
+    )
+}
+
+/// The stack recorded by `lease setup` for this region (`LEASE_STACK`, else the
+/// default stack), read only when a command has a value to default.
+fn stack_in(region: &str) -> Result<Option<StackOutputs>> {
+    Ok(crate::profile::active_stack(region)?)
+}
 
 /// What every command needs besides AWS: how to print, whether to ask, and the time.
 #[derive(Debug, Clone)]
@@ -62,7 +85,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let sdk = load_sdk_config(&opts).await?;
     let cloud = AwsCloud::new(&sdk);
     match &cli.command {
-        Command::Launch(a) => launch::run(&cloud, &ctx, a).await,
+        Command::Launch(a) => {
+            let stack = stack_in(cloud.region())?;
+            launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await
+        }
         Command::List(a) => {
             let regions: Vec<String> = if a.all_regions {
                 cloud.enabled_regions().await?
@@ -90,11 +116,59 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Attach(a) => {
             attach::run(&cloud, a, g.profile.as_deref(), sdk.endpoint_url()).await
         }
-        Command::Submit(a) => submit::run(&AwsQueue::new(&sdk), &ctx, a).await,
-        Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &ctx, a).await,
-        Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
-        Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
+        Command::Submit(a) => {
+            let q = AwsQueue::new(&sdk);
+            let mut a = (**a).clone();
+            let stack = match (&a.work.queue_url, &a.work.bucket) {
+                (Some(_), Some(_)) => None,
+                _ => stack_in(cloud.region())?,
+            };
+            if a.work.bucket.is_none() {
+                a.work.bucket = stack.as_ref().map(|s| s.bucket.clone());
+            }
+            match (&a.work.queue_url, stack) {
+                (Some(_), _) => submit::run(&q, &ctx, &a).await,
+                (None, Some(s)) => {
+                    let to = submit::Destination::Topic {
+                        arn: s.command_topic_arn.clone(),
+                        pools: s.pools.keys().cloned().collect(),
+                    };
+                    submit::run_to(&q, &ctx, &a, &to).await
+                }
+                (None, None) => Err(no_queue()),
+            }
+        }
+        Command::Stats(a) => {
+            let mut a = a.clone();
+            if a.work.queue_url.is_none() {
+                a.work.queue_url = stack_in(cloud.region())?
+                    .and_then(|s| s.pool(None).map(|p| p.queue_url.clone()));
+            }
+            stats::run(&AwsQueue::new(&sdk), &ctx, &a).await
+        }
+        Command::Logs(a) => {
+            let mut a = a.clone();
+            if a.bucket.is_none() {
+                a.bucket = stack_in(cloud.region())?.map(|s| s.bucket);
+            }
+            logs::run(&AwsBucket::new(&sdk), &a).await
+        }
+        Command::Download(a) => {
+            let mut a = a.clone();
+            if a.bucket.is_none() {
+                a.bucket = stack_in(cloud.region())?.map(|s| s.bucket);
+            }
+            download::run(&AwsBucket::new(&sdk), &ctx, &a).await
+        }
         Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
+        Command::Setup(a) => {
+            let path = crate::profile::default_path()?;
+            setup::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
+        }
+        Command::Teardown(a) => {
+            let path = crate::profile::default_path()?;
+            teardown::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
+        }
         Command::Completions { .. } => Ok(()),
     }
 }

@@ -19,7 +19,11 @@ struct Stats {
 }
 
 pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &StatsArgs) -> Result<()> {
-    let url = &args.work.queue_url;
+    let url = args
+        .work
+        .queue_url
+        .as_ref()
+        .ok_or_else(crate::commands::no_queue)?;
     let (counts, dlq) = futures::future::join(q.counts(url), q.dead_letter_url(url)).await;
     let QueueCounts {
         visible,

@@ -54,7 +54,72 @@ async fn body_for<Q: TaskQueue>(
     Ok((body, Some(url)))
 }
 
+/// Where tasks go: a queue named by `--queue-url`, or a stack's command topic, whose
+/// subscriptions route each task to its pool's queue by the `pool` attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    Queue(String),
+    Topic {
+        arn: String,
+        /// The pools the stack has queues for: a task for any other would be dropped
+        /// by every subscription's filter, so it is refused before sending.
+        pools: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Queue(url) => f.write_str(url),
+            Destination::Topic { arn, .. } => write!(f, "topic {arn}"),
+        }
+    }
+}
+
+async fn send<Q: TaskQueue>(
+    q: &Q,
+    to: &Destination,
+    batch: &[Outgoing],
+) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+    match to {
+        Destination::Queue(url) => q.send_batch(url, batch).await,
+        Destination::Topic { arn, .. } => q.publish_batch(arn, batch).await,
+    }
+}
+
+/// Sends to `--queue-url` (or `LEASE_QUEUE_URL`).
 pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()> {
+    let url = args
+        .work
+        .queue_url
+        .clone()
+        .ok_or_else(crate::commands::no_queue)?;
+    run_to(q, ctx, args, &Destination::Queue(url)).await
+}
+
+pub async fn run_to<Q: TaskQueue>(
+    q: &Q,
+    ctx: &Ctx,
+    args: &SubmitArgs,
+    to: &Destination,
+) -> Result<()> {
+    // Through a topic every task needs a pool, or no subscription takes it.
+    let pool = match to {
+        Destination::Queue(_) => args.pool.clone(),
+        Destination::Topic { pools, .. } => {
+            let pool = args
+                .pool
+                .clone()
+                .unwrap_or_else(|| lease_common::stack::DEFAULT_POOL.to_string());
+            if !pools.contains(&pool) {
+                return Err(Error::usage(format!(
+                    "--pool '{pool}': the stack has no queue for it (pools: {}); run `lease setup --pool {pool}` first",
+                    pools.join(", ")
+                )));
+            }
+            Some(pool)
+        }
+    };
     let random = uuid::Uuid::new_v4().simple().to_string();
     let tasks = submit::build(args, ctx.now, &random)?;
     let mut sent: Vec<Submitted> = Vec::new();
@@ -67,21 +132,18 @@ pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()
             batch.push(Outgoing {
                 id: t.id.clone(),
                 body,
-                pool: t.pool.clone(),
+                pool: pool.clone(),
             });
             pointers.push((t, spec_s3));
         }
         // A batch may be refused whole (size, permissions); then each is sent alone so
         // one bad task does not take nine good ones with it.
-        let results = match q.send_batch(&args.work.queue_url, &batch).await {
+        let results = match send(q, to, &batch).await {
             Ok(r) => r,
             Err(_) if batch.len() > 1 => {
                 let mut r = Vec::new();
                 for one in &batch {
-                    match q
-                        .send_batch(&args.work.queue_url, std::slice::from_ref(one))
-                        .await
-                    {
+                    match send(q, to, std::slice::from_ref(one)).await {
                         Ok(mut single) => r.append(&mut single),
                         Err(e) => r.push((one.id.clone(), Err(e.to_string()))),
                     }
@@ -116,7 +178,7 @@ pub async fn run<Q: TaskQueue>(q: &Q, ctx: &Ctx, args: &SubmitArgs) -> Result<()
         "Submitted {} of {} tasks to {}.",
         sent.len(),
         tasks.len(),
-        args.work.queue_url
+        to
     );
     if refused.is_empty() {
         return Ok(());
