@@ -312,6 +312,75 @@ mod tests {
         }
     }
 
+    fn stack() -> StackOutputs {
+        let pool = |p: &str| crate::profile::PoolOutputs {
+            queue_url: format!("https://sqs/lease-main-pool-{p}"),
+            dead_letter_queue_url: format!("https://sqs/lease-main-dlq-{p}"),
+        };
+        StackOutputs {
+            stack: "main".into(),
+            region: "eu-west-1".into(),
+            account: "123456789012".into(),
+            command_topic_arn: "arn:aws:sns:eu-west-1:123456789012:lease-main-commands".into(),
+            bus_topic_arn: "arn:aws:sns:eu-west-1:123456789012:lease-main-bus".into(),
+            pools: [
+                ("default".into(), pool("default")),
+                ("gpu".into(), pool("gpu")),
+            ]
+            .into(),
+            events_queue_url: "https://sqs/lease-main-events".into(),
+            bucket: "lease-main-123456789012-eu-west-1".into(),
+            nodes_table: "lease-main-nodes".into(),
+            tasks_table: "lease-main-tasks".into(),
+            agent_role: "lease-main-agent".into(),
+            instance_profile: "lease-main-agent".into(),
+            agent_packages: vec![],
+        }
+    }
+
+    #[test]
+    fn a_stack_fills_only_what_flags_and_agent_config_left_unset() {
+        let mut config = AgentConfig {
+            log_bucket: Some("mine".into()),
+            ..Default::default()
+        };
+        let args = apply_stack(&launch_args(&["--pool", "gpu"]), &mut config, &stack()).unwrap();
+        assert_eq!(
+            args.iam_instance_profile.as_deref(),
+            Some("lease-main-agent")
+        );
+        assert_eq!(
+            args.agent_bucket.as_deref(),
+            Some("lease-main-123456789012-eu-west-1")
+        );
+        assert_eq!(
+            config.queue_url.as_deref(),
+            Some("https://sqs/lease-main-pool-gpu")
+        );
+        assert_eq!(config.log_bucket.as_deref(), Some("mine"));
+        assert_eq!(config.pool.as_deref(), Some("gpu"));
+        assert_eq!(config.tasks_table.as_deref(), Some("lease-main-tasks"));
+
+        let mut config = AgentConfig::default();
+        let args = apply_stack(
+            &launch_args(&["--iam-instance-profile", "other"]),
+            &mut config,
+            &stack(),
+        )
+        .unwrap();
+        assert_eq!(args.iam_instance_profile.as_deref(), Some("other"));
+        assert_eq!(
+            config.queue_url.as_deref(),
+            Some("https://sqs/lease-main-pool-default")
+        );
+
+        let err = apply_stack(&launch_args(&["--pool", "tpu"]), &mut config, &stack()).unwrap_err();
+        assert!(
+            err.to_string().contains("'tpu'") && err.to_string().contains("default, gpu"),
+            "{err}"
+        );
+    }
+
     #[tokio::test]
     async fn a_short_launch_is_reported_and_fails() {
         let cloud = FakeCloud {

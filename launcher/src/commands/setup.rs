@@ -128,8 +128,12 @@ pub async fn run<C: Cloud>(
         wanted.at.region.as_str(),
         wanted.at.account.as_str()
     );
+    let recorded: Vec<String> = previous
+        .as_ref()
+        .map(|p| p.agent_packages.clone())
+        .unwrap_or_default();
     let mut report = Report::default();
-    let mut outputs = match setup::ensure(clients, &wanted, &packages, &mut report).await {
+    let outputs = match setup::ensure(clients, &wanted, &packages, &recorded, &mut report).await {
         Ok(o) => o,
         Err(e) => {
             // Show what was done before the failure: running setup again resumes.
@@ -137,15 +141,6 @@ pub async fn run<C: Cloud>(
             return Err(e);
         }
     };
-    // Packages uploaded by an earlier run are still there.
-    if let Some(prev) = &previous {
-        for key in &prev.agent_packages {
-            if !outputs.agent_packages.contains(key) {
-                outputs.agent_packages.push(key.clone());
-            }
-        }
-        outputs.agent_packages.sort();
-    }
     let mut updated = settings.clone();
     updated.upsert(outputs.clone());
     let outcome = if updated == settings {

@@ -296,6 +296,14 @@ pub async fn ensure_package(s3: &Client, bucket: &str, p: &AgentPackage) -> Resu
     Ok(Outcome::of(!existed, existed))
 }
 
+pub async fn object_exists(s3: &Client, bucket: &str, key: &str) -> Result<bool> {
+    match s3.head_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(true),
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(false),
+        Err(e) => Err(Error::aws(format!("Failed to read s3://{bucket}/{key}"), e)),
+    }
+}
+
 /// Empties the bucket — every object version and delete marker, in case versioning
 /// was turned on — then deletes it.
 pub async fn remove_bucket(

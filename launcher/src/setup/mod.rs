@@ -153,6 +153,7 @@ pub async fn ensure(
     c: &Clients,
     w: &Wanted,
     packages: &[AgentPackage],
+    recorded: &[String],
     report: &mut Report,
 ) -> Result<StackOutputs> {
     let tag = w.tag();
@@ -229,7 +230,30 @@ pub async fn ensure(
         report.add("agent package", format!("s3://{bucket}/{}", p.key), outcome);
         agent_packages.push(p.key.clone());
     }
-    if packages.is_empty() {
+    // Packages an earlier run uploaded: still there, or say what to do.
+    let earlier: Vec<&String> = recorded
+        .iter()
+        .filter(|k| !agent_packages.contains(k))
+        .collect();
+    for key in earlier {
+        if bucket::object_exists(&c.s3, &bucket, key).await? {
+            report.add(
+                "agent package",
+                format!("s3://{bucket}/{key}"),
+                Outcome::Exists,
+            );
+            agent_packages.push(key.clone());
+        } else {
+            report.note(
+                "agent package",
+                format!("s3://{bucket}/{key}"),
+                Outcome::Skipped,
+                "recorded by an earlier setup but missing: upload it again with --agent-deb",
+            );
+        }
+    }
+    agent_packages.sort();
+    if agent_packages.is_empty() {
         report.note(
             "agent package",
             format!("s3://{bucket}/agent/"),
