@@ -263,7 +263,7 @@ impl World {
             .iam
             .get_role_policy()
             .role_name("lease-main-agent")
-            .policy_name("lease-agent")
+            .policy_name("lease-agent-us-east-1")
             .send()
             .await
             .unwrap();
@@ -286,6 +286,45 @@ impl World {
             .map(|r| r.role_name())
             .collect();
         s.insert("iam profile roles".into(), roles.join(","));
+        s
+    }
+
+    /// The parts of stack `main` (default pool only) another stack's teardown must not
+    /// touch: its queues' attributes, its bucket's tags, its tables and its role.
+    async fn snapshot_main_default(&self) -> Vec<String> {
+        let mut s = Vec::new();
+        for q in [
+            "lease-main-pool-default",
+            "lease-main-dlq-default",
+            "lease-main-events",
+        ] {
+            s.push(format!(
+                "{q} {:?}",
+                self.queue_attributes(q).await.get("RedrivePolicy")
+            ));
+        }
+        let tags = self
+            .s3
+            .get_bucket_tagging()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap();
+        s.push(format!("{:?}", tags.tag_set()));
+        for t in ["lease-main-nodes", "lease-main-tasks"] {
+            let d = self.db.describe_table().table_name(t).send().await.unwrap();
+            s.push(format!("{t} {:?}", d.table().unwrap().table_status()));
+        }
+        let role = self
+            .iam
+            .get_role()
+            .role_name("lease-main-agent")
+            .send()
+            .await
+            .unwrap();
+        s.push(role.role().unwrap().role_name().to_string());
+        let topics = self.sns.list_topics().send().await.unwrap();
+        s.push(format!("{:?}", topics.topics()));
         s
     }
 
@@ -531,7 +570,7 @@ async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
         .iam
         .get_role_policy()
         .role_name("lease-main-agent")
-        .policy_name("lease-agent")
+        .policy_name("lease-agent-us-east-1")
         .send()
         .await
         .unwrap();
@@ -920,4 +959,166 @@ async fn bad_input_is_named_and_creates_nothing() {
     let topics = w.sns.list_topics().send().await.unwrap();
     assert!(topics.topics().is_empty());
     assert!(!w.settings_path().exists());
+}
+
+#[tokio::test]
+async fn setup_resumes_after_a_partial_failure_creating_only_what_is_missing() {
+    let w = world().await;
+    w.setup(&["--pool", "gpu"]).await;
+    // As if a first run had stopped halfway: some resources never made it.
+    let dlq = w.queue_url("lease-main-dlq-gpu").await.unwrap();
+    w.sqs.delete_queue().queue_url(dlq).send().await.unwrap();
+    w.iam
+        .delete_role_policy()
+        .role_name("lease-main-agent")
+        .policy_name("lease-agent-us-east-1")
+        .send()
+        .await
+        .unwrap();
+    w.db.delete_table()
+        .table_name("lease-main-tasks")
+        .send()
+        .await
+        .unwrap();
+
+    let report = w.setup(&[]).await;
+    let changed: Vec<(String, String)> = outcomes(&report)
+        .into_iter()
+        .filter(|(_, _, o)| o != "exists" && o != "skipped")
+        .map(|(_, name, o)| (name, o))
+        .collect();
+    assert_eq!(
+        changed,
+        [
+            ("lease-main-dlq-gpu".to_string(), "created".to_string()),
+            ("lease-main-tasks".to_string(), "created".to_string()),
+            (
+                "lease-main-agent/lease-agent-us-east-1".to_string(),
+                "created".to_string()
+            ),
+        ]
+    );
+    assert!(w.queue_url("lease-main-dlq-gpu").await.is_some());
+    let ttl =
+        w.db.describe_time_to_live()
+            .table_name("lease-main-tasks")
+            .send()
+            .await
+            .unwrap();
+    assert_eq!(
+        ttl.time_to_live_description().unwrap().attribute_name(),
+        Some("expires")
+    );
+    w.iam
+        .get_role_policy()
+        .role_name("lease-main-agent")
+        .policy_name("lease-agent-us-east-1")
+        .send()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn two_stacks_in_two_regions_and_teardown_of_one_leaves_the_other() {
+    let w = world().await;
+    w.setup(&[]).await;
+    let before = w.snapshot_main_default().await;
+    let dev = w.setup(&["--stack", "dev", "--region", "eu-west-1"]).await;
+    assert_eq!(dev["outputs"]["bucket"], "lease-dev-123456789012-eu-west-1");
+    assert_eq!(dev["outputs"]["region"], "eu-west-1");
+    let eu = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&w.moto.sdk_config().await)
+            .region(aws_sdk_s3::config::Region::new("eu-west-1"))
+            .force_path_style(true)
+            .build(),
+    );
+    let location = eu
+        .get_bucket_location()
+        .bucket("lease-dev-123456789012-eu-west-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        location.location_constraint().map(|l| l.as_str()),
+        Some("eu-west-1")
+    );
+
+    // Commands in us-east-1 keep using the default stack, main.
+    let settings: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(w.settings_path()).unwrap()).unwrap();
+    assert_eq!(settings["default-stack"].as_str(), Some("main"));
+    assert_eq!(settings["stacks"].as_sequence().map(Vec::len), Some(2));
+
+    // Stack main in a second region shares the (global) role, with a policy per region;
+    // tearing that region down leaves the role to us-east-1.
+    w.setup(&["--region", "eu-west-1"]).await;
+    let policies = w
+        .iam
+        .list_role_policies()
+        .role_name("lease-main-agent")
+        .send()
+        .await
+        .unwrap();
+    let mut names = policies.policy_names().to_vec();
+    names.sort();
+    assert_eq!(names, ["lease-agent-eu-west-1", "lease-agent-us-east-1"]);
+    let report = json(
+        &w.lease()
+            .args(["teardown", "--region", "eu-west-1", "--yes", "-o", "json"])
+            .ok()
+            .await,
+    );
+    let role_rows: Vec<_> = outcomes(&report)
+        .into_iter()
+        .filter(|(kind, _, _)| kind.starts_with("iam") || kind == "instance profile")
+        .map(|(kind, _, o)| (kind, o))
+        .collect();
+    assert_eq!(
+        role_rows,
+        [
+            ("iam role policy".to_string(), "deleted".to_string()),
+            ("instance profile".to_string(), "kept".to_string()),
+            ("iam role".to_string(), "kept".to_string()),
+        ]
+    );
+    let policies = w
+        .iam
+        .list_role_policies()
+        .role_name("lease-main-agent")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(policies.policy_names(), ["lease-agent-us-east-1"]);
+
+    w.lease()
+        .args([
+            "teardown",
+            "--stack",
+            "dev",
+            "--region",
+            "eu-west-1",
+            "--yes",
+        ])
+        .ok()
+        .await;
+    let eu_sqs = aws_sdk_sqs::Client::from_conf(
+        aws_sdk_sqs::config::Builder::from(&w.moto.sdk_config().await)
+            .region(aws_sdk_sqs::config::Region::new("eu-west-1"))
+            .build(),
+    );
+    let left = eu_sqs.list_queues().send().await.unwrap();
+    assert!(left.queue_urls().is_empty(), "{:?}", left.queue_urls());
+    assert!(
+        eu.head_bucket()
+            .bucket("lease-dev-123456789012-eu-west-1")
+            .send()
+            .await
+            .is_err()
+    );
+    assert_eq!(w.snapshot_main_default().await, before);
+    let settings: serde_yaml_ng::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(w.settings_path()).unwrap()).unwrap();
+    let stacks = settings["stacks"].as_sequence().unwrap();
+    assert_eq!(stacks.len(), 1);
+    assert_eq!(stacks[0]["stack"].as_str(), Some("main"));
 }

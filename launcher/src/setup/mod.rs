@@ -275,12 +275,13 @@ pub async fn ensure(
     let role_name = w.stack.agent_role();
     let policy = crate::iam::agent_policy(&w.stack, &w.at, &[])
         .map_err(|e| crate::Error::usage(e.to_string()))?;
+    let policy_name = plan::agent_policy_name(w.at.region.as_str());
     let (role_outcome, policy_outcome) =
-        role::ensure_role(&c.iam, &role_name, &policy, &tag).await?;
+        role::ensure_role(&c.iam, &role_name, &policy_name, &policy, &tag).await?;
     report.add("iam role", &role_name, role_outcome);
     report.add(
         "iam role policy",
-        format!("{role_name}/{}", plan::AGENT_POLICY_NAME),
+        format!("{role_name}/{policy_name}"),
         policy_outcome,
     );
     let outcome = role::ensure_instance_profile(&c.iam, &role_name, &role_name, &tag).await?;
@@ -321,11 +322,28 @@ pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> 
     // REAPER CALL SITE: `crate::reaper_deploy::remove` (branch `reaper`) goes here,
     // first, so nothing runs against a half-removed stack.
     let role_name = w.stack.agent_role();
-    let (outcome, note) =
-        role::remove_instance_profile(&c.iam, &role_name, &role_name, &tag).await?;
-    push(report, "instance profile", &role_name, outcome, note);
-    let (outcome, note) = role::remove_role(&c.iam, &role_name, &tag).await?;
-    push(report, "iam role", &role_name, outcome, note);
+    let policy_name = plan::agent_policy_name(w.at.region.as_str());
+    let (outcome, note, others) =
+        role::remove_region_policy(&c.iam, &role_name, &policy_name, &tag).await?;
+    push(
+        report,
+        "iam role policy",
+        &format!("{role_name}/{policy_name}"),
+        outcome,
+        note,
+    );
+    if others.is_empty() {
+        let (outcome, note) =
+            role::remove_instance_profile(&c.iam, &role_name, &role_name, &tag).await?;
+        push(report, "instance profile", &role_name, outcome, note);
+        let (outcome, note) = role::remove_role(&c.iam, &role_name, &tag).await?;
+        push(report, "iam role", &role_name, outcome, note);
+    } else {
+        // IAM is global: the role and its profile serve the stack in other regions.
+        let note = format!("still used by stack '{}' in {}", w.stack, others.join(", "));
+        report.note("instance profile", &role_name, Outcome::Kept, &note);
+        report.note("iam role", &role_name, Outcome::Kept, note);
+    }
 
     for table in [w.stack.nodes_table(), w.stack.tasks_table()] {
         let (outcome, note) = tables::remove_table(&c.dynamodb, &table, &tag).await?;

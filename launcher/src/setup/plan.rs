@@ -24,8 +24,15 @@ pub const EVENTS_RETENTION_SECS: u32 = 24 * 3_600;
 pub const RECEIVE_WAIT_SECS: u32 = 20;
 /// The message attribute `lease submit` sets and the pool subscriptions filter on.
 pub const POOL_ATTRIBUTE: &str = "pool";
-/// The inline policy on the agents' role.
-pub const AGENT_POLICY_NAME: &str = "lease-agent";
+/// Start of the inline policies on the agents' role, one per region. IAM is global,
+/// so a stack set up in two regions shares its role; each region's policy grants
+/// that region's queues, bucket and tables, and teardown in one region removes only
+/// its own.
+pub const AGENT_POLICY_PREFIX: &str = "lease-agent-";
+
+pub fn agent_policy_name(region: &str) -> String {
+    format!("{AGENT_POLICY_PREFIX}{region}")
+}
 
 /// A stack as it should be.
 #[derive(Debug, Clone)]

@@ -5,7 +5,7 @@ use aws_sdk_iam::Client;
 use aws_sdk_iam::types::Tag;
 use serde_json::Value;
 
-use super::plan::{self, AGENT_POLICY_NAME};
+use super::plan::{self, AGENT_POLICY_PREFIX};
 use super::{Outcome, not_ours};
 use crate::error::{Error, Result};
 
@@ -26,6 +26,7 @@ fn has(tags: &[Tag], tag: &(String, String)) -> bool {
 pub async fn ensure_role(
     iam: &Client,
     role: &str,
+    policy_name: &str,
     policy: &Value,
     tag: &(String, String),
 ) -> Result<(Outcome, Outcome)> {
@@ -84,25 +85,25 @@ pub async fn ensure_role(
     let policy_outcome = match iam
         .get_role_policy()
         .role_name(role)
-        .policy_name(AGENT_POLICY_NAME)
+        .policy_name(policy_name)
         .send()
         .await
     {
         Ok(out) if plan::same_value(out.policy_document(), &wanted) => Outcome::Exists,
         Ok(_) => {
-            put_policy(iam, role, &wanted).await?;
+            put_policy(iam, role, policy_name, &wanted).await?;
             Outcome::Updated
         }
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_no_such_entity_exception()) =>
         {
-            put_policy(iam, role, &wanted).await?;
+            put_policy(iam, role, policy_name, &wanted).await?;
             Outcome::Created
         }
         Err(e) => {
             return Err(Error::aws(
-                format!("Failed to read policy '{AGENT_POLICY_NAME}' of role '{role}'"),
+                format!("Failed to read policy '{policy_name}' of role '{role}'"),
                 e,
             ));
         }
@@ -110,20 +111,71 @@ pub async fn ensure_role(
     Ok((role_outcome, policy_outcome))
 }
 
-async fn put_policy(iam: &Client, role: &str, document: &str) -> Result<()> {
+async fn put_policy(iam: &Client, role: &str, name: &str, document: &str) -> Result<()> {
     iam.put_role_policy()
         .role_name(role)
-        .policy_name(AGENT_POLICY_NAME)
+        .policy_name(name)
         .policy_document(document)
         .send()
         .await
-        .map_err(|e| {
-            Error::aws(
-                format!("Failed to put policy '{AGENT_POLICY_NAME}' on role '{role}'"),
-                e,
-            )
-        })?;
+        .map_err(|e| Error::aws(format!("Failed to put policy '{name}' on role '{role}'"), e))?;
     Ok(())
+}
+
+/// Removes this region's inline policy from the stack's role; returns the regions
+/// whose policies remain (the role is still theirs then).
+pub async fn remove_region_policy(
+    iam: &Client,
+    role: &str,
+    policy_name: &str,
+    tag: &(String, String),
+) -> Result<(Outcome, Option<String>, Vec<String>)> {
+    let r = match iam.get_role().role_name(role).send().await {
+        Ok(out) => out.role().cloned(),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            return Ok((Outcome::Absent, None, Vec::new()));
+        }
+        Err(e) => return Err(Error::aws(format!("Failed to read role '{role}'"), e)),
+    };
+    if !r.as_ref().is_some_and(|r| has(r.tags(), tag)) {
+        return Ok((Outcome::Kept, not_ours(tag), Vec::new()));
+    }
+    let outcome = match iam
+        .delete_role_policy()
+        .role_name(role)
+        .policy_name(policy_name)
+        .send()
+        .await
+    {
+        Ok(_) => Outcome::Deleted,
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            Outcome::Absent
+        }
+        Err(e) => {
+            return Err(Error::aws(
+                format!("Failed to delete policy '{policy_name}' of role '{role}'"),
+                e,
+            ));
+        }
+    };
+    let listed = iam
+        .list_role_policies()
+        .role_name(role)
+        .send()
+        .await
+        .map_err(|e| Error::aws(format!("Failed to list the policies of role '{role}'"), e))?;
+    let others = listed
+        .policy_names()
+        .iter()
+        .filter_map(|n| n.strip_prefix(AGENT_POLICY_PREFIX).map(str::to_string))
+        .collect();
+    Ok((outcome, None, others))
 }
 
 /// The instance profile exists and holds the role (an instance profile holds one
@@ -266,8 +318,9 @@ pub async fn remove_instance_profile(
     Ok((Outcome::Deleted, None))
 }
 
-/// Deletes the role after its inline policy. A policy someone else attached makes IAM
-/// refuse, and the error names the role.
+/// Deletes the role, once no region's policy is left on it (`remove_region_policy`
+/// first). A policy someone else attached makes IAM refuse, and the error names the
+/// role.
 pub async fn remove_role(
     iam: &Client,
     role: &str,
@@ -285,24 +338,6 @@ pub async fn remove_role(
     };
     if !r.as_ref().is_some_and(|r| has(r.tags(), tag)) {
         return Ok((Outcome::Kept, not_ours(tag)));
-    }
-    match iam
-        .delete_role_policy()
-        .role_name(role)
-        .policy_name(AGENT_POLICY_NAME)
-        .send()
-        .await
-    {
-        Ok(_) => {}
-        Err(e)
-            if e.as_service_error()
-                .is_some_and(|s| s.is_no_such_entity_exception()) => {}
-        Err(e) => {
-            return Err(Error::aws(
-                format!("Failed to delete policy '{AGENT_POLICY_NAME}' of role '{role}'"),
-                e,
-            ));
-        }
     }
     iam.delete_role()
         .role_name(role)
