@@ -1122,3 +1122,49 @@ async fn two_stacks_in_two_regions_and_teardown_of_one_leaves_the_other() {
     assert_eq!(stacks.len(), 1);
     assert_eq!(stacks[0]["stack"].as_str(), Some("main"));
 }
+
+#[tokio::test]
+async fn other_commands_find_the_stack_and_say_what_to_do_without_one() {
+    let w = world().await;
+    // Nothing set up yet: the error says how to get a queue.
+    let (code, err) = w.lease().args(["submit", "--shell", "x"]).fails().await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--queue-url") && err.contains("lease setup"),
+        "{err}"
+    );
+    let (code, err) = w.lease().args(["logs", "t1"]).fails().await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--bucket") && err.contains("lease setup"),
+        "{err}"
+    );
+
+    w.setup(&[]).await;
+    w.s3.put_object()
+        .bucket(BUCKET)
+        .key("logs/t1.log")
+        .body(b"line one\n".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(w.lease().args(["logs", "t1"]).ok().await, "line one\n");
+
+    // stats reads the default pool's queue and its dead letters.
+    let dlq = w.queue_url("lease-main-dlq-default").await.unwrap();
+    w.sqs
+        .send_message()
+        .queue_url(&dlq)
+        .message_body("dead")
+        .send()
+        .await
+        .unwrap();
+    w.lease().args(["submit", "--shell", "true"]).ok().await;
+    let stats = json(&w.lease().args(["stats", "-o", "json"]).ok().await);
+    assert_eq!(
+        stats["queue_url"].as_str(),
+        w.queue_url("lease-main-pool-default").await.as_deref()
+    );
+    assert_eq!(stats["queued"], 1);
+    assert_eq!(stats["dead_letters"], 1);
+}

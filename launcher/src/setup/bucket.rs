@@ -245,7 +245,7 @@ pub async fn ensure_bucket(
             .map_err(|e| Error::aws(format!("Failed to tag bucket '{bucket}'"), e))?;
         updated = true;
     }
-    Ok(Outcome::of(created, updated && !created))
+    Ok(Outcome::of(created, updated))
 }
 
 /// The package is in the bucket under its key, byte for byte (same size and sha256).

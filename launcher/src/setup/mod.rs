@@ -262,12 +262,10 @@ pub async fn ensure(
         );
     }
 
-    for table in [w.stack.nodes_table(), w.stack.tasks_table()] {
-        let key = if table == w.stack.nodes_table() {
-            lease_common::records::NODE_ID
-        } else {
-            lease_common::records::TASK_ID
-        };
+    for (table, key) in [
+        (w.stack.nodes_table(), lease_common::records::NODE_ID),
+        (w.stack.tasks_table(), lease_common::records::TASK_ID),
+    ] {
         let outcome = tables::ensure_table(&c.dynamodb, &table, key, &tag).await?;
         report.add("dynamodb table", &table, outcome);
     }
