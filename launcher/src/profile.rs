@@ -123,11 +123,11 @@ impl Settings {
         })
     }
 
-    pub fn render(&self) -> String {
-        let body = serde_yaml_ng::to_string(self).unwrap_or_default();
-        format!(
+    pub fn render(&self) -> Result<String, serde_yaml_ng::Error> {
+        let body = serde_yaml_ng::to_string(self)?;
+        Ok(format!(
             "# Written by `lease setup` and `lease teardown`: the control plane of each stack.\n{body}"
-        )
+        ))
     }
 
     /// Writes the file atomically, creating its folder.
@@ -140,6 +140,10 @@ impl Settings {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // Rendered first: a value that cannot be written must not replace the file.
+        let text = self
+            .render()
+            .map_err(|e| write_err(std::io::Error::other(e)))?;
         std::fs::create_dir_all(&dir).map_err(write_err)?;
         let name = path
             .file_name()
@@ -148,7 +152,7 @@ impl Settings {
         let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(self.render().as_bytes())?;
+            f.write_all(text.as_bytes())?;
             f.sync_all()?;
             std::fs::rename(&tmp, path)
         })();
