@@ -117,26 +117,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             attach::run(&cloud, a, g.profile.as_deref(), sdk.endpoint_url()).await
         }
         Command::Submit(a) => {
-            let q = AwsQueue::new(&sdk);
-            let mut a = (**a).clone();
             let stack = match (&a.work.queue_url, &a.work.bucket) {
                 (Some(_), Some(_)) => None,
                 _ => stack_in(cloud.region())?,
             };
-            if a.work.bucket.is_none() {
-                a.work.bucket = stack.as_ref().map(|s| s.bucket.clone());
-            }
-            match (&a.work.queue_url, stack) {
-                (Some(_), _) => submit::run(&q, &ctx, &a).await,
-                (None, Some(s)) => {
-                    let to = submit::Destination::Topic {
-                        arn: s.command_topic_arn.clone(),
-                        pools: s.pools.keys().cloned().collect(),
-                    };
-                    submit::run_to(&q, &ctx, &a, &to).await
-                }
-                (None, None) => Err(no_queue()),
-            }
+            let (to, bucket) = submit::destination(&a.work, stack.as_ref())?;
+            let mut a = (**a).clone();
+            a.work.bucket = bucket;
+            submit::run_to(&AwsQueue::new(&sdk), &ctx, &a, &to).await
         }
         Command::Stats(a) => {
             let mut a = a.clone();

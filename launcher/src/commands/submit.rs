@@ -5,10 +5,11 @@ use lease_common::layout::task_spec_key;
 use lease_common::messages::{MAX_SQS_BODY, MESSAGE_VERSION, Task, TaskPointer};
 use serde::Serialize;
 
-use crate::cli::{OutputFormat, SubmitArgs};
+use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
+use crate::profile::StackOutputs;
 use crate::queue::{Outgoing, TaskQueue};
 use crate::submit;
 
@@ -85,6 +86,28 @@ async fn send<Q: TaskQueue>(
         Destination::Queue(url) => q.send_batch(url, batch).await,
         Destination::Topic { arn, .. } => q.publish_batch(arn, batch).await,
     }
+}
+
+/// Where tasks go and which bucket takes oversized ones: `--queue-url` when given
+/// (tasks go straight to that queue), else the stack's command topic; the bucket
+/// flag, else the stack's.
+pub fn destination(
+    work: &WorkArgs,
+    stack: Option<&StackOutputs>,
+) -> Result<(Destination, Option<String>)> {
+    let bucket = work
+        .bucket
+        .clone()
+        .or_else(|| stack.map(|s| s.bucket.clone()));
+    let to = match (&work.queue_url, stack) {
+        (Some(url), _) => Destination::Queue(url.clone()),
+        (None, Some(s)) => Destination::Topic {
+            arn: s.command_topic_arn.clone(),
+            pools: s.pools.keys().cloned().collect(),
+        },
+        (None, None) => return Err(crate::commands::no_queue()),
+    };
+    Ok((to, bucket))
 }
 
 /// Sends to `--queue-url` (or `LEASE_QUEUE_URL`).
@@ -190,4 +213,68 @@ pub async fn run_to<Q: TaskQueue>(
         what: format!("Failed to queue {} of {} tasks", refused.len(), tasks.len()),
         message: "they are listed above; the others are queued".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::profile::PoolOutputs;
+
+    fn stack() -> StackOutputs {
+        StackOutputs {
+            stack: "main".into(),
+            region: "us-east-1".into(),
+            account: "123456789012".into(),
+            command_topic_arn: "arn:aws:sns:us-east-1:123456789012:lease-main-commands".into(),
+            bus_topic_arn: "arn:aws:sns:us-east-1:123456789012:lease-main-bus".into(),
+            pools: [(
+                "default".to_string(),
+                PoolOutputs {
+                    queue_url: "https://q/default".into(),
+                    dead_letter_queue_url: "https://q/dlq".into(),
+                },
+            )]
+            .into(),
+            events_queue_url: "https://q/events".into(),
+            bucket: "stack-bucket".into(),
+            nodes_table: "lease-main-nodes".into(),
+            tasks_table: "lease-main-tasks".into(),
+            agent_role: "lease-main-agent".into(),
+            instance_profile: "lease-main-agent".into(),
+            agent_packages: vec![],
+        }
+    }
+
+    fn work(queue: Option<&str>, bucket: Option<&str>) -> WorkArgs {
+        WorkArgs {
+            queue_url: queue.map(str::to_string),
+            bucket: bucket.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_named_queue_wins_and_the_stack_fills_the_rest() {
+        let (to, bucket) =
+            destination(&work(Some("https://q/mine"), None), Some(&stack())).unwrap();
+        assert_eq!(to, Destination::Queue("https://q/mine".into()));
+        assert_eq!(bucket.as_deref(), Some("stack-bucket"));
+
+        let (to, bucket) = destination(&work(None, Some("b")), Some(&stack())).unwrap();
+        assert_eq!(
+            to,
+            Destination::Topic {
+                arn: "arn:aws:sns:us-east-1:123456789012:lease-main-commands".into(),
+                pools: vec!["default".into()],
+            }
+        );
+        assert_eq!(bucket.as_deref(), Some("b"));
+
+        let err = destination(&work(None, None), None).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("lease setup"), "{err}");
+        let (to, bucket) = destination(&work(Some("https://q/x"), None), None).unwrap();
+        assert_eq!(to, Destination::Queue("https://q/x".into()));
+        assert_eq!(bucket, None);
+    }
 }
