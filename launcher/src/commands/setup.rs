@@ -260,6 +260,20 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn the_location_is_the_callers_partition_and_account_in_the_clients_region() {
+        let at = location(&crate::fake::FakeCloud::new("eu-west-1"))
+            .await
+            .unwrap();
+        assert_eq!(at.partition, "aws");
+        assert_eq!(at.account.as_str(), "123456789012");
+        assert_eq!(at.region.as_str(), "eu-west-1");
+        let err = location(&crate::fake::FakeCloud::new(""))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
     #[test]
     fn stack_comes_from_the_flag_then_the_default() {
         let mut s = Settings::default();

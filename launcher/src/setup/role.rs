@@ -238,13 +238,14 @@ pub async fn ensure_instance_profile(
             ));
         }
     };
-    if roles.iter().any(|r| r == role) {
-        return Ok(Outcome::Exists);
-    }
-    if let Some(other) = roles.first() {
-        return Err(Error::Refused(format!(
-            "Instance profile '{profile}' holds role '{other}', not '{role}': remove it from the profile first"
-        )));
+    match profile_action(&roles, role) {
+        ProfileAction::Holds => return Ok(Outcome::Exists),
+        ProfileAction::HoldsOther(other) => {
+            return Err(Error::Refused(format!(
+                "Instance profile '{profile}' holds role '{other}', not '{role}': remove it from the profile first"
+            )));
+        }
+        ProfileAction::Add => {}
     }
     iam.add_role_to_instance_profile()
         .instance_profile_name(profile)
@@ -258,6 +259,25 @@ pub async fn ensure_instance_profile(
             )
         })?;
     Ok(Outcome::of(created, true))
+}
+
+/// What an instance profile needs to carry `role`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileAction {
+    Holds,
+    Add,
+    /// A profile holds at most one role; someone else's is not replaced.
+    HoldsOther(String),
+}
+
+pub fn profile_action(roles: &[String], role: &str) -> ProfileAction {
+    if roles.iter().any(|r| r == role) {
+        ProfileAction::Holds
+    } else if let Some(other) = roles.first() {
+        ProfileAction::HoldsOther(other.clone())
+    } else {
+        ProfileAction::Add
+    }
 }
 
 pub async fn remove_instance_profile(
@@ -345,4 +365,20 @@ pub async fn remove_role(
         .await
         .map_err(|e| Error::aws(format!("Failed to delete role '{role}'"), e))?;
     Ok((Outcome::Deleted, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profile_gets_the_role_unless_it_holds_another() {
+        let r = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(profile_action(&r(&[]), "a"), ProfileAction::Add);
+        assert_eq!(profile_action(&r(&["a"]), "a"), ProfileAction::Holds);
+        assert_eq!(
+            profile_action(&r(&["b"]), "a"),
+            ProfileAction::HoldsOther("b".into())
+        );
+    }
 }

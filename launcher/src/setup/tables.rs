@@ -167,16 +167,14 @@ pub async fn ensure_table(
     let d = ttl.time_to_live_description();
     let status = d.and_then(|d| d.time_to_live_status());
     let attribute = d.and_then(|d| d.attribute_name());
-    match status {
-        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
-            if attribute == Some(EXPIRES) => {}
-        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling) => {
+    match ttl_action(status, attribute) {
+        TtlAction::Keep => {}
+        TtlAction::Conflict(other) => {
             return Err(Error::Refused(format!(
-                "Table '{table}' expires items by '{}', not '{EXPIRES}': turn its TTL off first",
-                attribute.unwrap_or_default()
+                "Table '{table}' expires items by '{other}', not '{EXPIRES}': turn its TTL off first"
             )));
         }
-        _ => {
+        TtlAction::Enable => {
             db.update_time_to_live()
                 .table_name(table)
                 .time_to_live_specification(
@@ -193,6 +191,26 @@ pub async fn ensure_table(
         }
     }
     Ok(Outcome::of(created, updated))
+}
+
+/// What a table's TTL needs, given what DescribeTimeToLive says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TtlAction {
+    Keep,
+    Enable,
+    /// TTL is on for another attribute: changing it would change which of someone's
+    /// items expire, so it is refused, naming that attribute.
+    Conflict(String),
+}
+
+pub fn ttl_action(status: Option<&TimeToLiveStatus>, attribute: Option<&str>) -> TtlAction {
+    match status {
+        Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling) => match attribute {
+            Some(EXPIRES) => TtlAction::Keep,
+            other => TtlAction::Conflict(other.unwrap_or_default().to_string()),
+        },
+        _ => TtlAction::Enable,
+    }
 }
 
 pub async fn remove_table(
@@ -215,5 +233,31 @@ pub async fn remove_table(
             Ok((Outcome::Absent, None))
         }
         Err(e) => Err(Error::aws(format!("Failed to delete table '{table}'"), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_is_turned_on_for_expires_and_never_moved_from_another_attribute() {
+        assert_eq!(
+            ttl_action(Some(&TimeToLiveStatus::Enabled), Some(EXPIRES)),
+            TtlAction::Keep
+        );
+        assert_eq!(
+            ttl_action(Some(&TimeToLiveStatus::Enabling), Some(EXPIRES)),
+            TtlAction::Keep
+        );
+        assert_eq!(
+            ttl_action(Some(&TimeToLiveStatus::Disabled), None),
+            TtlAction::Enable
+        );
+        assert_eq!(ttl_action(None, None), TtlAction::Enable);
+        assert_eq!(
+            ttl_action(Some(&TimeToLiveStatus::Enabled), Some("ttl")),
+            TtlAction::Conflict("ttl".into())
+        );
     }
 }
