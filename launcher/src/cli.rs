@@ -352,7 +352,7 @@ pub struct IamPolicyArgs {
 pub struct SetupArgs {
     /// Stack name: lowercase letters and digits (default: LEASE_STACK, the default
     /// stack of your settings, then `main`).
-    #[arg(long, env = "LEASE_STACK")]
+    #[arg(long, env = "LEASE_STACK", hide_env_values = true)]
     pub stack: Option<String>,
     /// A pool of nodes to make a queue for (repeatable). The `default` pool is always
     /// made, and pools made before are kept.
@@ -367,7 +367,7 @@ pub struct SetupArgs {
 #[derive(Debug, Args, Clone)]
 pub struct TeardownArgs {
     /// Stack name (default: LEASE_STACK, the default stack of your settings, then `main`).
-    #[arg(long, env = "LEASE_STACK")]
+    #[arg(long, env = "LEASE_STACK", hide_env_values = true)]
     pub stack: Option<String>,
     /// Tear down even while managed instances of the stack still run.
     #[arg(long)]

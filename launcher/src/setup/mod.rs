@@ -224,43 +224,7 @@ pub async fn ensure(
     let bucket = w.bucket();
     let outcome = bucket::ensure_bucket(&c.s3, &bucket, w.at.region.as_str(), &tag).await?;
     report.add("s3 bucket", &bucket, outcome);
-    let mut agent_packages = Vec::new();
-    for p in packages {
-        let outcome = bucket::ensure_package(&c.s3, &bucket, p).await?;
-        report.add("agent package", format!("s3://{bucket}/{}", p.key), outcome);
-        agent_packages.push(p.key.clone());
-    }
-    // Packages an earlier run uploaded: still there, or say what to do.
-    let earlier: Vec<&String> = recorded
-        .iter()
-        .filter(|k| !agent_packages.contains(k))
-        .collect();
-    for key in earlier {
-        if bucket::object_exists(&c.s3, &bucket, key).await? {
-            report.add(
-                "agent package",
-                format!("s3://{bucket}/{key}"),
-                Outcome::Exists,
-            );
-            agent_packages.push(key.clone());
-        } else {
-            report.note(
-                "agent package",
-                format!("s3://{bucket}/{key}"),
-                Outcome::Skipped,
-                "recorded by an earlier setup but missing: upload it again with --agent-deb",
-            );
-        }
-    }
-    agent_packages.sort();
-    if agent_packages.is_empty() {
-        report.note(
-            "agent package",
-            format!("s3://{bucket}/agent/"),
-            Outcome::Skipped,
-            "no .deb given or found: build it with packaging/build-deb.sh, then pass --agent-deb FILE (not needed with an AMI that has leased baked in)",
-        );
-    }
+    let agent_packages = ensure_packages(c, &bucket, packages, recorded, report).await?;
 
     for (table, key) in [
         (w.stack.nodes_table(), lease_common::records::NODE_ID),
@@ -311,6 +275,55 @@ pub async fn ensure(
         instance_profile: role_name,
         agent_packages,
     })
+}
+
+/// The agent packages given are in the bucket, and those an earlier run recorded are
+/// still there; returns the keys to record.
+async fn ensure_packages(
+    c: &Clients,
+    bucket: &str,
+    packages: &[AgentPackage],
+    recorded: &[String],
+    report: &mut Report,
+) -> Result<Vec<String>> {
+    let mut agent_packages = Vec::new();
+    for p in packages {
+        let outcome = bucket::ensure_package(&c.s3, bucket, p).await?;
+        report.add("agent package", format!("s3://{bucket}/{}", p.key), outcome);
+        agent_packages.push(p.key.clone());
+    }
+    // Packages an earlier run uploaded: still there, or say what to do.
+    let earlier: Vec<&String> = recorded
+        .iter()
+        .filter(|k| !agent_packages.contains(k))
+        .collect();
+    for key in earlier {
+        if bucket::object_exists(&c.s3, bucket, key).await? {
+            report.add(
+                "agent package",
+                format!("s3://{bucket}/{key}"),
+                Outcome::Exists,
+            );
+            agent_packages.push(key.clone());
+        } else {
+            report.note(
+                "agent package",
+                format!("s3://{bucket}/{key}"),
+                Outcome::Skipped,
+                "recorded by an earlier setup but missing: upload it again with --agent-deb",
+            );
+        }
+    }
+    agent_packages.sort();
+    if agent_packages.is_empty() {
+        report.note(
+            "agent package",
+            format!("s3://{bucket}/agent/"),
+            Outcome::Skipped,
+            "no .deb given or found: build it with packaging/build-deb.sh, then pass --agent-deb FILE (not needed with an AMI that has leased baked in)",
+        );
+    }
+    Ok(agent_packages)
 }
 
 /// Deletes every resource of the stack that carries its tag, in reverse dependency
