@@ -27,6 +27,10 @@
 
 use std::fmt;
 
+/// Tag on every resource `lease setup` creates (value: the stack name), and on every
+/// instance launched into a stack; `lease teardown` deletes only what carries it.
+pub const STACK_TAG: &str = "lease:stack";
+
 /// The stack `lease setup` creates when no `--stack` is given.
 pub const DEFAULT_STACK: &str = "main";
 /// The pool a task goes to, and a node serves, when none is named.

@@ -95,6 +95,11 @@ pub enum Command {
     /// Run a `submit` or a `launch` on a cron or rate schedule (EventBridge Scheduler).
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Create or check a stack's control plane (topics, queues, bucket, tables, the
+    /// agents' role) and record it for the other commands. Safe to run again.
+    Setup(SetupArgs),
+    /// Delete everything `lease setup` created for a stack, bucket contents included.
+    Teardown(TeardownArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -152,9 +157,14 @@ pub struct LaunchArgs {
     /// Extra user-data: a shell script or cloud-config, merged after lease's own.
     #[arg(long)]
     pub user_data: Option<PathBuf>,
-    /// Bucket holding the agent .deb, for AMIs without the agent baked in.
+    /// Bucket holding the agent .deb, for AMIs without the agent baked in (default:
+    /// the stack's).
     #[arg(long)]
     pub agent_bucket: Option<String>,
+    /// The pool whose queue the agent serves, with a stack from `lease setup`
+    /// (default: `default`).
+    #[arg(long)]
+    pub pool: Option<String>,
     /// Extra lines for the agent's config file (YAML), e.g. queue and topic.
     #[arg(long)]
     pub agent_config: Option<PathBuf>,
@@ -237,13 +247,16 @@ pub struct AttachArgs {
     pub print: bool,
 }
 
-/// Where the fleet's work queue and bucket are (until `lease setup` records them).
+/// Where the fleet's work queue and bucket are. Without them, the stack `lease setup`
+/// recorded is used (`submit` then publishes to its command topic, which routes each
+/// task to its pool's queue).
 #[derive(Debug, Args, Clone)]
 pub struct WorkArgs {
-    /// URL of the SQS task queue.
+    /// URL of the SQS task queue (default: the stack's).
     #[arg(long, env = "LEASE_QUEUE_URL")]
-    pub queue_url: String,
-    /// Control-plane bucket (task specs too large for SQS, logs, bundles).
+    pub queue_url: Option<String>,
+    /// Control-plane bucket (task specs too large for SQS, logs, bundles; default: the
+    /// stack's).
     #[arg(long, env = "LEASE_BUCKET")]
     pub bucket: Option<String>,
 }
@@ -401,8 +414,9 @@ pub struct LogsArgs {
     /// Keep printing as the log grows, until interrupted.
     #[arg(short, long)]
     pub follow: bool,
+    /// Control-plane bucket (default: the stack's).
     #[arg(long, env = "LEASE_BUCKET")]
-    pub bucket: String,
+    pub bucket: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -412,8 +426,9 @@ pub struct DownloadArgs {
     /// Directory to download into; each task gets a subdirectory.
     #[arg(long, default_value = ".")]
     pub to: PathBuf,
+    /// Control-plane bucket (default: the stack's).
     #[arg(long, env = "LEASE_BUCKET")]
-    pub bucket: String,
+    pub bucket: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -500,6 +515,32 @@ pub struct ScheduleCreateArgs {
     /// What to run, after `--`: `submit …` or `launch …`, with their usual flags.
     #[arg(last = true, required = true, value_name = "submit|launch ARGS")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SetupArgs {
+    /// Stack name: lowercase letters and digits (default: LEASE_STACK, the default
+    /// stack of your settings, then `main`).
+    #[arg(long, env = "LEASE_STACK", hide_env_values = true)]
+    pub stack: Option<String>,
+    /// A pool of nodes to make a queue for (repeatable). The `default` pool is always
+    /// made, and pools made before are kept.
+    #[arg(long = "pool")]
+    pub pools: Vec<String>,
+    /// The agent package (`leased_<version>_<arch>.deb`) to upload for instances whose
+    /// AMI lacks the agent (default: any in target/debian/).
+    #[arg(long)]
+    pub agent_deb: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct TeardownArgs {
+    /// Stack name (default: LEASE_STACK, the default stack of your settings, then `main`).
+    #[arg(long, env = "LEASE_STACK", hide_env_values = true)]
+    pub stack: Option<String>,
+    /// Tear down even while managed instances of the stack still run.
+    #[arg(long)]
+    pub force: bool,
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

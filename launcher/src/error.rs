@@ -25,6 +25,8 @@ pub enum Error {
     Refused(String),
     #[error("{0}")]
     MissingProgram(String),
+    #[error(transparent)]
+    Profile(#[from] crate::profile::ProfileError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -39,7 +41,10 @@ impl Error {
             Error::NotFound(_) => 3,
             Error::Refused(_) => 4,
             Error::MissingProgram(_) => 5,
-            Error::Aws { .. } | Error::Io { .. } => 1,
+            Error::Profile(
+                crate::profile::ProfileError::Parse { .. } | crate::profile::ProfileError::NoHome,
+            ) => 2,
+            Error::Aws { .. } | Error::Io { .. } | Error::Profile(_) => 1,
         }
     }
 

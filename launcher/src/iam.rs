@@ -16,6 +16,9 @@ pub enum IamError {
     Stack(#[from] StackError),
 }
 
+/// The instance whose role credentials sign the request, as an EC2 resource path.
+pub const OWN_INSTANCE: &str = "instance/${ec2:InstanceID}";
+
 /// The policy language version every document uses (the only one with variables).
 pub(crate) const VERSION: &str = "2012-10-17";
 
@@ -54,12 +57,14 @@ pub fn agent_policy(stack: &Stack, at: &Location, pools: &[String]) -> Result<Va
     };
     let bucket = stack.bucket(&at.account, &at.region);
     let own_instance = with_condition(
-        // `${ec2:SourceInstanceARN}` is the ARN of the instance whose role credentials
-        // signed the request; as the Resource it is the only instance these actions
-        // may name, so one compromised node cannot stop, terminate or retag another.
-        // The ArnLike condition makes the key's presence explicit (credentials used
-        // off the instance carry no such key and match nothing) and pins it to this
-        // account and region.
+        // `${ec2:InstanceID}` is the id of the instance whose role credentials signed
+        // the request; in the Resource it makes that instance the only one these
+        // actions may name, so one compromised node cannot stop, terminate or retag
+        // another. (A Resource that is only a variable, `${ec2:SourceInstanceARN}`, is
+        // not an ARN, and IAM's policy validation refuses it.) The ArnLike condition
+        // on `ec2:SourceInstanceARN` makes the request's origin explicit (credentials
+        // used off the instance carry no such key and match nothing) and pins it to
+        // this account and region.
         statement(
             "ActOnOwnInstanceOnly",
             &[
@@ -67,7 +72,7 @@ pub fn agent_policy(stack: &Stack, at: &Location, pools: &[String]) -> Result<Va
                 "ec2:TerminateInstances",
                 "ec2:CreateTags",
             ],
-            vec!["${ec2:SourceInstanceARN}".into()],
+            vec![at.arn("ec2", OWN_INSTANCE)],
         ),
         json!({
             "ArnLike": { "ec2:SourceInstanceARN": at.arn("ec2", "instance/*") },
@@ -422,7 +427,10 @@ mod tests {
                 "ec2:CreateTags"
             ]
         );
-        assert_eq!(s.2, ["${ec2:SourceInstanceARN}"]);
+        assert_eq!(
+            s.2,
+            ["arn:aws:ec2:eu-west-1:123456789012:instance/${ec2:InstanceID}"]
+        );
         let cond = s.3.as_ref().unwrap();
         assert_eq!(
             cond["ArnLike"]["ec2:SourceInstanceARN"],
@@ -445,7 +453,7 @@ mod tests {
                 .iter()
                 .any(|a| a.starts_with("ec2:") && !a.starts_with("ec2:Describe"));
             if mutates {
-                assert_eq!(resources, &["${ec2:SourceInstanceARN}"], "{sid}");
+                assert_eq!(resources, &[location().arn("ec2", OWN_INSTANCE)], "{sid}");
                 let condition = condition.as_ref().expect(sid).to_string();
                 assert!(condition.contains("ec2:SourceInstanceARN"), "{sid}");
             }

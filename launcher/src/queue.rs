@@ -30,6 +30,13 @@ pub trait TaskQueue: Sync {
         queue_url: &str,
         batch: &[Outgoing],
     ) -> impl Future<Output = Result<Vec<(String, std::result::Result<String, String>)>>> + Send;
+    /// Publishes up to 10 messages to an SNS topic in one call, with the `pool`
+    /// attribute the topic's subscriptions filter on; results as for `send_batch`.
+    fn publish_batch(
+        &self,
+        topic_arn: &str,
+        batch: &[Outgoing],
+    ) -> impl Future<Output = Result<Vec<(String, std::result::Result<String, String>)>>> + Send;
     fn put_object(
         &self,
         bucket: &str,
@@ -47,6 +54,7 @@ pub trait TaskQueue: Sync {
 #[derive(Debug, Clone)]
 pub struct AwsQueue {
     sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
     s3: aws_sdk_s3::Client,
 }
 
@@ -54,6 +62,7 @@ impl AwsQueue {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
             sqs: aws_sdk_sqs::Client::new(config),
+            sns: aws_sdk_sns::Client::new(config),
             s3: lease_common::aws::s3_client(config),
         }
     }
@@ -107,6 +116,65 @@ impl TaskQueue for AwsQueue {
             .successful()
             .iter()
             .map(|s| (s.id().to_string(), Ok(s.message_id().to_string())))
+            .collect();
+        results.extend(out.failed().iter().map(|f| {
+            (
+                f.id().to_string(),
+                Err(format!(
+                    "{}: {}",
+                    f.code(),
+                    f.message().unwrap_or("refused")
+                )),
+            )
+        }));
+        Ok(results)
+    }
+
+    async fn publish_batch(
+        &self,
+        topic_arn: &str,
+        batch: &[Outgoing],
+    ) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+        use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
+        let mut entries = Vec::with_capacity(batch.len());
+        for m in batch {
+            let mut e = PublishBatchRequestEntry::builder()
+                .id(&m.id)
+                .message(&m.body);
+            if let Some(pool) = &m.pool {
+                e = e.message_attributes(
+                    "pool",
+                    MessageAttributeValue::builder()
+                        .data_type("String")
+                        .string_value(pool)
+                        .build()
+                        .map_err(|e| Error::usage(format!("--pool '{pool}': {e}")))?,
+                );
+            }
+            entries.push(
+                e.build()
+                    .map_err(|e| Error::usage(format!("task '{}': {e}", m.id)))?,
+            );
+        }
+        let out = self
+            .sns
+            .publish_batch()
+            .topic_arn(topic_arn)
+            .set_publish_batch_request_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| {
+                Error::aws(format!("Failed to publish tasks to topic '{topic_arn}'"), e)
+            })?;
+        let mut results: Vec<(String, std::result::Result<String, String>)> = out
+            .successful()
+            .iter()
+            .map(|s| {
+                (
+                    s.id().unwrap_or_default().to_string(),
+                    Ok(s.message_id().unwrap_or_default().to_string()),
+                )
+            })
             .collect();
         results.extend(out.failed().iter().map(|f| {
             (

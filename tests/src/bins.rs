@@ -44,6 +44,14 @@ impl Cmd {
                 inner.env(key, v);
             }
         }
+        // The developer's own lease settings never reach a test: a command that falls
+        // back to a stack finds none unless the test points LEASE_CONFIG at its own.
+        inner.env(
+            "LEASE_CONFIG",
+            std::env::temp_dir()
+                .join("lease-tests-no-settings")
+                .join("config.yaml"),
+        );
         inner.envs(env.iter().map(|(k, v)| (k, v)));
         inner.stdin(Stdio::null());
         Self {

@@ -583,7 +583,7 @@ async fn iam_policy_names_the_callers_account_and_confines_the_agent() {
     for s in mutating {
         assert_eq!(
             s["Resource"],
-            serde_json::json!(["${ec2:SourceInstanceARN}"]),
+            serde_json::json!(["arn:aws:ec2:us-east-1:123456789012:instance/${ec2:InstanceID}"]),
             "{s}"
         );
     }

@@ -134,7 +134,10 @@ async fn fetch<B: Bucket>(
 }
 
 pub async fn run<B: Bucket>(b: &B, ctx: &Ctx, args: &DownloadArgs) -> Result<()> {
-    let bucket = args.bucket.as_str();
+    let bucket = args
+        .bucket
+        .as_deref()
+        .ok_or_else(crate::commands::no_bucket)?;
     let found = bundles(b, bucket, &args.target).await?;
     let mut summary = Summary {
         to: args.to.clone(),

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use lease_common::config::AgentConfig;
 use lease_common::messages::Task;
+use lease_common::stack::STACK_TAG;
 use lease_common::tags::{EXPIRES_AT, MANAGED};
 use serde::Serialize;
 
@@ -19,6 +20,7 @@ use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
 use crate::plan::{self, LaunchPlan, LeaseTerms, Resolved};
+use crate::profile::StackOutputs;
 use crate::userdata::{self, AgentSource};
 
 /// How long `--wait` waits for every instance to be running.
@@ -114,12 +116,6 @@ pub(crate) fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
             &mut agent_config.tasks_table,
             args.tasks_table.as_ref(),
         )?;
-        if agent_config.log_bucket.is_none() {
-            return Err(Error::usage(
-                "a launch with a task needs a bucket for the task's log and result bundle: \
-                 pass --bucket or set LEASE_BUCKET",
-            ));
-        }
     }
     Ok(LocalInputs {
         terms,
@@ -187,8 +183,80 @@ pub(crate) fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource>
     })
 }
 
+/// What a stack from `lease setup` supplies that the flags and `--agent-config` left
+/// unset: the instance profile, the bucket with the agent package, and the agent's
+/// queue (the `--pool`'s), control bus, log bucket and tables.
+pub fn apply_stack(
+    args: &LaunchArgs,
+    config: &mut AgentConfig,
+    stack: &StackOutputs,
+) -> Result<LaunchArgs> {
+    let pool = args
+        .pool
+        .clone()
+        .unwrap_or_else(|| lease_common::stack::DEFAULT_POOL.to_string());
+    let queues = stack.pool(Some(&pool)).ok_or_else(|| {
+        Error::usage(format!(
+            "--pool '{pool}': stack '{}' has no queue for it (pools: {}); run `lease setup --pool {pool}` first",
+            stack.stack,
+            stack.pool_names()
+        ))
+    })?;
+    let fill = |field: &mut Option<String>, value: &str| {
+        field.get_or_insert_with(|| value.to_string());
+    };
+    fill(&mut config.queue_url, &queues.queue_url);
+    fill(&mut config.topic_arn, &stack.bus_topic_arn);
+    fill(&mut config.log_bucket, &stack.bucket);
+    fill(&mut config.tasks_table, &stack.tasks_table);
+    fill(&mut config.nodes_table, &stack.nodes_table);
+    fill(&mut config.pool, &pool);
+    fill(&mut config.region, &stack.region);
+    let mut args = args.clone();
+    fill(&mut args.iam_instance_profile, &stack.instance_profile);
+    fill(&mut args.agent_bucket, &stack.bucket);
+    Ok(args)
+}
+
 pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()> {
-    let local = read_local(args, ctx)?;
+    run_in_stack(cloud, ctx, args, None).await
+}
+
+/// Launches into `stack` when there is one (see [`apply_stack`]); the instances then
+/// carry `lease:stack` too, so `lease teardown` knows they depend on it.
+pub async fn run_in_stack<C: Cloud>(
+    cloud: &C,
+    ctx: &Ctx,
+    args: &LaunchArgs,
+    stack: Option<&StackOutputs>,
+) -> Result<()> {
+    let mut local = read_local(args, ctx)?;
+    let stacked;
+    let args = match stack {
+        Some(s) => {
+            stacked = apply_stack(args, &mut local.agent_config, s)?;
+            &stacked
+        }
+        None => args,
+    };
+    if !local.tasks.is_empty() && local.agent_config.log_bucket.is_none() {
+        return Err(Error::usage(
+            "a launch with a task needs a bucket for the task's log and result bundle: \
+             pass --bucket or set LEASE_BUCKET, or run `lease setup`",
+        ));
+    }
+    let stack_tag = |plans: &mut Vec<(LaunchPlan, Option<String>)>| {
+        if let Some(s) = stack {
+            for (plan, _) in plans.iter_mut() {
+                for spec in &mut plan.tag_specifications {
+                    spec.tags.push(plan::KeyValue {
+                        key: STACK_TAG.to_string(),
+                        value: s.stack.clone(),
+                    });
+                }
+            }
+        }
+    };
 
     if args.dry_run {
         // No API call at all: what AWS would resolve is shown as the placeholder EC2
@@ -202,7 +270,8 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()
             .owner
             .clone()
             .unwrap_or_else(|| "<your AWS identity>".into());
-        let plans = plans(args, &local, arch, &image_id, &owner, ctx)?;
+        let mut plans = plans(args, &local, arch, &image_id, &owner, ctx)?;
+        stack_tag(&mut plans);
         eprintln!(
             "Dry run: this is the RunInstances request lease would send; nothing was called."
         );
@@ -227,7 +296,8 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()
         Some(o) => o.clone(),
         None => plan::owner_from_arn(&cloud.caller_arn().await?),
     };
-    let plans = plans(args, &local, &arch, &image_id, &owner, ctx)?;
+    let mut plans = plans(args, &local, &arch, &image_id, &owner, ctx)?;
+    stack_tag(&mut plans);
 
     let mut launched: Vec<Launched> = Vec::new();
     let mut failure = None;
@@ -391,6 +461,75 @@ mod tests {
             color: false,
             now: chrono::Utc::now(),
         }
+    }
+
+    fn stack() -> StackOutputs {
+        let pool = |p: &str| crate::profile::PoolOutputs {
+            queue_url: format!("https://sqs/lease-main-pool-{p}"),
+            dead_letter_queue_url: format!("https://sqs/lease-main-dlq-{p}"),
+        };
+        StackOutputs {
+            stack: "main".into(),
+            region: "eu-west-1".into(),
+            account: "123456789012".into(),
+            command_topic_arn: "arn:aws:sns:eu-west-1:123456789012:lease-main-commands".into(),
+            bus_topic_arn: "arn:aws:sns:eu-west-1:123456789012:lease-main-bus".into(),
+            pools: [
+                ("default".into(), pool("default")),
+                ("gpu".into(), pool("gpu")),
+            ]
+            .into(),
+            events_queue_url: "https://sqs/lease-main-events".into(),
+            bucket: "lease-main-123456789012-eu-west-1".into(),
+            nodes_table: "lease-main-nodes".into(),
+            tasks_table: "lease-main-tasks".into(),
+            agent_role: "lease-main-agent".into(),
+            instance_profile: "lease-main-agent".into(),
+            agent_packages: vec![],
+        }
+    }
+
+    #[test]
+    fn a_stack_fills_only_what_flags_and_agent_config_left_unset() {
+        let mut config = AgentConfig {
+            log_bucket: Some("mine".into()),
+            ..Default::default()
+        };
+        let args = apply_stack(&launch_args(&["--pool", "gpu"]), &mut config, &stack()).unwrap();
+        assert_eq!(
+            args.iam_instance_profile.as_deref(),
+            Some("lease-main-agent")
+        );
+        assert_eq!(
+            args.agent_bucket.as_deref(),
+            Some("lease-main-123456789012-eu-west-1")
+        );
+        assert_eq!(
+            config.queue_url.as_deref(),
+            Some("https://sqs/lease-main-pool-gpu")
+        );
+        assert_eq!(config.log_bucket.as_deref(), Some("mine"));
+        assert_eq!(config.pool.as_deref(), Some("gpu"));
+        assert_eq!(config.tasks_table.as_deref(), Some("lease-main-tasks"));
+
+        let mut config = AgentConfig::default();
+        let args = apply_stack(
+            &launch_args(&["--iam-instance-profile", "other"]),
+            &mut config,
+            &stack(),
+        )
+        .unwrap();
+        assert_eq!(args.iam_instance_profile.as_deref(), Some("other"));
+        assert_eq!(
+            config.queue_url.as_deref(),
+            Some("https://sqs/lease-main-pool-default")
+        );
+
+        let err = apply_stack(&launch_args(&["--pool", "tpu"]), &mut config, &stack()).unwrap_err();
+        assert!(
+            err.to_string().contains("'tpu'") && err.to_string().contains("default, gpu"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

@@ -14,11 +14,15 @@ use crate::error::{Error, Result};
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
 
 pub async fn run<B: Bucket>(b: &B, args: &LogsArgs) -> Result<()> {
+    let bucket = args
+        .bucket
+        .as_deref()
+        .ok_or_else(crate::commands::no_bucket)?;
     let key = log_key(&args.task_id);
     let mut offset = 0u64;
     let mut out = std::io::stdout();
     loop {
-        if let Some(bytes) = b.get_from(&args.bucket, &key, offset).await? {
+        if let Some(bytes) = b.get_from(bucket, &key, offset).await? {
             out.write_all(&bytes)
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::io("Failed to write to stdout", e))?;
@@ -26,7 +30,7 @@ pub async fn run<B: Bucket>(b: &B, args: &LogsArgs) -> Result<()> {
         } else if offset == 0 && !args.follow {
             return Err(Error::NotFound(format!(
                 "No log for task '{}' at s3://{}/{key} (not started yet, or no such task)",
-                args.task_id, args.bucket
+                args.task_id, bucket
             )));
         }
         if !args.follow {

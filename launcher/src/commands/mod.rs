@@ -10,10 +10,12 @@ pub mod list;
 pub mod logs;
 pub mod nodes;
 pub mod schedule;
+pub mod setup;
 pub mod stats;
 pub mod status;
 pub mod submit;
 pub mod tasks;
+pub mod teardown;
 
 use chrono::{DateTime, Utc};
 use lease_common::aws::{AwsOptions, load_sdk_config};
@@ -26,8 +28,29 @@ use crate::cli::{Cli, Command, OutputFormat};
 use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
 use crate::plan::owner_from_arn;
+use crate::profile::StackOutputs;
 use crate::queue::AwsQueue;
 use crate::table::AwsTables;
+
+/// No queue named, and no stack set up to take one from.
+pub fn no_queue() -> Error {
+    Error::usage(
+        "No task queue: pass --queue-url or set LEASE_QUEUE_URL, or run `lease setup` to create a stack",
+    )
+}
+
+/// No bucket named, and no stack set up to take one from.
+pub fn no_bucket() -> Error {
+    Error::usage(
+        "No bucket: pass --bucket or set LEASE_BUCKET, or run `lease setup` to create a stack",
+    )
+}
+
+/// The stack recorded by `lease setup` for this region (`LEASE_STACK`, else the
+/// default stack), read only when a command has a value to default.
+fn stack_in(region: &str) -> Result<Option<StackOutputs>> {
+    Ok(crate::profile::active_stack(region)?)
+}
 
 /// What every command needs besides AWS: how to print, whether to ask, and the time.
 #[derive(Debug, Clone)]
@@ -66,7 +89,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let sdk = load_sdk_config(&opts).await?;
     let cloud = AwsCloud::new(&sdk);
     match &cli.command {
-        Command::Launch(a) => launch::run(&cloud, &ctx, a).await,
+        Command::Launch(a) => {
+            let stack = stack_in(cloud.region())?;
+            launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await
+        }
         Command::List(a) => {
             let regions: Vec<String> = if a.all_regions {
                 cloud.enabled_regions().await?
@@ -95,16 +121,76 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             attach::run(&cloud, a, g.profile.as_deref(), sdk.endpoint_url()).await
         }
         Command::Submit(a) => {
-            submit::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, a).await
+            let stack = if a.work.queue_url.is_some()
+                && a.work.bucket.is_some()
+                && a.table.tasks_table.is_some()
+            {
+                None
+            } else {
+                stack_in(cloud.region())?
+            };
+            let (to, bucket) = submit::destination(&a.work, stack.as_ref())?;
+            let mut a = (**a).clone();
+            a.work.bucket = bucket;
+            (a.table.tasks_table, _) =
+                crate::profile::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
+            submit::run_to(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, &a, &to).await
         }
-        Command::Stats(a) => stats::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, a).await,
-        Command::Tasks(a) => tasks::run(&AwsTables::new(&sdk), &ctx, a).await,
-        Command::Nodes(a) => nodes::run(&AwsTables::new(&sdk), &ctx, a).await,
-        Command::Logs(a) => logs::run(&AwsBucket::new(&sdk), a).await,
-        Command::Download(a) => download::run(&AwsBucket::new(&sdk), &ctx, a).await,
+        Command::Stats(a) => {
+            let mut a = a.clone();
+            if a.work.queue_url.is_none() || a.table.tasks_table.is_none() {
+                let stack = stack_in(cloud.region())?;
+                if a.work.queue_url.is_none() {
+                    a.work.queue_url = stack
+                        .as_ref()
+                        .and_then(|s| s.pool(None).map(|p| p.queue_url.clone()));
+                }
+                (a.table.tasks_table, _) =
+                    crate::profile::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
+            }
+            stats::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, &a).await
+        }
+        Command::Tasks(a) => {
+            let mut a = a.clone();
+            if a.tasks_table.is_none() {
+                (a.tasks_table, _) =
+                    crate::profile::tables(None, None, stack_in(cloud.region())?.as_ref());
+            }
+            tasks::run(&AwsTables::new(&sdk), &ctx, &a).await
+        }
+        Command::Nodes(a) => {
+            let mut a = a.clone();
+            if a.nodes_table.is_none() {
+                (_, a.nodes_table) =
+                    crate::profile::tables(None, None, stack_in(cloud.region())?.as_ref());
+            }
+            nodes::run(&AwsTables::new(&sdk), &ctx, &a).await
+        }
+        Command::Logs(a) => {
+            let mut a = a.clone();
+            if a.bucket.is_none() {
+                a.bucket = stack_in(cloud.region())?.map(|s| s.bucket);
+            }
+            logs::run(&AwsBucket::new(&sdk), &a).await
+        }
+        Command::Download(a) => {
+            let mut a = a.clone();
+            if a.bucket.is_none() {
+                a.bucket = stack_in(cloud.region())?.map(|s| s.bucket);
+            }
+            download::run(&AwsBucket::new(&sdk), &ctx, &a).await
+        }
         Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
         Command::Schedule(a) => {
             schedule::run(&cloud, &crate::scheduler::AwsSchedules::new(&sdk), &ctx, a).await
+        }
+        Command::Setup(a) => {
+            let path = crate::profile::default_path()?;
+            setup::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
+        }
+        Command::Teardown(a) => {
+            let path = crate::profile::default_path()?;
+            teardown::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
         }
         Command::Completions { .. } => Ok(()),
     }

@@ -61,7 +61,11 @@ pub async fn run<Q: TaskQueue, T: Tables>(
     ctx: &Ctx,
     args: &StatsArgs,
 ) -> Result<()> {
-    let url = &args.work.queue_url;
+    let url = args
+        .work
+        .queue_url
+        .as_ref()
+        .ok_or_else(crate::commands::no_queue)?;
     let (counts, dlq) = futures::future::join(q.counts(url), q.dead_letter_url(url)).await;
     let QueueCounts {
         visible,

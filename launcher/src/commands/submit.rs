@@ -12,10 +12,11 @@ use lease_common::layout::task_spec_key;
 use lease_common::messages::{MAX_SQS_BODY, MESSAGE_VERSION, Task, TaskPointer};
 use serde::Serialize;
 
-use crate::cli::{OutputFormat, SubmitArgs};
+use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
+use crate::profile::StackOutputs;
 use crate::queue::{Outgoing, TaskQueue};
 use crate::submit;
 use crate::table::{Created, Tables, queued_record};
@@ -68,12 +69,100 @@ async fn body_for<Q: TaskQueue>(
     Ok((body, Some(url)))
 }
 
+/// Where tasks go: a queue named by `--queue-url`, or a stack's command topic, whose
+/// subscriptions route each task to its pool's queue by the `pool` attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    Queue(String),
+    Topic {
+        arn: String,
+        /// The pools the stack has queues for: a task for any other would be dropped
+        /// by every subscription's filter, so it is refused before sending.
+        pools: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Queue(url) => f.write_str(url),
+            Destination::Topic { arn, .. } => write!(f, "topic {arn}"),
+        }
+    }
+}
+
+async fn send<Q: TaskQueue>(
+    q: &Q,
+    to: &Destination,
+    batch: &[Outgoing],
+) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+    match to {
+        Destination::Queue(url) => q.send_batch(url, batch).await,
+        Destination::Topic { arn, .. } => q.publish_batch(arn, batch).await,
+    }
+}
+
+/// Where tasks go and which bucket takes oversized ones: `--queue-url` when given
+/// (tasks go straight to that queue), else the stack's command topic; the bucket
+/// flag, else the stack's.
+pub fn destination(
+    work: &WorkArgs,
+    stack: Option<&StackOutputs>,
+) -> Result<(Destination, Option<String>)> {
+    let bucket = work
+        .bucket
+        .clone()
+        .or_else(|| stack.map(|s| s.bucket.clone()));
+    let to = match (&work.queue_url, stack) {
+        (Some(url), _) => Destination::Queue(url.clone()),
+        (None, Some(s)) => Destination::Topic {
+            arn: s.command_topic_arn.clone(),
+            pools: s.pools.keys().cloned().collect(),
+        },
+        (None, None) => return Err(crate::commands::no_queue()),
+    };
+    Ok((to, bucket))
+}
+
+/// Sends to `--queue-url` (or `LEASE_QUEUE_URL`).
 pub async fn run<Q: TaskQueue, T: Tables>(
     q: &Q,
     tables: &T,
     ctx: &Ctx,
     args: &SubmitArgs,
 ) -> Result<()> {
+    let url = args
+        .work
+        .queue_url
+        .clone()
+        .ok_or_else(crate::commands::no_queue)?;
+    run_to(q, tables, ctx, args, &Destination::Queue(url)).await
+}
+
+pub async fn run_to<Q: TaskQueue, T: Tables>(
+    q: &Q,
+    tables: &T,
+    ctx: &Ctx,
+    args: &SubmitArgs,
+    to: &Destination,
+) -> Result<()> {
+    // Through a topic every task needs a pool, or no subscription takes it.
+    let pool = match to {
+        Destination::Queue(_) => args.pool.clone(),
+        Destination::Topic { pools, .. } => {
+            let pool = args
+                .pool
+                .clone()
+                .unwrap_or_else(|| lease_common::stack::DEFAULT_POOL.to_string());
+            if !pools.contains(&pool) {
+                return Err(Error::usage(format!(
+                    "--pool '{pool}': the stack has no queue for it (pools: {}); run `lease setup --pool {pool}` first",
+                    pools.join(", ")
+                )));
+            }
+            Some(pool)
+        }
+    };
     let random = uuid::Uuid::new_v4().simple().to_string();
     let tasks = submit::build(args, ctx.now, &random)?;
     let mut sent: Vec<Submitted> = Vec::new();
@@ -86,21 +175,18 @@ pub async fn run<Q: TaskQueue, T: Tables>(
             batch.push(Outgoing {
                 id: t.id.clone(),
                 body,
-                pool: t.pool.clone(),
+                pool: pool.clone(),
             });
             pointers.push((t, spec_s3));
         }
         // A batch may be refused whole (size, permissions); then each is sent alone so
         // one bad task does not take nine good ones with it.
-        let results = match q.send_batch(&args.work.queue_url, &batch).await {
+        let results = match send(q, to, &batch).await {
             Ok(r) => r,
             Err(_) if batch.len() > 1 => {
                 let mut r = Vec::new();
                 for one in &batch {
-                    match q
-                        .send_batch(&args.work.queue_url, std::slice::from_ref(one))
-                        .await
-                    {
+                    match send(q, to, std::slice::from_ref(one)).await {
                         Ok(mut single) => r.append(&mut single),
                         Err(e) => r.push((one.id.clone(), Err(e.to_string()))),
                     }
@@ -136,7 +222,7 @@ pub async fn run<Q: TaskQueue, T: Tables>(
         "Submitted {} of {} tasks to {}.",
         sent.len(),
         tasks.len(),
-        args.work.queue_url
+        to
     );
     let unrecorded = match &args.table.tasks_table {
         Some(table) => record(tables, table, &tasks, &sent, ctx).await,
@@ -242,6 +328,14 @@ mod tests {
             Ok(out)
         }
 
+        async fn publish_batch(
+            &self,
+            topic_arn: &str,
+            batch: &[Outgoing],
+        ) -> Result<Vec<(String, std::result::Result<String, String>)>> {
+            self.send_batch(topic_arn, batch).await
+        }
+
         async fn put_object(&self, _b: &str, _k: &str, _body: Vec<u8>) -> Result<()> {
             Ok(())
         }
@@ -339,5 +433,69 @@ mod tests {
             1,
             "the task was queued all the same"
         );
+    }
+}
+
+#[cfg(test)]
+mod destination_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::profile::PoolOutputs;
+
+    fn stack() -> StackOutputs {
+        StackOutputs {
+            stack: "main".into(),
+            region: "us-east-1".into(),
+            account: "123456789012".into(),
+            command_topic_arn: "arn:aws:sns:us-east-1:123456789012:lease-main-commands".into(),
+            bus_topic_arn: "arn:aws:sns:us-east-1:123456789012:lease-main-bus".into(),
+            pools: [(
+                "default".to_string(),
+                PoolOutputs {
+                    queue_url: "https://q/default".into(),
+                    dead_letter_queue_url: "https://q/dlq".into(),
+                },
+            )]
+            .into(),
+            events_queue_url: "https://q/events".into(),
+            bucket: "stack-bucket".into(),
+            nodes_table: "lease-main-nodes".into(),
+            tasks_table: "lease-main-tasks".into(),
+            agent_role: "lease-main-agent".into(),
+            instance_profile: "lease-main-agent".into(),
+            agent_packages: vec![],
+        }
+    }
+
+    fn work(queue: Option<&str>, bucket: Option<&str>) -> WorkArgs {
+        WorkArgs {
+            queue_url: queue.map(str::to_string),
+            bucket: bucket.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn a_named_queue_wins_and_the_stack_fills_the_rest() {
+        let (to, bucket) =
+            destination(&work(Some("https://q/mine"), None), Some(&stack())).unwrap();
+        assert_eq!(to, Destination::Queue("https://q/mine".into()));
+        assert_eq!(bucket.as_deref(), Some("stack-bucket"));
+
+        let (to, bucket) = destination(&work(None, Some("b")), Some(&stack())).unwrap();
+        assert_eq!(
+            to,
+            Destination::Topic {
+                arn: "arn:aws:sns:us-east-1:123456789012:lease-main-commands".into(),
+                pools: vec!["default".into()],
+            }
+        );
+        assert_eq!(bucket.as_deref(), Some("b"));
+
+        let err = destination(&work(None, None), None).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("lease setup"), "{err}");
+        let (to, bucket) = destination(&work(Some("https://q/x"), None), None).unwrap();
+        assert_eq!(to, Destination::Queue("https://q/x".into()));
+        assert_eq!(bucket, None);
     }
 }

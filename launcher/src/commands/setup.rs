@@ -1,0 +1,287 @@
+//! `lease setup [--stack NAME] [--pool P]… [--agent-deb FILE]`: creates what is
+//! missing of the stack's control plane, corrects what differs, reports each resource
+//! as `created`, `exists` or `updated`, and records the outputs in the settings file.
+
+use std::path::{Path, PathBuf};
+
+use lease_common::stack::{DEFAULT_STACK, Location, Stack, validate_pool};
+
+use crate::cli::{OutputFormat, SetupArgs};
+use crate::cloud::Cloud;
+use crate::commands::Ctx;
+use crate::error::{Error, Result};
+use crate::output::{self, Cell, Table};
+use crate::profile::{Settings, StackOutputs};
+use crate::setup::plan::{self, Wanted};
+use crate::setup::{self, AgentPackage, Clients, Outcome, Report};
+
+/// Where `packaging/build-deb.sh` leaves the package by default, relative to the
+/// checkout `lease setup` is run from.
+const BUILT_DEBS: &str = "target/debian";
+
+/// `--stack`, else the settings' default stack, else `main`; checked.
+pub fn stack_name(flag: Option<&str>, settings: &Settings) -> Result<Stack> {
+    let name = flag
+        .or(settings.default_stack.as_deref())
+        .unwrap_or(DEFAULT_STACK);
+    Stack::new(name).map_err(|e| Error::usage(e.to_string()))
+}
+
+/// Partition and account from the caller's ARN (`arn:aws:sts::123456789012:…`).
+pub async fn location<C: Cloud>(cloud: &C) -> Result<Location> {
+    if cloud.region().is_empty() {
+        return Err(Error::usage(
+            "No AWS region: pass --region or set AWS_REGION",
+        ));
+    }
+    let arn = cloud.caller_arn().await?;
+    let mut parts = arn.split(':');
+    let partition = parts.nth(1).unwrap_or_default();
+    let account = parts.nth(2).unwrap_or_default();
+    Location::new(partition, account, cloud.region()).map_err(|e| Error::Aws {
+        what: format!("Caller identity '{arn}'"),
+        message: e.to_string(),
+    })
+}
+
+/// The package to upload, named as build-deb.sh names it and of this lease's version
+/// (launch points instances at `agent/<this version>/`).
+fn package(path: &Path) -> Result<AgentPackage> {
+    let file = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (version, arch) = plan::deb_name_parts(&file).ok_or_else(|| {
+        Error::usage(format!(
+            "--agent-deb '{}': expected a file named leased_<version>_<arch>.deb",
+            path.display()
+        ))
+    })?;
+    if version != lease_common::VERSION {
+        return Err(Error::usage(format!(
+            "--agent-deb '{}' is version {version}, but this lease launches agent {}: build the matching package",
+            path.display(),
+            lease_common::VERSION
+        )));
+    }
+    if !path.is_file() {
+        return Err(Error::usage(format!(
+            "--agent-deb '{}': no such file",
+            path.display()
+        )));
+    }
+    Ok(AgentPackage {
+        path: path.to_path_buf(),
+        key: lease_common::layout::agent_deb_key(&version, &arch),
+    })
+}
+
+/// `--agent-deb`, else every package of this version in `target/debian/`.
+fn packages(flag: Option<&Path>) -> Result<Vec<AgentPackage>> {
+    if let Some(p) = flag {
+        return Ok(vec![package(p)?]);
+    }
+    let prefix = format!("leased_{}_", lease_common::VERSION);
+    let Ok(dir) = std::fs::read_dir(BUILT_DEBS) else {
+        return Ok(Vec::new());
+    };
+    let mut found: Vec<PathBuf> = dir
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".deb"))
+        })
+        .collect();
+    found.sort();
+    found.iter().map(|p| package(p)).collect()
+}
+
+pub async fn run<C: Cloud>(
+    cloud: &C,
+    clients: &Clients,
+    ctx: &Ctx,
+    args: &SetupArgs,
+    settings_path: &Path,
+) -> Result<()> {
+    // Everything local is checked before the first API call.
+    let settings = Settings::load(settings_path)?;
+    let stack = stack_name(args.stack.as_deref(), &settings)?;
+    for p in &args.pools {
+        validate_pool(p).map_err(|e| Error::usage(format!("--pool: {e}")))?;
+    }
+    let packages = packages(args.agent_deb.as_deref())?;
+    let at = location(cloud).await?;
+    let previous = settings.section(stack.name(), at.region.as_str()).cloned();
+    let existing_pools: Vec<String> = previous
+        .as_ref()
+        .map(|s| s.pools.keys().cloned().collect())
+        .unwrap_or_default();
+    let wanted = Wanted {
+        pools: plan::pools(&args.pools, &existing_pools),
+        stack,
+        at,
+    };
+    eprintln!(
+        "Setting up stack '{}' in {} (account {})…",
+        wanted.stack,
+        wanted.at.region.as_str(),
+        wanted.at.account.as_str()
+    );
+    let recorded: Vec<String> = previous
+        .as_ref()
+        .map(|p| p.agent_packages.clone())
+        .unwrap_or_default();
+    let mut report = Report::default();
+    let outputs = match setup::ensure(clients, &wanted, &packages, &recorded, &mut report).await {
+        Ok(o) => o,
+        Err(e) => {
+            // Show what was done before the failure: running setup again resumes.
+            print_report(ctx, &report, None)?;
+            return Err(e);
+        }
+    };
+    let mut updated = settings.clone();
+    updated.upsert(outputs.clone());
+    let outcome = if updated == settings {
+        Outcome::Exists
+    } else {
+        updated.save(settings_path)?;
+        Outcome::of(previous.is_none(), true)
+    };
+    report.add("settings", settings_path.display().to_string(), outcome);
+    print_report(ctx, &report, Some(&outputs))?;
+    if report.changed() {
+        eprintln!(
+            "Stack '{}' is set up in {}.",
+            wanted.stack,
+            wanted.at.region.as_str()
+        );
+    } else {
+        eprintln!(
+            "Nothing changed: stack '{}' in {} was already set up.",
+            wanted.stack,
+            wanted.at.region.as_str()
+        );
+    }
+    Ok(())
+}
+
+/// The report, then (after setup) the outputs; as JSON with `-o json`.
+pub fn print_report(ctx: &Ctx, report: &Report, outputs: Option<&StackOutputs>) -> Result<()> {
+    match ctx.output {
+        OutputFormat::Json => output::print_json(&serde_json::json!({
+            "resources": report.rows,
+            "outputs": outputs,
+        })),
+        OutputFormat::Table => {
+            let mut t = Table::new(["KIND", "NAME", "RESULT", "NOTE"]);
+            for r in &report.rows {
+                t.row(vec![
+                    Cell::from(r.kind),
+                    Cell::from(r.name.clone()),
+                    Cell {
+                        text: r.outcome.as_str().to_string(),
+                        warn: matches!(r.outcome, Outcome::Kept | Outcome::Skipped),
+                    },
+                    Cell::from(r.note.clone().unwrap_or_default()),
+                ]);
+            }
+            let mut text = t.render(ctx.color);
+            if let Some(o) = outputs {
+                text.push('\n');
+                text.push_str(&outputs_table(o).render(ctx.color));
+            }
+            output::print(&text)
+        }
+    }
+}
+
+fn outputs_table(o: &StackOutputs) -> Table {
+    let mut t = Table::new(["OUTPUT", "VALUE"]);
+    let mut row = |k: String, v: &str| t.row(vec![Cell::from(k), Cell::from(v)]);
+    row("stack".into(), &o.stack);
+    row("region".into(), &o.region);
+    row("account".into(), &o.account);
+    row("command topic".into(), &o.command_topic_arn);
+    row("control bus".into(), &o.bus_topic_arn);
+    for (pool, q) in &o.pools {
+        row(format!("queue ({pool})"), &q.queue_url);
+        row(format!("dead letters ({pool})"), &q.dead_letter_queue_url);
+    }
+    row("events queue".into(), &o.events_queue_url);
+    row("bucket".into(), &o.bucket);
+    row("nodes table".into(), &o.nodes_table);
+    row("tasks table".into(), &o.tasks_table);
+    row("agent role".into(), &o.agent_role);
+    row("instance profile".into(), &o.instance_profile);
+    for key in &o.agent_packages {
+        row("agent package".into(), &format!("s3://{}/{key}", o.bucket));
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn packages_must_be_named_and_versioned_like_build_deb_makes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir
+            .path()
+            .join(format!("leased_{}_amd64.deb", lease_common::VERSION));
+        std::fs::write(&good, b"deb").unwrap();
+        let p = package(&good).unwrap();
+        assert_eq!(
+            p.key,
+            format!("agent/{v}/leased_{v}_amd64.deb", v = lease_common::VERSION)
+        );
+        let old = dir.path().join("leased_0.0.1_amd64.deb");
+        std::fs::write(&old, b"deb").unwrap();
+        let err = package(&old).unwrap_err().to_string();
+        assert!(
+            err.contains("0.0.1") && err.contains("leased_0.0.1_amd64.deb"),
+            "{err}"
+        );
+        let err = package(&dir.path().join("agent.deb"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("agent.deb"), "{err}");
+        let missing = dir
+            .path()
+            .join(format!("leased_{}_arm64.deb", lease_common::VERSION));
+        assert!(
+            package(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("no such file")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_location_is_the_callers_partition_and_account_in_the_clients_region() {
+        let at = location(&crate::fake::FakeCloud::new("eu-west-1"))
+            .await
+            .unwrap();
+        assert_eq!(at.partition, "aws");
+        assert_eq!(at.account.as_str(), "123456789012");
+        assert_eq!(at.region.as_str(), "eu-west-1");
+        let err = location(&crate::fake::FakeCloud::new(""))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+
+    #[test]
+    fn stack_comes_from_the_flag_then_the_default() {
+        let mut s = Settings::default();
+        assert_eq!(stack_name(None, &s).unwrap().name(), "main");
+        s.default_stack = Some("dev".into());
+        assert_eq!(stack_name(None, &s).unwrap().name(), "dev");
+        assert_eq!(stack_name(Some("ops"), &s).unwrap().name(), "ops");
+        let err = stack_name(Some("Bad-Name"), &s).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}
