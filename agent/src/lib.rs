@@ -32,6 +32,7 @@ pub mod power;
 pub mod spot;
 pub mod state;
 pub mod tagread;
+pub mod upload;
 pub mod watchers;
 pub mod worker;
 
