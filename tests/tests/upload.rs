@@ -613,3 +613,127 @@ async fn the_log_is_followed_while_it_grows_and_uploaded_whole_at_the_end() {
         .unwrap_err();
     assert!(err.to_string().contains("missing.log"), "{err}");
 }
+
+/// The uploader's half of tests/bench/upload.py (which runs `aws s3 cp --recursive`
+/// beside it against the same emulator): uploads `LEASE_BENCH_DIR` (default: 200
+/// files of 4–64 KiB and one of 512 MiB, generated) to `LEASE_BENCH_ENDPOINT` (default:
+/// a moto of its own) `LEASE_BENCH_TRIALS` times under fresh prefixes, checks each
+/// upload by listing it back, prints the figures and writes them as JSON to
+/// `$LEASE_BENCH_OUT` if set. Timing covers `upload_bundle` alone.
+#[tokio::test]
+#[ignore = "benchmark: run by tests/bench/upload.py, or by hand with --ignored"]
+async fn bench_upload() {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let own_moto = env("LEASE_BENCH_ENDPOINT").is_none().then(Moto::start);
+    let endpoint =
+        env("LEASE_BENCH_ENDPOINT").unwrap_or_else(|| own_moto.as_ref().unwrap().endpoint.clone());
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(lease_tests::moto::REGION))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "bench", "bench", None, None, "bench",
+        ))
+        .load()
+        .await;
+    let s3 = lease_common::aws::s3_client(&sdk);
+    let bucket = env("LEASE_BENCH_BUCKET").unwrap_or_else(|| {
+        assert!(
+            own_moto.is_some(),
+            "LEASE_BENCH_BUCKET names the bucket on LEASE_BENCH_ENDPOINT"
+        );
+        "bench".to_string()
+    });
+    if own_moto.is_some() {
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    }
+    let generated = tempfile::tempdir().unwrap();
+    let dir = match env("LEASE_BENCH_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let mut files = BTreeMap::new();
+            for i in 0..200usize {
+                let size = 4096 + (i * 7919) % (60 * 1024);
+                files.insert(
+                    format!("small/{:02}/f{i:03}.dat", i % 10),
+                    noise(size, i as u64),
+                );
+            }
+            files.insert("big.bin".to_string(), noise(512 * MIB, 99));
+            write_tree(generated.path(), &files);
+            generated.path().to_path_buf()
+        }
+    };
+    let trials: usize = env("LEASE_BENCH_TRIALS").map_or(3, |t| t.parse().unwrap());
+    let concurrency: usize = env("LEASE_BENCH_CONCURRENCY")
+        .map_or(leased::upload::DEFAULT_CONCURRENCY, |c| c.parse().unwrap());
+    let run_id = env("LEASE_BENCH_RUN").unwrap_or_else(|| std::process::id().to_string());
+    let up = Uploader::new(s3.clone(), bucket.clone()).with_concurrency(concurrency);
+    let mut times = Vec::new();
+    let (mut files, mut bytes) = (0, 0);
+    for trial in 0..trials {
+        let prefix = format!("bench-lease-{run_id}-{trial}/");
+        let started = std::time::Instant::now();
+        let report = up
+            .upload_bundle(
+                &dir,
+                &format!("{prefix}bundle/"),
+                &format!("{prefix}manifest.json"),
+                meta("bench", 1),
+            )
+            .await
+            .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let keys = list(&s3, &bucket, &prefix).await;
+        assert_eq!(
+            keys.len(),
+            report.files + 1,
+            "every file and the manifest listed back"
+        );
+        (files, bytes) = (report.files, report.bytes);
+        println!(
+            "trial {trial}: {files} files, {bytes} bytes in {secs:.2} s = {:.1} MB/s",
+            bytes as f64 / 1e6 / secs
+        );
+        times.push(secs);
+        // Free the emulator's memory before the next trial.
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| {
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            s3.delete_objects()
+                .bucket(&bucket)
+                .delete(
+                    aws_sdk_s3::types::Delete::builder()
+                        .set_objects(Some(objects))
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let figures = serde_json::json!({
+        "tool": "leased uploader",
+        "files": files,
+        "bytes": bytes,
+        "concurrency": concurrency,
+        "part_size": leased::upload::MIN_PART_SIZE,
+        "trials_s": times,
+        "median_s": median,
+        "mb_per_s": bytes as f64 / 1e6 / median,
+    });
+    println!("{figures}");
+    if let Some(out) = env("LEASE_BENCH_OUT") {
+        std::fs::write(out, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    }
+}
