@@ -363,8 +363,17 @@ async fn a_missing_bucket_is_named_and_no_manifest_claims_a_bundle() {
     assert!(multipart_uploads_in_progress(&s3).await.is_empty());
 }
 
-/// An HTTP proxy in front of moto that answers the first `fail_times` UploadPart
-/// requests for part `fail_part` with a 500, and records every request line.
+/// What the proxy does to UploadPart requests for one part number.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Answers the first this many with a 500 (InternalError), then forwards.
+    Fail(usize),
+    /// Never answers: an upload stuck in flight.
+    Hang,
+}
+
+/// An HTTP proxy in front of moto that applies a [`Fault`] to UploadPart requests for
+/// part `fault_part`, forwards everything else, and records every request line.
 struct FaultProxy {
     endpoint: String,
     seen: Arc<Mutex<Vec<String>>>,
@@ -378,7 +387,7 @@ impl Drop for FaultProxy {
 }
 
 impl FaultProxy {
-    async fn start(upstream: &str, fail_part: u32, fail_times: usize) -> Self {
+    async fn start(upstream: &str, fault_part: u32, fault: Fault) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -410,9 +419,16 @@ impl FaultProxy {
                             let body = body.collect().await.unwrap().to_bytes();
                             let pq = parts.uri.path_and_query().unwrap().to_string();
                             seen.lock().unwrap().push(format!("{} {pq}", parts.method));
-                            let is_target = pq.contains(&format!("partNumber={fail_part}&"))
-                                || pq.ends_with(&format!("partNumber={fail_part}"));
+                            let is_target = pq.contains(&format!("partNumber={fault_part}&"))
+                                || pq.ends_with(&format!("partNumber={fault_part}"));
                             if is_target {
+                                let fail_times = match fault {
+                                    Fault::Hang => {
+                                        std::future::pending::<()>().await;
+                                        0
+                                    }
+                                    Fault::Fail(n) => n,
+                                };
                                 let mut n = failed.lock().unwrap();
                                 if *n < fail_times {
                                     *n += 1;
@@ -481,7 +497,7 @@ fn is_part(line: &str, n: u32) -> bool {
 async fn a_part_that_keeps_failing_aborts_the_upload_and_leaves_no_parts() {
     let moto = Moto::start();
     let direct = s3_with_bucket(&moto).await;
-    let proxy = FaultProxy::start(&moto.endpoint, 2, usize::MAX).await;
+    let proxy = FaultProxy::start(&moto.endpoint, 2, Fault::Fail(usize::MAX)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut files = BTreeMap::new();
     files.insert("out/model.bin".to_string(), noise(40 * MIB, 9));
@@ -530,7 +546,7 @@ async fn a_part_that_keeps_failing_aborts_the_upload_and_leaves_no_parts() {
 async fn a_part_that_fails_once_is_retried_and_the_bundle_completes() {
     let moto = Moto::start();
     let direct = s3_with_bucket(&moto).await;
-    let proxy = FaultProxy::start(&moto.endpoint, 2, 1).await;
+    let proxy = FaultProxy::start(&moto.endpoint, 2, Fault::Fail(1)).await;
     let dir = tempfile::tempdir().unwrap();
     let body = noise(36 * MIB, 13);
     std::fs::write(dir.path().join("model.bin"), &body).unwrap();
@@ -549,6 +565,61 @@ async fn a_part_that_fails_once_is_retried_and_the_bundle_completes() {
     let got = get(&direct, &format!("{}model.bin", dest.files_prefix)).await;
     assert!(got == body, "the object differs from the file");
     assert!(multipart_uploads_in_progress(&direct).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_dropped_part_way_aborts_its_multipart_upload() {
+    let moto = Moto::start();
+    let direct = s3_with_bucket(&moto).await;
+    let proxy = FaultProxy::start(&moto.endpoint, 2, Fault::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.bin"), noise(40 * MIB, 17)).unwrap();
+    let dest = BundleDest::finished(INSTANCE, "t-drop");
+    let up = Uploader::new(proxy.s3(&moto).await, BUCKET.into());
+    let upload = up.upload_bundle(
+        dir.path(),
+        &dest.files_prefix,
+        &dest.manifest_key,
+        meta("t-drop", 1),
+    );
+    // The caller gives up (a deadline) while part 2 hangs: the upload is in progress.
+    let in_progress = async {
+        wait_until(
+            "part 2 in flight",
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || async { (proxy.count(|l| is_part(l, 2)) > 0).then_some(()) },
+        )
+        .await;
+        wait_until(
+            "the upload listed as in progress",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || async { (!multipart_uploads_in_progress(&direct).await.is_empty()).then_some(()) },
+        )
+        .await;
+    };
+    tokio::select! {
+        r = upload => panic!("the upload finished although part 2 hangs: {r:?}"),
+        () = in_progress => {}
+    }
+    wait_until(
+        "the dropped upload aborted",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            multipart_uploads_in_progress(&direct)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        proxy.count(|l| l.starts_with("DELETE ") && l.contains("uploadId=")),
+        1
+    );
+    assert!(list(&direct, BUCKET, "").await.is_empty());
 }
 
 #[tokio::test]
