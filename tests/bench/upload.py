@@ -104,7 +104,7 @@ def main():
                           aws_access_key_id="bench", aws_secret_access_key="bench")
         s3.create_bucket(Bucket=BUCKET)
 
-        aws_runs, lease_runs, lease_wall = [], [], []
+        aws_runs, lease_runs, lease_wall, peak_rss = [], [], [], []
         for trial in range(args.trials):
             # aws first in even trials, second in odd ones: neither always meets a
             # freshly started (or a tired) emulator.
@@ -134,11 +134,13 @@ def main():
                     assert figures["files"] == files, figures
                     lease_runs.append(figures["median_s"])
                     concurrency = figures["concurrency"]
+                    peak_rss.append(figures["peak_rss_mib"])
 
         mb = size / 1e6
         results = {
             "leased uploader": {"median_s": statistics.median(lease_runs), "trials_s": lease_runs,
-                                "process_wall_s": lease_wall, "concurrency": concurrency},
+                                "process_wall_s": lease_wall, "concurrency": concurrency,
+                                "peak_rss_mib": max(peak_rss)},
             "aws s3 cp --recursive": {"median_s": statistics.median(aws_runs),
                                       "trials_s": aws_runs, "version": aws_version},
         }
@@ -151,7 +153,8 @@ def main():
         for name, r in results.items():
             trials = " ".join(f"{t:.2f}" for t in r["trials_s"])
             print(f"{name:24} {r['median_s']:9.2f} {r['mb_per_s']:8.1f}  {trials}")
-        print(f"throughput ratio leased/aws = {ratio:.2f}x (target >= 1.5x)")
+        print(f"throughput ratio leased/aws = {ratio:.2f}x (target >= 1.5x); uploader peak "
+              f"resident memory {max(peak_rss)} MiB at concurrency {concurrency}")
         with open(args.out, "w") as f:
             json.dump({"upload_bundle": {"files": files, "bytes": size, "profile": args.profile,
                                          "trials": args.trials, "results": results,

@@ -685,6 +685,13 @@ async fn the_log_is_followed_while_it_grows_and_uploaded_whole_at_the_end() {
     assert!(err.to_string().contains("missing.log"), "{err}");
 }
 
+/// VmHWM of this process, in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The uploader's half of tests/bench/upload.py (which runs `aws s3 cp --recursive`
 /// beside it against the same emulator): uploads `LEASE_BENCH_DIR` (default: 200
 /// files of 4–64 KiB and one of 512 MiB, generated) to `LEASE_BENCH_ENDPOINT` (default:
@@ -802,6 +809,9 @@ async fn bench_upload() {
         "trials_s": times,
         "median_s": median,
         "mb_per_s": bytes as f64 / 1e6 / median,
+        // The process's peak resident memory: the bound on parts held at once shows
+        // here (meaningful when the tree is not generated in-process).
+        "peak_rss_mib": peak_rss_kib().map(|k| k / 1024),
     });
     println!("{figures}");
     if let Some(out) = env("LEASE_BENCH_OUT") {
