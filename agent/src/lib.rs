@@ -29,6 +29,7 @@ pub mod idle;
 pub mod imds;
 pub mod notify;
 pub mod power;
+pub mod run;
 pub mod spot;
 pub mod state;
 pub mod tagread;
