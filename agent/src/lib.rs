@@ -33,6 +33,7 @@ pub mod run;
 pub mod spot;
 pub mod state;
 pub mod tagread;
+pub mod upload;
 pub mod watchers;
 pub mod worker;
 
