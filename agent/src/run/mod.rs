@@ -25,7 +25,7 @@ mod tail;
 mod tmux;
 mod wrapper;
 
-pub use batch::batch_lines;
+pub use batch::{OUTPUT_BATCH_BYTES, batch_lines};
 pub use ecr::{EcrLogin, SdkEcr};
 pub use mock::MockRunner;
 pub use parse::{OutputParser, Summary};
