@@ -21,13 +21,15 @@ mod command;
 pub mod ecr;
 mod mock;
 mod parse;
+mod process;
 mod tail;
 mod tmux;
 mod wrapper;
 
 pub use batch::{OUTPUT_BATCH_BYTES, batch_lines};
-pub use ecr::{EcrLogin, SdkEcr};
-pub use mock::MockRunner;
+pub use command::ecr_registry;
+pub use ecr::{Credentials, EcrError, EcrLogin, SdkEcr};
+pub use mock::{DEFAULT_MOCK_DURATION, MOCK_RESULT_FILE, MockRunner};
 pub use parse::{OutputParser, Summary};
 pub use tail::LogTail;
 pub use tmux::{TmuxRunner, session_name};
@@ -60,6 +62,16 @@ impl Exit {
         match self {
             Exit::Code(c) => c,
             Exit::Signal(s) => 128 + s,
+        }
+    }
+
+    /// What a shell's `$?` means: 128 + n is "killed by signal n" (for the signal
+    /// numbers that exist). A program that exits with such a code on its own is
+    /// reported as killed; shells cannot tell the two apart either.
+    pub fn from_shell_status(status: i32) -> Self {
+        match status {
+            129..=192 => Exit::Signal(status - 128),
+            n => Exit::Code(n),
         }
     }
 

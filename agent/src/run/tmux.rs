@@ -1,14 +1,35 @@
 //! [`Runner`] on tmux: one session per task, the real programs.
 
-use std::path::Path;
+use std::io::ErrorKind;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lease_common::config::AgentConfig;
+use lease_common::messages::TaskSpec;
+use tokio::time::Instant;
 
+use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
+use super::process::{self, Finished};
+use super::wrapper::{self, EXIT, GO, KIND, PID, PROMPT, SCRIPT, Script, runner_dir};
 use super::{Exit, Launch, RunError, Runner};
 use crate::BoxFuture;
+
+/// A tmux command answers in milliseconds; this only stops a wedged server from
+/// wedging the agent.
+const TMUX_LIMIT: Duration = Duration::from_secs(10);
+/// `docker login` talks to the registry over the network.
+const LOGIN_LIMIT: Duration = Duration::from_secs(60);
+/// How long the wrapper may take to record its pid once the session exists.
+const START_LIMIT: Duration = Duration::from_secs(10);
+/// `docker stop` waits the grace itself; this is what it may take beyond that.
+const DOCKER_STOP_SLACK: Duration = Duration::from_secs(30);
+/// After SIGKILL, how long the pane may take to show the task's end.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often a wait re-reads the task's state.
+const POLL_EVERY: Duration = Duration::from_millis(25);
 
 /// The tmux session of a task.
 pub fn session_name(task_id: &str) -> String {
@@ -18,21 +39,29 @@ pub fn session_name(task_id: &str) -> String {
 /// Runs each task in tmux session `lease-<task-id>`.
 #[derive(Debug)]
 pub struct TmuxRunner {
-    bedrock: bool,
-    default_model: Option<String>,
-    region: String,
+    settings: Settings,
     ecr: Arc<dyn EcrLogin>,
     /// `tmux -L <socket>`: a private server (tests). `None` is the default server, the
     /// one `tmux attach` as root finds.
     socket: Option<String>,
 }
 
+/// What tmux says about a session's pane.
+#[derive(Debug, PartialEq, Eq)]
+enum Pane {
+    Missing,
+    Running,
+    Dead(Exit),
+}
+
 impl TmuxRunner {
     pub fn new(config: &AgentConfig, region: String, ecr: Arc<dyn EcrLogin>) -> Self {
         Self {
-            bedrock: config.claude.bedrock,
-            default_model: config.claude.model.clone(),
-            region,
+            settings: Settings {
+                bedrock: config.claude.bedrock,
+                default_model: config.claude.model.clone(),
+                region,
+            },
             ecr,
             socket: None,
         }
@@ -43,56 +72,494 @@ impl TmuxRunner {
         self.socket = Some(name.into());
         self
     }
+
+    async fn tmux(&self, session: &str, args: &[&str]) -> Result<Finished, RunError> {
+        let mut all: Vec<String> = Vec::new();
+        if let Some(socket) = &self.socket {
+            all.extend(["-L".to_string(), socket.clone()]);
+        }
+        all.extend(args.iter().map(|a| a.to_string()));
+        process::run("tmux", &all, session, None, TMUX_LIMIT).await
+    }
+
+    async fn has_session(&self, session: &str) -> Result<bool, RunError> {
+        let target = format!("={session}");
+        Ok(self
+            .tmux(session, &["has-session", "-t", &target])
+            .await?
+            .success)
+    }
+
+    async fn pane(&self, session: &str) -> Result<Pane, RunError> {
+        let target = format!("={session}:");
+        let out = self
+            .tmux(
+                session,
+                &[
+                    "display-message",
+                    "-p",
+                    "-t",
+                    &target,
+                    "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
+                ],
+            )
+            .await?;
+        if !out.success {
+            if is_missing(&out.stderr) {
+                return Ok(Pane::Missing);
+            }
+            return Err(process::failed(
+                "tmux",
+                &["display-message".into()],
+                session,
+                &out,
+            ));
+        }
+        let fields: Vec<&str> = out.stdout.trim().split('|').collect();
+        Ok(match fields.as_slice() {
+            ["1", status, signal] => {
+                match (
+                    signal.parse::<i32>().ok().filter(|s| *s > 0),
+                    status.parse::<i32>(),
+                ) {
+                    (Some(sig), _) => Pane::Dead(Exit::Signal(sig)),
+                    (None, Ok(code)) => Pane::Dead(Exit::from_shell_status(code)),
+                    (None, Err(_)) => Pane::Dead(Exit::Signal(9)),
+                }
+            }
+            _ => Pane::Running,
+        })
+    }
+
+    async fn kill_session(&self, session: &str) -> Result<(), RunError> {
+        let target = format!("={session}");
+        let out = self.tmux(session, &["kill-session", "-t", &target]).await?;
+        if out.success || is_missing(&out.stderr) {
+            Ok(())
+        } else {
+            Err(process::failed(
+                "tmux",
+                &["kill-session".into()],
+                session,
+                &out,
+            ))
+        }
+    }
+
+    async fn docker_login(&self, task_id: &str, registry: &str) -> Result<(), RunError> {
+        let login_error = |reason: String| RunError::RegistryLogin {
+            task_id: task_id.to_string(),
+            registry: registry.to_string(),
+            reason,
+        };
+        let creds = self
+            .ecr
+            .credentials(registry)
+            .await
+            .map_err(|e| login_error(e.to_string()))?;
+        let args: Vec<String> = [
+            "login",
+            "--username",
+            &creds.username,
+            "--password-stdin",
+            registry,
+        ]
+        .map(String::from)
+        .to_vec();
+        let out = process::run(
+            "docker",
+            &args,
+            &session_name(task_id),
+            Some(&creds.password),
+            LOGIN_LIMIT,
+        )
+        .await?;
+        if out.success {
+            Ok(())
+        } else {
+            Err(login_error(out.stderr))
+        }
+    }
+
+    async fn start_task(&self, launch: &Launch) -> Result<(), RunError> {
+        let task_id = launch.task.id.as_str();
+        let session = session_name(task_id);
+        let not_started = |reason: String| RunError::NotStarted {
+            task_id: task_id.to_string(),
+            reason,
+        };
+        let plan =
+            command::plan(&launch.task, &launch.workdir, &self.settings).map_err(not_started)?;
+        if !launch.workdir.is_dir() {
+            return Err(not_started(format!(
+                "its working directory '{}' does not exist",
+                launch.workdir.display()
+            )));
+        }
+        if self.has_session(&session).await? {
+            return Err(not_started(format!(
+                "tmux session '{session}' already exists (adopt it instead)"
+            )));
+        }
+
+        let dir = runner_dir(&launch.workdir);
+        let prepare = |path: &Path, source| RunError::Prepare {
+            task_id: task_id.to_string(),
+            path: path.to_path_buf(),
+            source,
+        };
+        // An earlier attempt's exit status would end this one at its first poll.
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(prepare(&dir, e)),
+            _ => {}
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| prepare(&dir, e))?;
+        if let Some(parent) = launch.log_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| prepare(parent, e))?;
+        }
+
+        if let TaskSpec::Docker(d) = &launch.task.spec
+            && let Some(registry) = ecr_registry(&d.image)
+        {
+            self.docker_login(task_id, registry).await?;
+        }
+
+        let stdin = match &plan.stdin {
+            Some(text) => {
+                let path = dir.join(PROMPT);
+                write_private(&path, text).map_err(|e| prepare(&path, e))?;
+                Some(path)
+            }
+            None => None,
+        };
+        let script = Script {
+            task_id: task_id.to_string(),
+            dir: dir.clone(),
+            workdir: launch.workdir.clone(),
+            env: plan.env,
+            preamble: plan.preamble,
+            argv: plan.argv,
+            stdin,
+        };
+        let script_path = dir.join(SCRIPT);
+        write_private(&script_path, &script.render()).map_err(|e| prepare(&script_path, e))?;
+        let kind_path = dir.join(KIND);
+        std::fs::write(&kind_path, launch.task.spec.kind()).map_err(|e| prepare(&kind_path, e))?;
+
+        // One tmux command, so the pane never exists without its options: the script
+        // cannot finish (and the pane close) before remain-on-exit is on, and nothing
+        // it prints is missed by the pipe.
+        let target = format!("={session}:");
+        let pipe = format!(
+            "exec cat >> {}",
+            wrapper::quote(&launch.log_path.to_string_lossy())
+        );
+        let workdir = launch.workdir.to_string_lossy();
+        let script_arg = script_path.to_string_lossy();
+        let out = self
+            .tmux(
+                &session,
+                &[
+                    "new-session",
+                    "-d",
+                    "-s",
+                    &session,
+                    "-c",
+                    &workdir,
+                    "-x",
+                    "200",
+                    "-y",
+                    "50",
+                    "sh",
+                    &script_arg,
+                    ";",
+                    "set-option",
+                    "-w",
+                    "-t",
+                    &target,
+                    "remain-on-exit",
+                    "on",
+                    ";",
+                    "pipe-pane",
+                    "-o",
+                    "-t",
+                    &target,
+                    &pipe,
+                ],
+            )
+            .await?;
+        if !out.success {
+            // new-session may have succeeded before a later command failed.
+            let _ = self.kill_session(&session).await;
+            return Err(process::failed(
+                "tmux",
+                &["new-session".into()],
+                &session,
+                &out,
+            ));
+        }
+
+        let pid_path = dir.join(PID);
+        let started = Instant::now();
+        while !pid_path.exists() {
+            if started.elapsed() > START_LIMIT {
+                let _ = self.kill_session(&session).await;
+                return Err(not_started(format!(
+                    "its wrapper script did not start within {START_LIMIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let go = dir.join(GO);
+        std::fs::write(&go, "").map_err(|e| prepare(&go, e))?;
+        tracing::info!(task = task_id, %session, kind = launch.task.spec.kind(), "task started");
+        Ok(())
+    }
+
+    async fn poll_task(&self, task_id: &str, workdir: &Path) -> Result<Option<Exit>, RunError> {
+        let dir = runner_dir(workdir);
+        if let Some(exit) = read_exit(task_id, &dir)? {
+            return Ok(Some(exit));
+        }
+        let session = session_name(task_id);
+        match self.pane(&session).await? {
+            Pane::Running => {
+                // An agent that died between creating the session and the go signal:
+                // the pane is ready (it was set up in the same tmux command), so the
+                // start it asked for goes ahead.
+                if dir.join(PID).exists() && !dir.join(GO).exists() {
+                    let go = dir.join(GO);
+                    std::fs::write(&go, "").map_err(|source| RunError::Prepare {
+                        task_id: task_id.to_string(),
+                        path: go,
+                        source,
+                    })?;
+                }
+                Ok(None)
+            }
+            // The status file is written just before the script exits; read it again
+            // now the pane has gone.
+            Pane::Dead(exit) => Ok(Some(read_exit(task_id, &dir)?.unwrap_or(exit))),
+            Pane::Missing => read_exit(task_id, &dir)?
+                .map(Some)
+                .ok_or_else(|| RunError::Lost {
+                    task_id: task_id.to_string(),
+                }),
+        }
+    }
+
+    /// Polls until the task has ended or `limit` passed; true if it ended.
+    async fn wait_end(&self, task_id: &str, workdir: &Path, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            match self.poll_task(task_id, workdir).await {
+                Ok(Some(_)) | Err(RunError::Lost { .. }) => return true,
+                Ok(None) | Err(_) => {}
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
+    }
+
+    /// Sends `signal` to the task's process group (the wrapper's pid).
+    async fn signal_group(&self, task_id: &str, dir: &Path, signal: &str) -> Result<(), RunError> {
+        let session = session_name(task_id);
+        let pid_path = dir.join(PID);
+        let pid: u32 = match std::fs::read_to_string(&pid_path) {
+            Ok(text) => text.trim().parse().map_err(|_| RunError::BadStatus {
+                task_id: task_id.to_string(),
+                path: pid_path.clone(),
+                content: text.clone(),
+            })?,
+            // No wrapper ran: closing the session is all there is to do.
+            Err(e) if e.kind() == ErrorKind::NotFound => return self.kill_session(&session).await,
+            Err(source) => {
+                return Err(RunError::Prepare {
+                    task_id: task_id.to_string(),
+                    path: pid_path,
+                    source,
+                });
+            }
+        };
+        let args: Vec<String> = ["-s", signal, "--", &format!("-{pid}")]
+            .map(String::from)
+            .to_vec();
+        // Failure means the group is gone already: nothing left to signal.
+        let out = process::run("kill", &args, &session, None, TMUX_LIMIT).await?;
+        if !out.success {
+            tracing::debug!(task = task_id, signal, "kill: {}", out.stderr);
+        }
+        Ok(())
+    }
+
+    async fn interrupt_task(
+        &self,
+        task_id: &str,
+        workdir: &Path,
+        grace: Duration,
+    ) -> Result<(), RunError> {
+        match self.poll_task(task_id, workdir).await {
+            Ok(Some(_)) | Err(RunError::Lost { .. }) => return Ok(()),
+            Ok(None) => {}
+            Err(e) => return Err(e),
+        }
+        let dir = runner_dir(workdir);
+        let session = session_name(task_id);
+        let docker = std::fs::read_to_string(dir.join(KIND)).is_ok_and(|k| k == "docker");
+        let mut stopped = false;
+        if docker {
+            // docker stop sends the image's stop signal (SIGTERM by default), waits
+            // the grace, then SIGKILL; the `docker run` in the pane then returns.
+            let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+            let args: Vec<String> = ["stop", "-t", &secs.to_string(), &session]
+                .map(String::from)
+                .to_vec();
+            let out =
+                process::run("docker", &args, &session, None, grace + DOCKER_STOP_SLACK).await?;
+            stopped = out.success;
+            if !stopped {
+                // No container yet (still pulling): the client in the pane is stopped
+                // like any other task.
+                tracing::debug!(task = task_id, "docker stop: {}", out.stderr);
+            }
+        }
+        if !stopped {
+            self.signal_group(task_id, &dir, "TERM").await?;
+        }
+        if self.wait_end(task_id, workdir, grace).await {
+            return Ok(());
+        }
+        tracing::warn!(
+            task = task_id,
+            ?grace,
+            "task still runs after SIGTERM: SIGKILL"
+        );
+        self.signal_group(task_id, &dir, "KILL").await?;
+        self.wait_end(task_id, workdir, KILL_WAIT).await;
+        Ok(())
+    }
+
+    async fn cleanup_task(&self, task_id: &str, workdir: &Path) -> Result<(), RunError> {
+        let session = session_name(task_id);
+        let dir = runner_dir(workdir);
+        if std::fs::read_to_string(dir.join(KIND)).is_ok_and(|k| k == "docker") {
+            // A container whose client was killed keeps running; it must not outlive
+            // its task. Usually `--rm` has removed it already.
+            let args: Vec<String> = ["rm", "-f", &session].map(String::from).to_vec();
+            let _ = process::run("docker", &args, &session, None, TMUX_LIMIT).await;
+        }
+        self.kill_session(&session).await?;
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(RunError::Prepare {
+                task_id: task_id.to_string(),
+                path: dir,
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn sessions(&self) -> Result<Vec<String>, RunError> {
+        let out = self
+            .tmux("lease-*", &["list-sessions", "-F", "#{session_name}"])
+            .await?;
+        if !out.success {
+            if is_missing(&out.stderr) {
+                return Ok(Vec::new());
+            }
+            return Err(process::failed(
+                "tmux",
+                &["list-sessions".into()],
+                "lease-*",
+                &out,
+            ));
+        }
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|name| name.strip_prefix("lease-"))
+            .map(str::to_string)
+            .collect())
+    }
+}
+
+/// tmux's ways of saying there is no such session (or no server at all).
+fn is_missing(stderr: &str) -> bool {
+    [
+        "can't find",
+        "no server running",
+        "error connecting",
+        "no current",
+    ]
+    .iter()
+    .any(|m| stderr.contains(m))
+}
+
+fn read_exit(task_id: &str, dir: &Path) -> Result<Option<Exit>, RunError> {
+    let path = dir.join(EXIT);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => wrapper::parse_status(&text)
+            .map(Some)
+            .ok_or_else(|| RunError::BadStatus {
+                task_id: task_id.to_string(),
+                path: path.clone(),
+                content: text,
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RunError::Prepare {
+            task_id: task_id.to_string(),
+            path,
+            source,
+        }),
+    }
+}
+
+/// Writes a file only root can read: a prompt or a script may hold secrets.
+fn write_private(path: &PathBuf, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
 }
 
 impl Runner for TmuxRunner {
     fn start(&self, launch: &Launch) -> BoxFuture<'_, Result<(), RunError>> {
-        let task_id = launch.task.id.clone();
-        Box::pin(async move {
-            let _ = (
-                &self.bedrock,
-                &self.default_model,
-                &self.region,
-                &self.ecr,
-                &self.socket,
-            );
-            Err(RunError::NotStarted {
-                task_id,
-                reason: "tmux runner not implemented yet".into(),
-            })
-        })
+        let launch = launch.clone();
+        Box::pin(async move { self.start_task(&launch).await })
     }
 
     fn poll<'a>(
         &'a self,
         task_id: &'a str,
-        _workdir: &'a Path,
+        workdir: &'a Path,
     ) -> BoxFuture<'a, Result<Option<Exit>, RunError>> {
-        Box::pin(async move {
-            Err(RunError::Lost {
-                task_id: task_id.to_string(),
-            })
-        })
+        Box::pin(self.poll_task(task_id, workdir))
     }
 
     fn interrupt<'a>(
         &'a self,
-        _task_id: &'a str,
-        _workdir: &'a Path,
-        _grace: Duration,
+        task_id: &'a str,
+        workdir: &'a Path,
+        grace: Duration,
     ) -> BoxFuture<'a, Result<(), RunError>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(self.interrupt_task(task_id, workdir, grace))
     }
 
     fn cleanup<'a>(
         &'a self,
-        _task_id: &'a str,
-        _workdir: &'a Path,
+        task_id: &'a str,
+        workdir: &'a Path,
     ) -> BoxFuture<'a, Result<(), RunError>> {
-        Box::pin(async { Ok(()) })
+        Box::pin(self.cleanup_task(task_id, workdir))
     }
 
     fn live_sessions(&self) -> BoxFuture<'_, Result<Vec<String>, RunError>> {
-        Box::pin(async { Ok(Vec::new()) })
+        Box::pin(self.sessions())
     }
 }
