@@ -74,10 +74,6 @@ pub struct RunOptions {
     pub tmux_socket: Option<String>,
 }
 
-/// How long a task runs in `mock-mode`: long enough for output and events to be
-/// exercised, short enough for the benchmark's hundreds of tasks.
-pub const MOCK_TASK_DURATION: Duration = Duration::from_millis(100);
-
 /// Runs the daemon until the lease ends or `shutdown` resolves.
 pub async fn run(
     opts: RunOptions,
@@ -326,7 +322,7 @@ fn build_worker(
         return None;
     }
     let runner: Arc<dyn run::Runner> = if config.mock_mode {
-        Arc::new(run::MockRunner::new(MOCK_TASK_DURATION))
+        Arc::new(run::MockRunner::default())
     } else {
         let ecr = Arc::new(run::SdkEcr::new(clients.ecr));
         let mut tmux = run::TmuxRunner::new(config, clients.region, ecr);

@@ -19,6 +19,9 @@ const RECEIVE_BACKOFF: Duration = Duration::from_secs(5);
 /// While the worker is full, how often it looks again even without a slot freed
 /// (a safety net; a freed slot wakes it at once).
 const FULL_RECHECK: Duration = Duration::from_secs(1);
+/// A second message for a task that runs here comes back after this long: by then the
+/// task may have ended, and the claim then finds it finished and deletes the duplicate.
+const LOCAL_DUPLICATE_WAIT_SECS: i32 = 10;
 
 /// Takes messages while the worker takes tasks, asking for no more than it has free
 /// slots.
@@ -97,8 +100,15 @@ async fn take(shared: &Arc<Shared>, m: Received) {
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(m.receipt.clone());
             }
-            tracing::info!("task '{}' already runs here; its message waits", task.id);
-            let secs = i32::try_from(shared.settings.visibility.as_secs()).unwrap_or(120);
+            let secs = if same_message {
+                i32::try_from(shared.settings.visibility.as_secs()).unwrap_or(120)
+            } else {
+                LOCAL_DUPLICATE_WAIT_SECS
+            };
+            tracing::info!(
+                "task '{}' already runs here; its message waits {secs}s",
+                task.id
+            );
             if let Err(e) = queue.change_visibility(&task.id, &m.receipt, secs).await {
                 tracing::warn!("{e}");
             }
