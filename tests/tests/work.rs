@@ -416,9 +416,21 @@ impl Agent {
         extra_config: &str,
         extra_env: &[(String, String)],
     ) -> Self {
+        let yaml = plane.agent_config(dir, extra_config);
+        Self::start_with_config(plane, imds, dir, &yaml, extra_env)
+    }
+
+    /// With exactly this config file.
+    fn start_with_config(
+        plane: &Plane,
+        imds: &FakeImds,
+        dir: &Path,
+        yaml: &str,
+        extra_env: &[(String, String)],
+    ) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("config.yaml");
-        std::fs::write(&config, plane.agent_config(dir, extra_config)).unwrap();
+        std::fs::write(&config, yaml).unwrap();
         let socket = format!("lease-test-{}", uuid_like(dir));
         let mut env = plane.moto.env();
         env.extend(imds.env());
@@ -938,4 +950,135 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
         EventKind::TaskStarted { attempt: 2, .. }
     ) && e.instance_id == second));
     drop(agent1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_task_runs_once_then_ends_the_lease_as_on_complete_says() {
+    let plane = Plane::new().await;
+    let instance = plane
+        .moto
+        .run_instance(&[
+            ("lease:managed", "true"),
+            ("lease:ttl", "2h"),
+            ("lease:on-complete", "stop"),
+        ])
+        .await;
+    let imds = FakeImds::for_instance(plane.moto.ec2().await, &instance).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let task = counted(
+        "once-1",
+        &runs,
+        "mkdir -p out; echo done > out/r.txt; exit 2",
+    );
+    let yaml = serde_yaml_ng::to_string(&serde_json::json!({ "task": task })).unwrap();
+    // No queue: the one task is all this node does.
+    let dir = tmp.path().join("agent");
+    let config: String = plane
+        .agent_config(&dir, &yaml)
+        .lines()
+        .filter(|l| !l.starts_with("queue-url:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut agent = Agent::start_with_config(&plane, &imds, &dir, &config, &[]);
+    wait_until("the instance to be stopped", LIMIT, POLL, || async {
+        let i = plane.moto.instance(&instance).await;
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string());
+        matches!(state.as_deref(), Some("stopping" | "stopped")).then_some(())
+    })
+    .await;
+    let tags: BTreeMap<String, String> = plane
+        .moto
+        .instance(&instance)
+        .await
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        tags.get("lease:status").map(String::as_str),
+        Some("failed"),
+        "{}",
+        agent.logs()
+    );
+    assert_eq!(plane.task_state("once-1").await.as_deref(), Some("failed"));
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "once-1"),
+            &layout::manifest_key(&instance, "once-1"),
+        )
+        .await;
+    assert_eq!(files.get("r.txt").map(Vec::as_slice), Some(&b"done\n"[..]));
+    assert!(plane.object(&layout::log_key("once-1")).await.is_some());
+    // A restart on the same state directory does not run it again.
+    agent.kill_and_restart();
+    wait_until("the restarted agent to start", LIMIT, POLL, || async {
+        agent.logs().contains("has already run here").then_some(())
+    })
+    .await;
+    assert_eq!(lines(&runs), 1, "{}", agent.logs());
+}
+
+/// 500 mock tasks through one agent against moto: tasks per second, printed and, with
+/// `LEASE_BENCH_OUT` set, written there as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --test work -- --ignored bench_mock_tasks --nocapture"]
+async fn bench_mock_tasks() {
+    // LEASE_BENCH_TASKS: fewer (or more) for a quick look; a multiple of ten.
+    let tasks: usize = std::env::var("LEASE_BENCH_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    for chunk in 0..tasks / 10 {
+        let mut batch = plane.sqs.send_message_batch().queue_url(&plane.queue_url);
+        for i in 0..10 {
+            let n = chunk * 10 + i;
+            batch = batch.entries(
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{n}"))
+                    .message_body(shell(&format!("bench-{n}"), "true").to_json())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        batch.send().await.unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let agent = Agent::start(
+        &plane,
+        &imds,
+        tmp.path(),
+        "mock-mode: true\nmax-concurrent-tasks: 10\n",
+    );
+    plane
+        .wait_queue_empty(Duration::from_secs(600), &agent)
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let per_sec = tasks as f64 / secs;
+    if std::env::var_os("LEASE_BENCH_KEEP").is_some() {
+        eprintln!("agent logs kept in {}", tmp.keep().display());
+    }
+    for n in [0, tasks / 2, tasks - 1] {
+        assert_eq!(
+            plane.task_state(&format!("bench-{n}")).await.as_deref(),
+            Some("complete")
+        );
+    }
+    eprintln!("bench_mock_tasks: {tasks} mock tasks in {secs:.1}s: {per_sec:.1} tasks/s");
+    if let Some(out) = std::env::var_os("LEASE_BENCH_OUT") {
+        let json = serde_json::json!({
+            "bench": "mock_tasks",
+            "tasks": tasks,
+            "max_concurrent_tasks": 10,
+            "seconds": secs,
+            "tasks_per_sec": per_sec,
+        });
+        std::fs::write(out, json.to_string()).unwrap();
+    }
 }

@@ -24,7 +24,8 @@ const FULL_RECHECK: Duration = Duration::from_secs(1);
 const LOCAL_DUPLICATE_WAIT_SECS: i32 = 10;
 
 /// Takes messages while the worker takes tasks, asking for no more than it has free
-/// slots.
+/// slots. Several of these may run side by side (a receive takes a round trip, and
+/// slots free up meanwhile); together they never ask for more than is free.
 pub(crate) async fn receive_loop(shared: Arc<Shared>) {
     let Some(queue) = shared.deps.queue.clone() else {
         return;
@@ -34,18 +35,29 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>) {
             tracing::info!("taking no more tasks");
             return;
         }
-        let running = u32::try_from(shared.slots_lock().len()).unwrap_or(u32::MAX);
-        let free = shared.settings.max_concurrent.saturating_sub(running);
-        if free == 0 {
-            let _ = tokio::time::timeout(FULL_RECHECK, shared.changed.notified()).await;
+        let notified = shared.changed.notified();
+        let ask = {
+            let slots = shared.slots_lock();
+            let mut asked = shared.asked_lock();
+            let taken = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+            let free = shared
+                .settings
+                .max_concurrent
+                .saturating_sub(taken.saturating_add(*asked));
+            let ask = free.min(MAX_RECEIVE);
+            *asked += ask;
+            ask
+        };
+        if ask == 0 {
+            let _ = tokio::time::timeout(FULL_RECHECK, notified).await;
             continue;
         }
-        let messages = match queue
-            .receive(free.min(MAX_RECEIVE), shared.settings.receive_wait)
-            .await
-        {
+        let received = queue.receive(ask, shared.settings.receive_wait).await;
+        let messages = match received {
             Ok(m) => m,
             Err(e) => {
+                *shared.asked_lock() -= ask;
+                shared.wake();
                 tracing::warn!("{e}; retrying in {RECEIVE_BACKOFF:?}");
                 tokio::time::sleep(RECEIVE_BACKOFF).await;
                 continue;
@@ -61,6 +73,9 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>) {
                 }
             }
         }
+        // Each message now holds a slot of its own (or was refused).
+        *shared.asked_lock() -= ask;
+        shared.wake();
     }
 }
 
@@ -115,14 +130,26 @@ async fn take(shared: &Arc<Shared>, m: Received) {
             return;
         }
     }
-    if !claim(shared, &task, &m).await {
-        return;
-    }
+    // The slot is taken before the claim, so the next receive asks only for what is
+    // still free, and the claim runs beside the next message's intake.
     let file = TaskFile {
         message_id: Some(m.message_id.clone()),
-        ..TaskFile::new(task, pointer, Some(m.receipt), shared.deps.clock.now())
+        ..TaskFile::new(
+            task,
+            pointer,
+            Some(m.receipt.clone()),
+            shared.deps.clock.now(),
+        )
     };
-    spawn(shared, file, Start::Fresh);
+    let (rx, receipt) = reserve(shared, &file);
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if claim(&shared, &file.task, &m).await {
+            lifecycle::run(shared, file, Start::Fresh, rx, receipt).await;
+        } else {
+            shared.unreserve(&file.task.id);
+        }
+    });
 }
 
 /// `Err(Some(reason))`: the pointer can never be resolved (dead-letter it);
@@ -278,7 +305,13 @@ pub(crate) async fn one_shot(shared: &Arc<Shared>, task: Task) {
     spawn(shared, file, Start::Fresh);
 }
 
-fn spawn(shared: &Arc<Shared>, file: TaskFile, start: Start) {
+type Reservation = (
+    watch::Receiver<Option<super::Interruption>>,
+    Arc<Mutex<Option<String>>>,
+);
+
+/// Takes a slot for the task.
+fn reserve(shared: &Shared, file: &TaskFile) -> Reservation {
     let (tx, rx) = watch::channel(None);
     let receipt = Arc::new(Mutex::new(file.receipt.clone()));
     shared.slots_lock().insert(
@@ -289,6 +322,11 @@ fn spawn(shared: &Arc<Shared>, file: TaskFile, start: Start) {
             interrupt: tx,
         },
     );
+    (rx, receipt)
+}
+
+fn spawn(shared: &Arc<Shared>, file: TaskFile, start: Start) {
+    let (rx, receipt) = reserve(shared, &file);
     tokio::spawn(lifecycle::run(shared.clone(), file, start, rx, receipt));
 }
 

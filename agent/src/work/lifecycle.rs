@@ -82,7 +82,13 @@ pub(crate) async fn run(
         last_output: None,
         uploaded_log_len: 0,
     };
-    if let Err(reason) = r.begin(start).await {
+    let before_start = interrupts.borrow().clone();
+    if start == Start::Fresh
+        && let Some(i) = before_start
+    {
+        // Interrupted between the claim and the start: nothing ran, nothing to upload.
+        r.abandon(&i).await;
+    } else if let Err(reason) = r.begin(start).await {
         r.finish(End::Lost(reason)).await;
     } else {
         let end = r.watch(interrupts).await;
@@ -361,10 +367,11 @@ impl Running {
                 instance_id: self.shared.settings.instance_id.clone(),
                 attempt: self.file.task.attempt,
             };
-            let result = match store.upload_log(self.id(), &log, &log_key).await {
-                Ok(()) => store.upload_bundle(&bundle, dest.clone(), meta).await,
-                Err(e) => Err(e),
-            };
+            let (log_result, bundle_result) = tokio::join!(
+                store.upload_log(self.id(), &log, &log_key),
+                store.upload_bundle(&bundle, dest.clone(), meta)
+            );
+            let result = log_result.and(bundle_result);
             match result {
                 Ok(up) => {
                     if !up.skipped.is_empty() {
@@ -403,14 +410,21 @@ impl Running {
     async fn finish(&mut self, end: End) {
         self.pump_output(true).await;
         let cancelled = matches!(end, End::Cancelled);
-        if !cancelled {
-            self.record(Change {
-                state: Some(TaskState::Uploading),
-                ..Change::default()
-            })
-            .await;
+        if !cancelled && let Some(table) = self.shared.deps.table.clone() {
+            // Beside the uploads: `lease tasks` shows it, nothing waits for it.
+            let (id, now) = (self.id().to_string(), self.now());
+            tokio::spawn(async move {
+                let change = Change {
+                    state: Some(TaskState::Uploading),
+                    ..Change::default()
+                };
+                if let Err(e) = table.update(&id, change, now).await {
+                    tracing::warn!("{e}");
+                }
+            });
         }
-        if !self.file.one_shot || self.shared.taking() {
+        // While draining, the decision loop owns the status (interrupted, expiring).
+        if self.shared.taking() {
             self.shared.tag(NodeStatus::Uploading, Some(self.id()));
         }
         let dest = BundleDest::finished(&self.shared.settings.instance_id, self.id());
@@ -604,6 +618,23 @@ impl Running {
         }
     }
 
+    /// Interrupted before it started: the claim is given up and the message made
+    /// visible again at once, with the same attempt (this one never ran).
+    async fn abandon(&mut self, i: &Interruption) {
+        self.record(Change {
+            state: Some(TaskState::Interrupted),
+            reason: Some(format!("{} before it started", i.reason)),
+            ..Change::default()
+        })
+        .await;
+        if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt())
+            && let Err(e) = queue.change_visibility(self.id(), &receipt, 0).await
+        {
+            tracing::warn!("{e}");
+        }
+        self.clean_up().await;
+    }
+
     /// The message for the next attempt: a pointer stays a pointer.
     fn next_attempt_body(&self) -> String {
         let attempt = self.file.task.attempt + 1;
@@ -650,7 +681,11 @@ impl Running {
         if let Err(e) = statefile::mark_one_shot_ran(&self.shared.settings.state_dir, self.id()) {
             tracing::error!("{e}");
         }
-        // The slot must be gone before the loop drains the worker.
+        // The decision loop writes the final status from here on, and the slot must be
+        // gone before it drains the worker.
+        self.shared
+            .taking
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.shared.release(self.id());
         let (tx, _rx) = tokio::sync::oneshot::channel();
         let request = Request::Complete {

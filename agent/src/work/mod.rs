@@ -37,6 +37,10 @@ pub mod records;
 pub mod statefile;
 pub mod store;
 
+/// Receives in flight at once when more than one task may run: while one waits for
+/// its answer, slots freed meanwhile are asked for by the other.
+const RECEIVERS: usize = 2;
+
 /// Timings of the worker. Each is a setting only so tests can shorten it.
 #[derive(Debug, Clone)]
 pub struct WorkSettings {
@@ -71,7 +75,7 @@ impl WorkSettings {
             receive_wait: Duration::from_secs(20),
             visibility: Duration::from_secs(120),
             extend_every: Duration::from_secs(60),
-            poll_every: Duration::from_millis(200),
+            poll_every: Duration::from_millis(100),
             output_every: Duration::from_secs(1),
             log_upload_every: Duration::from_secs(5),
             grace: Duration::from_secs(10),
@@ -118,6 +122,8 @@ pub(crate) struct Shared {
     pub(crate) settings: WorkSettings,
     pub(crate) slots: Mutex<BTreeMap<String, Slot>>,
     pub(crate) taking: AtomicBool,
+    /// Messages asked for by receives in flight: they count against the free slots.
+    pub(crate) asked: Mutex<u32>,
     /// A slot was freed, or taking stopped.
     pub(crate) changed: Notify,
 }
@@ -136,6 +142,7 @@ impl QueueWorker {
                 settings,
                 slots: Mutex::new(BTreeMap::new()),
                 taking: AtomicBool::new(true),
+                asked: Mutex::new(0),
                 changed: Notify::new(),
             }),
         }
@@ -154,7 +161,17 @@ impl QueueWorker {
                 intake::one_shot(&shared, task).await;
             }
             if shared.deps.queue.is_some() {
-                intake::receive_loop(shared).await;
+                let receivers = if shared.settings.max_concurrent > 1 {
+                    RECEIVERS
+                } else {
+                    1
+                };
+                let loops: Vec<_> = (0..receivers)
+                    .map(|_| tokio::spawn(intake::receive_loop(shared.clone())))
+                    .collect();
+                for l in loops {
+                    let _ = l.await;
+                }
             }
         })
     }
@@ -201,6 +218,18 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    pub(crate) fn asked_lock(&self) -> std::sync::MutexGuard<'_, u32> {
+        self.asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes every receive loop waiting for a free slot (and the next one to wait).
+    pub(crate) fn wake(&self) {
+        self.changed.notify_waiters();
+        self.changed.notify_one();
+    }
+
     pub(crate) fn taking(&self) -> bool {
         self.taking.load(Ordering::SeqCst)
     }
@@ -234,7 +263,15 @@ impl Shared {
         if now_empty && self.taking() {
             self.tag(NodeStatus::Idle, None);
         }
-        self.changed.notify_one();
+        self.wake();
+    }
+}
+
+impl Shared {
+    /// A slot taken for a task that then was not claimed: free it, say nothing.
+    pub(crate) fn unreserve(&self, task_id: &str) {
+        self.slots_lock().remove(task_id);
+        self.wake();
     }
 }
 
@@ -245,7 +282,7 @@ impl TaskWorker for QueueWorker {
 
     fn stop_taking_tasks(&self) {
         self.shared.taking.store(false, Ordering::SeqCst);
-        self.shared.changed.notify_one();
+        self.shared.wake();
     }
 
     fn drain(&self, until: DateTime<Utc>) -> BoxFuture<'_, ()> {
