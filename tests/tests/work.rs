@@ -688,7 +688,9 @@ async fn mock_mode_runs_the_same_pipeline() {
         .wait_for_state("mock-1", "complete", LIMIT, &agent)
         .await;
     plane
-        .wait_event("TaskCompleted", LIMIT, |e| task_of(e) == Some("mock-1"))
+        .wait_event("TaskCompleted", LIMIT, |e| {
+            e.type_name() == "TaskCompleted" && task_of(e) == Some("mock-1")
+        })
         .await;
     let files = plane
         .bundle(
@@ -1081,4 +1083,167 @@ async fn bench_mock_tasks() {
         });
         std::fs::write(out, json.to_string()).unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_timeout_is_stopped_reported_failed_and_its_output_kept() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let mut task = shell(
+        "slow-1",
+        "mkdir -p out; echo early > out/early.txt; sleep 120",
+    );
+    task.bundle = Some("out".into());
+    task.timeout = Some("2s".parse().unwrap());
+    plane.send(&task.to_json()).await;
+    plane
+        .wait_for_state("slow-1", "failed", LIMIT, &agent)
+        .await;
+    let item = plane.task_item("slow-1").await.unwrap();
+    assert_eq!(
+        item[records::task::REASON].as_s().unwrap(),
+        "timed out after 2s"
+    );
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "slow-1"),
+            &layout::manifest_key(&instance, "slow-1"),
+        )
+        .await;
+    assert_eq!(
+        files.get("early.txt").map(Vec::as_slice),
+        Some(&b"early\n"[..])
+    );
+    let failed = plane
+        .wait_event("TaskFailed", LIMIT, |e| {
+            e.type_name() == "TaskFailed" && task_of(e) == Some("slow-1")
+        })
+        .await;
+    assert!(matches!(
+        failed.kind,
+        EventKind::TaskFailed { ref reason, bundle: Some(_), .. } if reason == "timed out after 2s"
+    ));
+    plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_stored_in_s3_runs_from_its_pointer() {
+    let plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let mut task = shell("big-1", "printf big > big.txt");
+    task.bundle = None;
+    plane
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(layout::task_spec_key("big-1"))
+        .body(task.to_json().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    plane
+        .send(&format!(
+            r#"{{"v":1,"id":"big-1","spec_s3":"s3://{BUCKET}/{}"}}"#,
+            layout::task_spec_key("big-1")
+        ))
+        .await;
+    // A pointer to nothing goes to the dead-letter queue with its reason.
+    plane
+        .send(&format!(
+            r#"{{"v":1,"id":"gone-1","spec_s3":"s3://{BUCKET}/tasks/gone-1.json"}}"#
+        ))
+        .await;
+    plane
+        .wait_for_state("big-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "big-1"),
+            &layout::manifest_key(&instance, "big-1"),
+        )
+        .await;
+    assert_eq!(files.get("big.txt").map(Vec::as_slice), Some(&b"big"[..]));
+    wait_until("the dangling pointer in the DLQ", LIMIT, POLL, || async {
+        (plane.queue_count(&plane.dlq_url).await == 1).then_some(())
+    })
+    .await;
+    plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_at_the_deadline_is_requeued_before_it() {
+    let mut plane = Plane::new().await;
+    let instance = plane
+        .moto
+        .run_instance(&[("lease:managed", "true"), ("lease:ttl", "1h")])
+        .await;
+    let imds = FakeImds::for_instance(plane.moto.ec2().await, &instance).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut task = shell(
+        "late-1",
+        "mkdir -p out; echo partial > out/part.txt; sleep 120",
+    );
+    task.bundle = Some("out".into());
+    let agent = Agent::start(&plane, &imds, tmp.path(), "drain-lead: 6s\n");
+    plane.send(&task.to_json()).await;
+    plane
+        .wait_for_state("late-1", "running", LIMIT, &agent)
+        .await;
+    // The lease ends 10 s from now: the drain starts 6 s before that.
+    let deadline = Utc::now() + TimeDelta::seconds(10);
+    let ec2 = plane.moto.ec2().await;
+    ec2.create_tags()
+        .resources(&instance)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("lease:expires-at")
+                .value(lease_common::tags::render_time(deadline))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let interrupted = plane
+        .wait_event("TaskInterrupted", LIMIT, |e| {
+            e.type_name() == "TaskInterrupted" && task_of(e) == Some("late-1")
+        })
+        .await;
+    assert!(
+        interrupted.at < deadline,
+        "interrupted at {} for a deadline at {deadline}\n{}",
+        interrupted.at,
+        agent.logs()
+    );
+    let base = layout::attempt_prefix(&instance, "late-1", 1);
+    let partial = plane
+        .bundle(&format!("{base}bundle/"), &format!("{base}manifest.json"))
+        .await;
+    assert_eq!(
+        partial.get("part.txt").map(Vec::as_slice),
+        Some(&b"partial\n"[..])
+    );
+    // The requeued message carries attempt 2, and the instance still ends.
+    let out = plane
+        .sqs
+        .receive_message()
+        .queue_url(&plane.queue_url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let body = out.messages()[0].body().unwrap();
+    assert_eq!(Task::parse(body).unwrap().attempt, 2);
+    wait_until("the instance to end", LIMIT, POLL, || async {
+        let i = plane.moto.instance(&instance).await;
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string());
+        matches!(state.as_deref(), Some("shutting-down" | "terminated")).then_some(())
+    })
+    .await;
 }
