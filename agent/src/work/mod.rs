@@ -36,6 +36,8 @@ pub mod queue;
 pub mod records;
 pub mod statefile;
 pub mod store;
+#[cfg(test)]
+mod tests;
 
 /// Receives in flight at once when more than one task may run: while one waits for
 /// its answer, slots freed meanwhile are asked for by the other.
