@@ -15,6 +15,10 @@ pub struct Settings {
     /// The model when a Claude task names none.
     pub default_model: Option<String>,
     pub region: String,
+    /// The Claude Code executable: `claude` on the agent's PATH unless set. Claude
+    /// Code's own installer puts it in `~/.local/bin`, which a systemd unit's PATH
+    /// does not hold.
+    pub claude_program: String,
 }
 
 /// A task's program, its environment, and what runs before it.
@@ -56,7 +60,7 @@ fn claude(c: &ClaudeSpec, settings: &Settings) -> Result<Plan, String> {
         return Err("'prompt' is empty".into());
     }
     let mut argv: Vec<String> = [
-        "claude",
+        settings.claude_program.as_str(),
         "-p",
         "--output-format",
         "stream-json",
@@ -100,7 +104,9 @@ fn claude(c: &ClaudeSpec, settings: &Settings) -> Result<Plan, String> {
 
 /// `docker run` named after the session, so `docker stop` finds it; the workdir is
 /// `/out`. `--rm` leaves no container behind; the preamble removes one an earlier
-/// attempt of the same task left (a crashed engine), which would block the name.
+/// attempt of the same task left (a crashed engine), which would block the name. `-t`
+/// gives the program a terminal, as the other kinds have: it writes its lines as they
+/// come instead of in buffered blocks, and progress bars show in `lease attach`.
 fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String> {
     if d.image.trim().is_empty() || d.image.starts_with('-') {
         return Err(format!("'image' {:?} is not an image reference", d.image));
@@ -110,6 +116,7 @@ fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String>
         "docker".into(),
         "run".into(),
         "--rm".into(),
+        "-t".into(),
         "--name".into(),
         name.clone(),
         "-v".into(),
@@ -164,6 +171,7 @@ mod tests {
             bedrock,
             default_model: Some("claude-sonnet-4-5".into()),
             region: "eu-west-1".into(),
+            claude_program: "claude".into(),
         }
     }
 
@@ -259,6 +267,7 @@ mod tests {
                 "docker",
                 "run",
                 "--rm",
+                "-t",
                 "--name",
                 "lease-d1",
                 "-v",

@@ -35,8 +35,8 @@ pub trait EcrLogin: Send + Sync + Debug {
     -> BoxFuture<'a, Result<Credentials, EcrError>>;
 }
 
-/// [`EcrLogin`] through ECR's `GetAuthorizationToken`. The client must be for the
-/// registry's region (tokens are regional).
+/// [`EcrLogin`] through ECR's `GetAuthorizationToken`. Tokens are regional: a
+/// registry in another region than the client's is asked through a client for its own.
 #[derive(Debug, Clone)]
 pub struct SdkEcr {
     client: aws_sdk_ecr::Client,
@@ -45,6 +45,11 @@ pub struct SdkEcr {
 impl SdkEcr {
     pub fn new(client: aws_sdk_ecr::Client) -> Self {
         Self { client }
+    }
+
+    /// From shared SDK settings (`&SdkConfig`) or a finished ECR config.
+    pub fn from_config(config: impl Into<aws_sdk_ecr::Config>) -> Self {
+        Self::new(aws_sdk_ecr::Client::from_conf(config.into()))
     }
 }
 
@@ -58,14 +63,24 @@ impl EcrLogin for SdkEcr {
                 registry: registry.to_string(),
                 message,
             };
-            // The account in the host name: a registry of another account needs its id
-            // (the parameter is deprecated but is the only way to name the registry).
-            let account = registry.split('.').next().unwrap_or_default();
-            #[allow(deprecated)]
-            let out = self
-                .client
+            let client = match registry.split('.').nth(3) {
+                Some(region)
+                    if self.client.config().region().map(|r| r.as_ref()) != Some(region) =>
+                {
+                    let config = self
+                        .client
+                        .config()
+                        .to_builder()
+                        .region(aws_sdk_ecr::config::Region::new(region.to_string()))
+                        .build();
+                    aws_sdk_ecr::Client::from_conf(config)
+                }
+                _ => self.client.clone(),
+            };
+            // No registry id: the token opens every ECR registry the role may read,
+            // whichever account it belongs to (the parameter is deprecated for that).
+            let out = client
                 .get_authorization_token()
-                .registry_ids(account)
                 .send()
                 .await
                 .map_err(|e| fail(aws_sdk_ecr::error::DisplayErrorContext(e).to_string()))?;

@@ -126,7 +126,7 @@ impl Runner for MockRunner {
         let launch = launch.clone();
         Box::pin(async move {
             let task_id = launch.task.id.clone();
-            let prepare = |path: &Path, source| RunError::Prepare {
+            let prepare = |path: &Path, source| RunError::File {
                 task_id: task_id.clone(),
                 path: path.to_path_buf(),
                 source,
@@ -138,6 +138,18 @@ impl Runner for MockRunner {
                         "its working directory '{}' does not exist",
                         launch.workdir.display()
                     ),
+                });
+            }
+            if let Some(sim) = self.tasks().get(&task_id)
+                && sim
+                    .exit
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_none()
+            {
+                return Err(RunError::NotStarted {
+                    task_id: task_id.clone(),
+                    reason: "its simulation is running already".into(),
                 });
             }
             if let Some(parent) = launch.log_path.parent() {
@@ -364,6 +376,11 @@ mod tests {
         );
         let runner = MockRunner::new(Duration::from_secs(60));
         runner.start(&l).await.unwrap();
+        let twice = runner.start(&l).await.unwrap_err().to_string();
+        assert!(
+            twice.contains("'m1'") && twice.contains("running already"),
+            "{twice}"
+        );
         runner
             .interrupt("m1", &l.workdir, Duration::from_secs(1))
             .await

@@ -3,6 +3,14 @@
 //! the agent leaves it running. The worker drives a [`Runner`]; [`TmuxRunner`] runs the
 //! real programs, [`MockRunner`] simulates them for demos and benchmarks.
 //!
+//! A task's life on tmux: `start` writes a wrapper script into [`runner_dir`] (beside
+//! the workdir, out of the bundle) and opens the session with `remain-on-exit` and
+//! `pipe-pane` set in the same tmux command; the script waits for the go signal, runs
+//! the program, prints an end line and writes the exit status atomically. `poll`
+//! reads that status (once the end line is in the log, so the last output is not
+//! missed), or tmux's `#{pane_dead_status}` if the script was killed; both survive the
+//! agent, so a restarted agent adopts its tasks by `live_sessions` and `poll`.
+//!
 //! Helpers for the worker's output events: [`LogTail`] reads complete new lines from
 //! the log, [`OutputParser`] turns a kind's raw lines into readable ones (and a Claude
 //! session's final result into a [`Summary`]), [`batch_lines`] cuts them into
@@ -82,8 +90,8 @@ impl Exit {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("Failed to prepare task '{task_id}' in '{path}': {source}")]
-    Prepare {
+    #[error("Failed to use '{path}' for task '{task_id}': {source}")]
+    File {
         task_id: String,
         path: PathBuf,
         source: std::io::Error,
@@ -153,6 +161,8 @@ pub trait Runner: Send + Sync + Debug {
         task_id: &'a str,
         workdir: &'a Path,
     ) -> BoxFuture<'a, Result<(), RunError>>;
-    /// Task ids of live `lease-*` sessions (adoption after an agent restart).
+    /// Task ids of the `lease-*` sessions (adoption after an agent restart), including
+    /// those whose program has ended (remain-on-exit keeps them): polling them tells
+    /// how they ended.
     fn live_sessions(&self) -> BoxFuture<'_, Result<Vec<String>, RunError>>;
 }

@@ -32,7 +32,7 @@ impl LogTail {
         self.offset
     }
 
-    /// New complete lines, without their line ends (`\n` or the terminal's `\r\n`).
+    /// New complete lines, without their line ends (`\n`, or a terminal's `\r\n`).
     /// A log that does not exist yet has no lines. Bytes that are not UTF-8 are shown
     /// as U+FFFD.
     pub fn read_lines(&mut self) -> std::io::Result<Vec<String>> {
@@ -62,7 +62,9 @@ impl LogTail {
                 _ => break,
             };
             let mut line = &rest[..len];
-            if line.last() == Some(&b'\r') {
+            // A terminal ends lines with \r\n; a program in a terminal in a terminal
+            // (docker run -t in tmux) with \r\r\n.
+            while line.last() == Some(&b'\r') {
                 line = &line[..line.len() - 1];
             }
             lines.push(String::from_utf8_lossy(line).into_owned());
@@ -105,9 +107,9 @@ mod tests {
         let mut tail = LogTail::new(&path, 0);
         assert!(tail.read_lines().unwrap().is_empty(), "no file yet");
 
-        append(&path, b"one\r\ntwo\npart");
+        append(&path, b"one\r\r\ntwo\npart");
         assert_eq!(tail.read_lines().unwrap(), vec!["one", "two"]);
-        assert_eq!(tail.offset(), 9);
+        assert_eq!(tail.offset(), 10);
         assert!(tail.read_lines().unwrap().is_empty());
 
         append(&path, b"ial\n\nthree");

@@ -1,6 +1,7 @@
 //! [`Runner`] on tmux: one session per task, the real programs.
 
 use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +14,9 @@ use tokio::time::Instant;
 use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
 use super::process::{self, Finished};
-use super::wrapper::{self, EXIT, GO, KIND, PID, PROMPT, SCRIPT, Script, runner_dir};
+use super::wrapper::{
+    self, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, log_complete, read_exit, runner_dir,
+};
 use super::{Exit, Launch, RunError, Runner};
 use crate::BoxFuture;
 
@@ -44,6 +47,8 @@ pub struct TmuxRunner {
     /// `tmux -L <socket>`: a private server (tests). `None` is the default server, the
     /// one `tmux attach` as root finds.
     socket: Option<String>,
+    /// Set for every task on top of the agent's own environment.
+    env: Vec<(String, String)>,
 }
 
 /// What tmux says about a session's pane.
@@ -61,10 +66,26 @@ impl TmuxRunner {
                 bedrock: config.claude.bedrock,
                 default_model: config.claude.model.clone(),
                 region,
+                claude_program: "claude".into(),
             },
             ecr,
             socket: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Runs Claude Code from `program` (a path, or a name looked up on PATH) instead
+    /// of `claude` on the agent's PATH.
+    pub fn with_claude_program(mut self, program: impl Into<String>) -> Self {
+        self.settings.claude_program = program.into();
+        self
+    }
+
+    /// Sets `key=value` for every task, over the agent's environment (which a task
+    /// otherwise inherits): e.g. `HOME` for a unit that runs without one.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
     }
 
     /// Uses the tmux server on socket `name` (`tmux -L name`) instead of the default.
@@ -100,7 +121,7 @@ impl TmuxRunner {
                     "-p",
                     "-t",
                     &target,
-                    "#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
+                    "#{session_name}|#{pane_dead}|#{pane_dead_status}|#{pane_dead_signal}",
                 ],
             )
             .await?;
@@ -115,20 +136,25 @@ impl TmuxRunner {
                 &out,
             ));
         }
+        // A server on its way out answers for a session it no longer has with empty
+        // fields, so the answer must name the session to count.
         let fields: Vec<&str> = out.stdout.trim().split('|').collect();
-        Ok(match fields.as_slice() {
-            ["1", status, signal] => {
-                match (
-                    signal.parse::<i32>().ok().filter(|s| *s > 0),
-                    status.parse::<i32>(),
-                ) {
-                    (Some(sig), _) => Pane::Dead(Exit::Signal(sig)),
-                    (None, Ok(code)) => Pane::Dead(Exit::from_shell_status(code)),
-                    (None, Err(_)) => Pane::Dead(Exit::Signal(9)),
-                }
-            }
-            _ => Pane::Running,
-        })
+        let unexpected = || RunError::Command {
+            command: "tmux display-message".into(),
+            session: session.to_string(),
+            message: format!("unexpected answer {:?}", out.stdout.trim()),
+        };
+        match fields.as_slice() {
+            [name, ..] if *name != session => Ok(Pane::Missing),
+            [_, "0", _, _] => Ok(Pane::Running),
+            // tmux gives a signal for a pane killed by one, else the exit status.
+            [_, "1", status, signal] => match (signal.parse::<i32>(), status.parse::<i32>()) {
+                (Ok(sig), _) if sig > 0 => Ok(Pane::Dead(Exit::Signal(sig))),
+                (_, Ok(code)) => Ok(Pane::Dead(Exit::from_shell_status(code))),
+                _ => Err(unexpected()),
+            },
+            _ => Err(unexpected()),
+        }
     }
 
     async fn kill_session(&self, session: &str) -> Result<(), RunError> {
@@ -190,6 +216,11 @@ impl TmuxRunner {
         };
         let plan =
             command::plan(&launch.task, &launch.workdir, &self.settings).map_err(not_started)?;
+        if let Some((bad, _)) = self.env.iter().find(|(k, _)| !is_shell_name(k)) {
+            return Err(not_started(format!(
+                "the runner's environment has an invalid variable name {bad:?}"
+            )));
+        }
         if !launch.workdir.is_dir() {
             return Err(not_started(format!(
                 "its working directory '{}' does not exist",
@@ -203,7 +234,7 @@ impl TmuxRunner {
         }
 
         let dir = runner_dir(&launch.workdir);
-        let prepare = |path: &Path, source| RunError::Prepare {
+        let prepare = |path: &Path, source| RunError::File {
             task_id: task_id.to_string(),
             path: path.to_path_buf(),
             source,
@@ -236,13 +267,16 @@ impl TmuxRunner {
             task_id: task_id.to_string(),
             dir: dir.clone(),
             workdir: launch.workdir.clone(),
-            env: plan.env,
+            env: self.env.iter().cloned().chain(plan.env).collect(),
             preamble: plan.preamble,
             argv: plan.argv,
             stdin,
         };
         let script_path = dir.join(SCRIPT);
         write_private(&script_path, &script.render()).map_err(|e| prepare(&script_path, e))?;
+        let log_path = dir.join(LOG);
+        std::fs::write(&log_path, launch.log_path.as_os_str().as_bytes())
+            .map_err(|e| prepare(&log_path, e))?;
         let kind_path = dir.join(KIND);
         std::fs::write(&kind_path, launch.task.spec.kind()).map_err(|e| prepare(&kind_path, e))?;
 
@@ -319,7 +353,7 @@ impl TmuxRunner {
     async fn poll_task(&self, task_id: &str, workdir: &Path) -> Result<Option<Exit>, RunError> {
         let dir = runner_dir(workdir);
         if let Some(exit) = read_exit(task_id, &dir)? {
-            return Ok(Some(exit));
+            return Ok(log_complete(&dir).then_some(exit));
         }
         let session = session_name(task_id);
         match self.pane(&session).await? {
@@ -329,7 +363,7 @@ impl TmuxRunner {
                 // start it asked for goes ahead.
                 if dir.join(PID).exists() && !dir.join(GO).exists() {
                     let go = dir.join(GO);
-                    std::fs::write(&go, "").map_err(|source| RunError::Prepare {
+                    std::fs::write(&go, "").map_err(|source| RunError::File {
                         task_id: task_id.to_string(),
                         path: go,
                         source,
@@ -339,7 +373,10 @@ impl TmuxRunner {
             }
             // The status file is written just before the script exits; read it again
             // now the pane has gone.
-            Pane::Dead(exit) => Ok(Some(read_exit(task_id, &dir)?.unwrap_or(exit))),
+            Pane::Dead(exit) => match read_exit(task_id, &dir)? {
+                Some(recorded) => Ok(log_complete(&dir).then_some(recorded)),
+                None => Ok(Some(exit)),
+            },
             Pane::Missing => read_exit(task_id, &dir)?
                 .map(Some)
                 .ok_or_else(|| RunError::Lost {
@@ -376,7 +413,7 @@ impl TmuxRunner {
             // No wrapper ran: closing the session is all there is to do.
             Err(e) if e.kind() == ErrorKind::NotFound => return self.kill_session(&session).await,
             Err(source) => {
-                return Err(RunError::Prepare {
+                return Err(RunError::File {
                     task_id: task_id.to_string(),
                     path: pid_path,
                     source,
@@ -409,6 +446,7 @@ impl TmuxRunner {
         let session = session_name(task_id);
         let docker = std::fs::read_to_string(dir.join(KIND)).is_ok_and(|k| k == "docker");
         let mut stopped = false;
+        let mut patience = grace;
         if docker {
             // docker stop sends the image's stop signal (SIGTERM by default), waits
             // the grace, then SIGKILL; the `docker run` in the pane then returns.
@@ -419,7 +457,10 @@ impl TmuxRunner {
             let out =
                 process::run("docker", &args, &session, None, grace + DOCKER_STOP_SLACK).await?;
             stopped = out.success;
-            if !stopped {
+            if stopped {
+                // The grace was spent inside docker stop; the client only has to return.
+                patience = KILL_WAIT;
+            } else {
                 // No container yet (still pulling): the client in the pane is stopped
                 // like any other task.
                 tracing::debug!(task = task_id, "docker stop: {}", out.stderr);
@@ -428,7 +469,7 @@ impl TmuxRunner {
         if !stopped {
             self.signal_group(task_id, &dir, "TERM").await?;
         }
-        if self.wait_end(task_id, workdir, grace).await {
+        if self.wait_end(task_id, workdir, patience).await {
             return Ok(());
         }
         tracing::warn!(
@@ -452,7 +493,7 @@ impl TmuxRunner {
         }
         self.kill_session(&session).await?;
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(RunError::Prepare {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(RunError::File {
                 task_id: task_id.to_string(),
                 path: dir,
                 source: e,
@@ -485,35 +526,27 @@ impl TmuxRunner {
     }
 }
 
-/// tmux's ways of saying there is no such session (or no server at all).
+/// A name `export` takes: letters, digits and `_`, not starting with a digit.
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// tmux's ways of saying there is no such session (or no server at all: the server
+/// exits with its last session, and a command can race that exit).
 fn is_missing(stderr: &str) -> bool {
     [
         "can't find",
         "no server running",
         "error connecting",
         "no current",
+        "server exited",
     ]
     .iter()
     .any(|m| stderr.contains(m))
-}
-
-fn read_exit(task_id: &str, dir: &Path) -> Result<Option<Exit>, RunError> {
-    let path = dir.join(EXIT);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => wrapper::parse_status(&text)
-            .map(Some)
-            .ok_or_else(|| RunError::BadStatus {
-                task_id: task_id.to_string(),
-                path: path.clone(),
-                content: text,
-            }),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(RunError::Prepare {
-            task_id: task_id.to_string(),
-            path,
-            source,
-        }),
-    }
 }
 
 /// Writes a file only root can read: a prompt or a script may hold secrets.

@@ -6,7 +6,13 @@
 //! and the exit status could be lost), runs the task, and writes the exit status
 //! atomically. A restarted agent finds all of this beside the workdir.
 
+use std::ffi::OsString;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Exit, RunError};
 
 /// Variables of the agent's systemd unit that must not reach a task: a task that
 /// wrote to the agent's notify socket could report the agent ready or stopping.
@@ -30,6 +36,12 @@ pub const EXIT: &str = "exit";
 pub const KIND: &str = "kind";
 /// A Claude task's prompt, fed on standard input.
 pub const PROMPT: &str = "prompt";
+/// The log's path, so a poll (by another agent, too) can see the log is complete.
+pub const LOG: &str = "log";
+/// The script's last line of output, before it writes the exit status. tmux copies a
+/// pane's output to the log on its own schedule, so the status file can appear before
+/// the last lines reach the log; the runner reports the end once this line is there.
+pub const END_MARKER: &str = "[lease] task ended: exit status ";
 
 /// Where the runner keeps a task's wrapper script and exit status: beside the workdir
 /// (`<workdir>.lease-run`), never inside it, so none of it lands in the bundle.
@@ -70,6 +82,11 @@ impl Script {
             quote(&self.task_id)
         ));
         s.push_str(&format!("unset {}\n", UNIT_VARIABLES.join(" ")));
+        // A system unit without User= has no HOME; Claude Code keeps its settings there
+        // and `bash -l` reads its profile from there.
+        s.push_str(
+            "[ -n \"${HOME-}\" ] || { HOME=$(getent passwd \"$(id -u)\" | cut -d: -f6); export HOME; }\n",
+        );
         s.push_str(&format!("dir={dir}\n"));
         s.push_str(&format!(
             "echo $$ > \"$dir/{PID}.tmp\" && mv -f \"$dir/{PID}.tmp\" \"$dir/{PID}\"\n"
@@ -77,9 +94,11 @@ impl Script {
         s.push_str(&format!(
             "while [ ! -e \"$dir/{GO}\" ]; do sleep 0.02; done\n"
         ));
-        s.push_str(
-            "finish() {\n  echo \"$1\" > \"$dir/exit.tmp\" && mv -f \"$dir/exit.tmp\" \"$dir/exit\"\n  exit \"$1\"\n}\n",
-        );
+        s.push_str(&format!(
+            "finish() {{\n  echo \"{END_MARKER}$1\"\n  \
+             echo \"$1\" > \"$dir/exit.tmp\" && mv -f \"$dir/exit.tmp\" \"$dir/exit\"\n  \
+             exit \"$1\"\n}}\n"
+        ));
         for (k, v) in &self.env {
             s.push_str(&format!("export {k}={}\n", quote(v)));
         }
@@ -104,9 +123,9 @@ impl Script {
 }
 
 /// The exit status the script recorded, or `None` for a file that is not a number.
-pub fn parse_status(text: &str) -> Option<super::Exit> {
+pub fn parse_status(text: &str) -> Option<Exit> {
     let n: i32 = text.trim().parse().ok()?;
-    Some(super::Exit::from_shell_status(n))
+    Some(Exit::from_shell_status(n))
 }
 
 /// A word the shell takes literally.
@@ -118,10 +137,73 @@ fn words(argv: &[String]) -> String {
     argv.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
 }
 
+/// How long after the exit status appeared the runner waits for the log to show the
+/// script's end line before it reports the end anyway (a broken pipe, a full disk).
+const LOG_PATIENCE: Duration = Duration::from_secs(3);
+/// The end line is searched for in this much of the log's end.
+const LOG_TAIL_BYTES: u64 = 4096;
+
+/// Whether the log holds the script's end line (or has had its chance to): only then
+/// does the worker's last read of the log see everything the task printed.
+pub fn log_complete(dir: &Path) -> bool {
+    let Ok(log) = std::fs::read(dir.join(LOG)) else {
+        return true;
+    };
+    let log = PathBuf::from(OsString::from_vec(log));
+    if tail_contains(&log, END_MARKER.as_bytes()) {
+        return true;
+    }
+    let waited = std::fs::metadata(dir.join(EXIT))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok());
+    match waited {
+        Some(w) if w < LOG_PATIENCE => false,
+        _ => {
+            tracing::warn!(log = %log.display(), "the task's end line never reached its log");
+            true
+        }
+    }
+}
+
+fn tail_contains(path: &Path, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)))
+        .is_err()
+        || f.read_to_end(&mut buf).is_err()
+    {
+        return false;
+    }
+    buf.windows(needle.len()).any(|w| w == needle)
+}
+
+pub fn read_exit(task_id: &str, dir: &Path) -> Result<Option<Exit>, RunError> {
+    let path = dir.join(EXIT);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_status(&text)
+            .map(Some)
+            .ok_or_else(|| RunError::BadStatus {
+                task_id: task_id.to_string(),
+                path: path.clone(),
+                content: text,
+            }),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(RunError::File {
+            task_id: task_id.to_string(),
+            path,
+            source,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::Exit;
     use std::process::Command;
 
     #[test]
@@ -163,7 +245,8 @@ mod tests {
             argv: vec![
                 "sh".into(),
                 "-c".into(),
-                "pwd; echo \"$GREETING\"; echo \"${NOTIFY_SOCKET-unset}\"; cat; exit 3".into(),
+                "pwd; echo \"$GREETING\"; echo \"${NOTIFY_SOCKET-unset}\"; echo \"$HOME\"; cat; exit 3"
+                    .into(),
             ],
             stdin: Some(dir.join("in")),
         };
@@ -171,12 +254,22 @@ mod tests {
         let out = Command::new("sh")
             .arg(dir.join(SCRIPT))
             .env("NOTIFY_SOCKET", "/run/systemd/notify")
+            .env_remove("HOME")
             .output()
             .unwrap();
+        let home = Command::new("sh")
+            .arg("-c")
+            .arg("getent passwd \"$(id -u)\" | cut -d: -f6")
+            .output()
+            .unwrap();
+        let home = String::from_utf8(home.stdout).unwrap();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(
             String::from_utf8(out.stdout).unwrap(),
-            format!("{}\nhello 'world'\nunset\nfrom stdin\n", workdir.display())
+            format!(
+                "{}\nhello 'world'\nunset\n{home}from stdin\n{END_MARKER}3\n",
+                workdir.display()
+            )
         );
         let status = std::fs::read_to_string(dir.join(EXIT)).unwrap();
         assert_eq!(parse_status(&status), Some(Exit::Code(3)));
