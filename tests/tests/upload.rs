@@ -363,8 +363,17 @@ async fn a_missing_bucket_is_named_and_no_manifest_claims_a_bundle() {
     assert!(multipart_uploads_in_progress(&s3).await.is_empty());
 }
 
-/// An HTTP proxy in front of moto that answers the first `fail_times` UploadPart
-/// requests for part `fail_part` with a 500, and records every request line.
+/// What the proxy does to UploadPart requests for one part number.
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Answers the first this many with a 500 (InternalError), then forwards.
+    Fail(usize),
+    /// Never answers: an upload stuck in flight.
+    Hang,
+}
+
+/// An HTTP proxy in front of moto that applies a [`Fault`] to UploadPart requests for
+/// part `fault_part`, forwards everything else, and records every request line.
 struct FaultProxy {
     endpoint: String,
     seen: Arc<Mutex<Vec<String>>>,
@@ -378,7 +387,7 @@ impl Drop for FaultProxy {
 }
 
 impl FaultProxy {
-    async fn start(upstream: &str, fail_part: u32, fail_times: usize) -> Self {
+    async fn start(upstream: &str, fault_part: u32, fault: Fault) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -410,9 +419,16 @@ impl FaultProxy {
                             let body = body.collect().await.unwrap().to_bytes();
                             let pq = parts.uri.path_and_query().unwrap().to_string();
                             seen.lock().unwrap().push(format!("{} {pq}", parts.method));
-                            let is_target = pq.contains(&format!("partNumber={fail_part}&"))
-                                || pq.ends_with(&format!("partNumber={fail_part}"));
+                            let is_target = pq.contains(&format!("partNumber={fault_part}&"))
+                                || pq.ends_with(&format!("partNumber={fault_part}"));
                             if is_target {
+                                let fail_times = match fault {
+                                    Fault::Hang => {
+                                        std::future::pending::<()>().await;
+                                        0
+                                    }
+                                    Fault::Fail(n) => n,
+                                };
                                 let mut n = failed.lock().unwrap();
                                 if *n < fail_times {
                                     *n += 1;
@@ -481,7 +497,7 @@ fn is_part(line: &str, n: u32) -> bool {
 async fn a_part_that_keeps_failing_aborts_the_upload_and_leaves_no_parts() {
     let moto = Moto::start();
     let direct = s3_with_bucket(&moto).await;
-    let proxy = FaultProxy::start(&moto.endpoint, 2, usize::MAX).await;
+    let proxy = FaultProxy::start(&moto.endpoint, 2, Fault::Fail(usize::MAX)).await;
     let dir = tempfile::tempdir().unwrap();
     let mut files = BTreeMap::new();
     files.insert("out/model.bin".to_string(), noise(40 * MIB, 9));
@@ -530,7 +546,7 @@ async fn a_part_that_keeps_failing_aborts_the_upload_and_leaves_no_parts() {
 async fn a_part_that_fails_once_is_retried_and_the_bundle_completes() {
     let moto = Moto::start();
     let direct = s3_with_bucket(&moto).await;
-    let proxy = FaultProxy::start(&moto.endpoint, 2, 1).await;
+    let proxy = FaultProxy::start(&moto.endpoint, 2, Fault::Fail(1)).await;
     let dir = tempfile::tempdir().unwrap();
     let body = noise(36 * MIB, 13);
     std::fs::write(dir.path().join("model.bin"), &body).unwrap();
@@ -549,6 +565,61 @@ async fn a_part_that_fails_once_is_retried_and_the_bundle_completes() {
     let got = get(&direct, &format!("{}model.bin", dest.files_prefix)).await;
     assert!(got == body, "the object differs from the file");
     assert!(multipart_uploads_in_progress(&direct).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_upload_dropped_part_way_aborts_its_multipart_upload() {
+    let moto = Moto::start();
+    let direct = s3_with_bucket(&moto).await;
+    let proxy = FaultProxy::start(&moto.endpoint, 2, Fault::Hang).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.bin"), noise(40 * MIB, 17)).unwrap();
+    let dest = BundleDest::finished(INSTANCE, "t-drop");
+    let up = Uploader::new(proxy.s3(&moto).await, BUCKET.into());
+    let upload = up.upload_bundle(
+        dir.path(),
+        &dest.files_prefix,
+        &dest.manifest_key,
+        meta("t-drop", 1),
+    );
+    // The caller gives up (a deadline) while part 2 hangs: the upload is in progress.
+    let in_progress = async {
+        wait_until(
+            "part 2 in flight",
+            Duration::from_secs(60),
+            Duration::from_millis(20),
+            || async { (proxy.count(|l| is_part(l, 2)) > 0).then_some(()) },
+        )
+        .await;
+        wait_until(
+            "the upload listed as in progress",
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || async { (!multipart_uploads_in_progress(&direct).await.is_empty()).then_some(()) },
+        )
+        .await;
+    };
+    tokio::select! {
+        r = upload => panic!("the upload finished although part 2 hangs: {r:?}"),
+        () = in_progress => {}
+    }
+    wait_until(
+        "the dropped upload aborted",
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        || async {
+            multipart_uploads_in_progress(&direct)
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(
+        proxy.count(|l| l.starts_with("DELETE ") && l.contains("uploadId=")),
+        1
+    );
+    assert!(list(&direct, BUCKET, "").await.is_empty());
 }
 
 #[tokio::test]
@@ -612,4 +683,138 @@ async fn the_log_is_followed_while_it_grows_and_uploaded_whole_at_the_end() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing.log"), "{err}");
+}
+
+/// VmHWM of this process, in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The uploader's half of tests/bench/upload.py (which runs `aws s3 cp --recursive`
+/// beside it against the same emulator): uploads `LEASE_BENCH_DIR` (default: 200
+/// files of 4–64 KiB and one of 512 MiB, generated) to `LEASE_BENCH_ENDPOINT` (default:
+/// a moto of its own) `LEASE_BENCH_TRIALS` times under fresh prefixes, checks each
+/// upload by listing it back, prints the figures and writes them as JSON to
+/// `$LEASE_BENCH_OUT` if set. Timing covers `upload_bundle` alone.
+#[tokio::test]
+#[ignore = "benchmark: run by tests/bench/upload.py, or by hand with --ignored"]
+async fn bench_upload() {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let own_moto = env("LEASE_BENCH_ENDPOINT").is_none().then(Moto::start);
+    let endpoint =
+        env("LEASE_BENCH_ENDPOINT").unwrap_or_else(|| own_moto.as_ref().unwrap().endpoint.clone());
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(lease_tests::moto::REGION))
+        .endpoint_url(&endpoint)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            "bench", "bench", None, None, "bench",
+        ))
+        .load()
+        .await;
+    let s3 = lease_common::aws::s3_client(&sdk);
+    let bucket = env("LEASE_BENCH_BUCKET").unwrap_or_else(|| {
+        assert!(
+            own_moto.is_some(),
+            "LEASE_BENCH_BUCKET names the bucket on LEASE_BENCH_ENDPOINT"
+        );
+        "bench".to_string()
+    });
+    if own_moto.is_some() {
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    }
+    let generated = tempfile::tempdir().unwrap();
+    let dir = match env("LEASE_BENCH_DIR") {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let mut files = BTreeMap::new();
+            for i in 0..200usize {
+                let size = 4096 + (i * 7919) % (60 * 1024);
+                files.insert(
+                    format!("small/{:02}/f{i:03}.dat", i % 10),
+                    noise(size, i as u64),
+                );
+            }
+            files.insert("big.bin".to_string(), noise(512 * MIB, 99));
+            write_tree(generated.path(), &files);
+            generated.path().to_path_buf()
+        }
+    };
+    let trials: usize = env("LEASE_BENCH_TRIALS").map_or(3, |t| t.parse().unwrap());
+    let concurrency: usize = env("LEASE_BENCH_CONCURRENCY")
+        .map_or(leased::upload::DEFAULT_CONCURRENCY, |c| c.parse().unwrap());
+    let run_id = env("LEASE_BENCH_RUN").unwrap_or_else(|| std::process::id().to_string());
+    let up = Uploader::new(s3.clone(), bucket.clone()).with_concurrency(concurrency);
+    let mut times = Vec::new();
+    let (mut files, mut bytes) = (0, 0);
+    for trial in 0..trials {
+        let prefix = format!("bench-lease-{run_id}-{trial}/");
+        let started = std::time::Instant::now();
+        let report = up
+            .upload_bundle(
+                &dir,
+                &format!("{prefix}bundle/"),
+                &format!("{prefix}manifest.json"),
+                meta("bench", 1),
+            )
+            .await
+            .unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        let keys = list(&s3, &bucket, &prefix).await;
+        assert_eq!(
+            keys.len(),
+            report.files + 1,
+            "every file and the manifest listed back"
+        );
+        (files, bytes) = (report.files, report.bytes);
+        println!(
+            "trial {trial}: {files} files, {bytes} bytes in {secs:.2} s = {:.1} MB/s",
+            bytes as f64 / 1e6 / secs
+        );
+        times.push(secs);
+        // Free the emulator's memory before the next trial.
+        for batch in keys.chunks(1000) {
+            let objects = batch
+                .iter()
+                .map(|k| {
+                    aws_sdk_s3::types::ObjectIdentifier::builder()
+                        .key(k)
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            s3.delete_objects()
+                .bucket(&bucket)
+                .delete(
+                    aws_sdk_s3::types::Delete::builder()
+                        .set_objects(Some(objects))
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let figures = serde_json::json!({
+        "tool": "leased uploader",
+        "files": files,
+        "bytes": bytes,
+        "concurrency": concurrency,
+        "part_size": leased::upload::MIN_PART_SIZE,
+        "trials_s": times,
+        "median_s": median,
+        "mb_per_s": bytes as f64 / 1e6 / median,
+        // The process's peak resident memory: the bound on parts held at once shows
+        // here (meaningful when the tree is not generated in-process).
+        "peak_rss_mib": peak_rss_kib().map(|k| k / 1024),
+    });
+    println!("{figures}");
+    if let Some(out) = env("LEASE_BENCH_OUT") {
+        std::fs::write(out, serde_json::to_string_pretty(&figures).unwrap()).unwrap();
+    }
 }

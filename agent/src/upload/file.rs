@@ -135,6 +135,8 @@ impl Shared {
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(&chunk.sha256_b64)
                 .body(ByteStream::from(chunk.bytes.clone()))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map(|_| ())
@@ -332,6 +334,8 @@ async fn send_part(
             .checksum_algorithm(ChecksumAlgorithm::Sha256)
             .checksum_sha256(&chunk.sha256_b64)
             .body(ByteStream::from(chunk.bytes.clone()))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| Failure::from_sdk(&e))

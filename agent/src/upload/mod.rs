@@ -9,7 +9,9 @@
 //! Checksums: every PutObject and UploadPart carries `x-amz-checksum-sha256` of its
 //! body, and multipart uploads are created with the SHA256 algorithm, so S3 verifies
 //! each part and the composite on completion. The manifest's sha256 is of the whole
-//! file, computed over the bytes sent.
+//! file, computed over the bytes sent. Bodies are sent with an unsigned payload: the
+//! checksum header is signed and binds the body already, and signing the payload would
+//! hash every byte once more.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -319,6 +321,8 @@ impl Uploader {
                 .checksum_algorithm(ChecksumAlgorithm::Sha256)
                 .checksum_sha256(&checksum)
                 .body(ByteStream::from(body.clone()))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map(|_| ())

@@ -1,0 +1,169 @@
+"""Benchmark: the agent's bundle upload vs `aws s3 cp --recursive`, side by side against
+the same moto server, on the same files: 200 files of 4-64 KiB and one of 512 MiB.
+
+    python tests/bench/upload.py MOTO_SERVER OUT.json [--profile release|dev] [--trials N]
+
+Run it with a Python that has boto3 and `aws` (the CLI) on PATH, e.g. the virtual
+environment moto is installed in. The uploader runs as the ignored test `bench_upload`
+in tests/tests/upload.rs (built first, outside the timing); its figure is the time
+of `upload_bundle` alone, measured in-process, and the process's wall time is kept
+beside it. The CLI's figure is its process's wall time (it has no other), with its
+default transfer settings. Each trial uses a fresh prefix, and the emulator's objects
+are deleted after each, so no trial pays for another's memory. Prints a table and
+writes every figure to OUT.json.
+"""
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import boto3
+
+SMALL_FILES = 200
+BIG_FILE = 512 << 20
+BUCKET = "lease-bench"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def make_tree(root):
+    """The bundle: small files in ten folders, sizes 4-64 KiB, and one 512 MiB file."""
+    rng = random.Random(7)
+    total = 0
+    for i in range(SMALL_FILES):
+        size = rng.randint(4 << 10, 64 << 10)
+        path = os.path.join(root, "small", f"{i % 10:02}", f"f{i:03}.dat")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(rng.randbytes(size))
+        total += size
+    with open(os.path.join(root, "big.bin"), "wb") as f:
+        for _ in range(BIG_FILE // (16 << 20)):
+            f.write(os.urandom(16 << 20))
+    return SMALL_FILES + 1, total + BIG_FILE
+
+
+def empty_prefix(s3, prefix):
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=BUCKET, Prefix=prefix) for o in page.get("Contents", [])]
+    for i in range(0, len(keys), 1000):
+        s3.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
+    return len(keys)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("moto_server")
+    ap.add_argument("out")
+    ap.add_argument("--profile", default="release", choices=["release", "dev"])
+    ap.add_argument("--trials", type=int, default=int(os.environ.get("LEASE_BENCH_TRIALS", "3")))
+    args = ap.parse_args()
+
+    cargo_test = ["cargo", "test", "--workspace", "--test", "upload"]
+    if args.profile == "release":
+        cargo_test.append("--release")
+    subprocess.run(cargo_test + ["--no-run"], cwd=REPO, check=True)
+    aws_version = subprocess.run(["aws", "--version"], capture_output=True, text=True)
+    aws_version = (aws_version.stdout or aws_version.stderr).strip()
+
+    work = tempfile.mkdtemp(prefix="lease-bench-upload-")
+    port = free_port()
+    moto = subprocess.Popen([args.moto_server, "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        tree = os.path.join(work, "bundle")
+        files, size = make_tree(tree)
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        env = dict(os.environ, AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench",
+                   AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+                   AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE="/dev/null",
+                   AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
+        env.pop("AWS_PROFILE", None)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="bench", aws_secret_access_key="bench")
+        s3.create_bucket(Bucket=BUCKET)
+
+        aws_runs, lease_runs, lease_wall, peak_rss = [], [], [], []
+        for trial in range(args.trials):
+            # aws first in even trials, second in odd ones: neither always meets a
+            # freshly started (or a tired) emulator.
+            order = ["aws", "lease"] if trial % 2 == 0 else ["lease", "aws"]
+            for tool in order:
+                if tool == "aws":
+                    prefix = f"aws-{trial}/"
+                    start = time.perf_counter()
+                    subprocess.run(["aws", "s3", "cp", "--recursive", "--only-show-errors",
+                                    tree, f"s3://{BUCKET}/{prefix}"], env=env, check=True)
+                    aws_runs.append(time.perf_counter() - start)
+                    listed = empty_prefix(s3, prefix)
+                    assert listed == files, f"aws uploaded {listed} of {files} files"
+                else:
+                    out = os.path.join(work, f"lease-{trial}.json")
+                    start = time.perf_counter()
+                    subprocess.run(cargo_test + ["--", "--ignored", "--exact", "bench_upload",
+                                                 "--nocapture"],
+                                   cwd=REPO, check=True, stdout=subprocess.DEVNULL,
+                                   env=dict(env, LEASE_BENCH_ENDPOINT=endpoint,
+                                            LEASE_BENCH_BUCKET=BUCKET, LEASE_BENCH_DIR=tree,
+                                            LEASE_BENCH_TRIALS="1", LEASE_BENCH_OUT=out,
+                                            LEASE_BENCH_RUN=str(trial)))
+                    lease_wall.append(time.perf_counter() - start)
+                    with open(out) as f:
+                        figures = json.load(f)
+                    assert figures["files"] == files, figures
+                    lease_runs.append(figures["median_s"])
+                    concurrency = figures["concurrency"]
+                    peak_rss.append(figures["peak_rss_mib"])
+
+        mb = size / 1e6
+        results = {
+            "leased uploader": {"median_s": statistics.median(lease_runs), "trials_s": lease_runs,
+                                "process_wall_s": lease_wall, "concurrency": concurrency,
+                                "peak_rss_mib": max(peak_rss)},
+            "aws s3 cp --recursive": {"median_s": statistics.median(aws_runs),
+                                      "trials_s": aws_runs, "version": aws_version},
+        }
+        for r in results.values():
+            r["mb_per_s"] = mb / r["median_s"]
+        ratio = results["leased uploader"]["mb_per_s"] / results["aws s3 cp --recursive"]["mb_per_s"]
+        print(f"{files} files, {size} bytes; {args.trials} trials each; build profile "
+              f"{args.profile}; {aws_version}")
+        print(f"{'tool':24} {'median s':>9} {'MB/s':>8}  trials")
+        for name, r in results.items():
+            trials = " ".join(f"{t:.2f}" for t in r["trials_s"])
+            print(f"{name:24} {r['median_s']:9.2f} {r['mb_per_s']:8.1f}  {trials}")
+        print(f"throughput ratio leased/aws = {ratio:.2f}x (target >= 1.5x); uploader peak "
+              f"resident memory {max(peak_rss)} MiB at concurrency {concurrency}")
+        with open(args.out, "w") as f:
+            json.dump({"upload_bundle": {"files": files, "bytes": size, "profile": args.profile,
+                                         "trials": args.trials, "results": results,
+                                         "ratio": ratio}}, f, indent=2)
+    finally:
+        moto.terminate()
+        moto.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
