@@ -29,6 +29,7 @@ use crate::events::Emitter;
 use crate::run::Runner;
 use crate::worker::TaskWorker;
 
+mod ending;
 pub mod intake;
 pub mod lifecycle;
 pub mod nodes;
