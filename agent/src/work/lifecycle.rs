@@ -149,6 +149,7 @@ impl Running {
             log_path: self.log_path(),
         };
         if start == Start::Adopted {
+            self.hide_message().await;
             match runner.poll(self.id(), &launch.workdir).await {
                 Ok(_) => {
                     self.shared.tag(NodeStatus::Running, Some(self.id()));
@@ -158,6 +159,9 @@ impl Running {
                 Err(RunError::Lost { .. }) => {}
                 Err(e) => return Err(e.to_string()),
             }
+        }
+        if start == Start::Fresh {
+            self.hide_message().await;
         }
         std::fs::create_dir_all(&launch.workdir)
             .map_err(|e| format!("cannot create '{}': {e}", launch.workdir.display()))?;
@@ -243,12 +247,7 @@ impl Running {
     /// Keeps the message hidden and the claim alive; returns the record's state.
     pub(super) async fn extend(&mut self) -> Option<TaskState> {
         let s = self.shared.settings.clone();
-        if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt()) {
-            let secs = i32::try_from(s.visibility.as_secs()).unwrap_or(120);
-            if let Err(e) = queue.change_visibility(self.id(), &receipt, secs).await {
-                tracing::warn!("{e}");
-            }
-        }
+        self.hide_message().await;
         self.save();
         let until = self.now() + TimeDelta::from_std(s.visibility).unwrap_or_default();
         self.record(Change {
@@ -256,6 +255,17 @@ impl Running {
             ..Change::default()
         })
         .await
+    }
+
+    /// Hides the message for `visibility` from now. Also done as the task starts: the
+    /// queue's own visibility timeout may be shorter than the first extension.
+    pub(super) async fn hide_message(&self) {
+        if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt()) {
+            let secs = i32::try_from(self.shared.settings.visibility.as_secs()).unwrap_or(120);
+            if let Err(e) = queue.change_visibility(self.id(), &receipt, secs).await {
+                tracing::warn!("{e}");
+            }
+        }
     }
 
     /// New log lines → `TaskOutput`, at most one event per `output_every`; `all`
