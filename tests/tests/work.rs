@@ -451,6 +451,28 @@ impl Agent {
     fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        self.restart();
+    }
+
+    /// SIGTERM (a `systemctl restart`, the machine staying up), waits for the exit,
+    /// then a fresh process on the same state directory.
+    fn terminate_and_restart(&mut self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "leased exited with {status}\n{}",
+            self.logs()
+        );
+        self.restart();
+    }
+
+    fn restart(&mut self) {
         self.child = spawn(&self.env, &self.config, &self.dir, self.runs);
         self.runs += 1;
     }
@@ -757,6 +779,51 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_a_restart() {
         .filter(|e| e.type_name() == "TaskCompleted")
         .count();
     assert_eq!(completed, 1, "{}", agent.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_restart_interrupts_nothing_and_the_task_finishes_once() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut agent = Agent::start(&plane, &imds, &tmp.path().join("agent"), "");
+    let task = counted(
+        "restart-1",
+        &runs,
+        "mkdir -p out; sleep 4; echo after > out/after.txt",
+    );
+    plane.send(&task.to_json()).await;
+    wait_until("the task to start", LIMIT, POLL, || async {
+        (lines(&runs) == 1).then_some(())
+    })
+    .await;
+    agent.terminate_and_restart();
+    plane
+        .wait_for_state("restart-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "restart-1"),
+            &layout::manifest_key(&instance, "restart-1"),
+        )
+        .await;
+    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), vec!["after.txt"]);
+    plane.wait_queue_empty(LIMIT, &agent).await;
+    assert_eq!(lines(&runs), 1, "{}", agent.logs());
+    plane.drain_events().await;
+    let types: Vec<&str> = plane
+        .events_of("restart-1")
+        .iter()
+        .map(|e| e.type_name())
+        .filter(|t| *t != "TaskOutput")
+        .collect();
+    assert_eq!(
+        types,
+        vec!["TaskStarted", "TaskCompleted"],
+        "{}",
+        agent.logs()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
