@@ -1086,6 +1086,27 @@ async fn a_one_shot_task_runs_once_then_ends_the_lease_as_on_complete_says() {
         agent.logs()
     );
     assert_eq!(plane.task_state("once-1").await.as_deref(), Some("failed"));
+    let item = plane.task_item("once-1").await.unwrap();
+    assert_eq!(item[records::task::EXIT_CODE].as_n().unwrap(), "2");
+    assert_eq!(item[records::task::NODE_ID].as_s().unwrap(), &instance);
+    // The agent ended the lease: its node is marked deregistered.
+    wait_until("the node deregistered", LIMIT, POLL, || async {
+        let node = plane
+            .ddb
+            .get_item()
+            .table_name(NODES_TABLE)
+            .key(records::NODE_ID, AttributeValue::S(instance.clone()))
+            .send()
+            .await
+            .unwrap();
+        let status = node
+            .item()
+            .and_then(|i| i.get(records::node::STATUS))
+            .and_then(|v| v.as_s().ok())
+            .cloned();
+        (status.as_deref() == Some("deregistered")).then_some(())
+    })
+    .await;
     let files = plane
         .bundle(
             &layout::bundle_prefix(&instance, "once-1"),

@@ -302,6 +302,29 @@ pub(crate) async fn one_shot(shared: &Arc<Shared>, task: Task) {
         one_shot: true,
         ..TaskFile::new(task, None, None, shared.deps.clock.now())
     };
+    // The claim writes the task's record (node, kind, attempt) for `lease tasks`; a
+    // record already final means it ran here before the marker could be written.
+    if let Some(table) = &shared.deps.table {
+        let now = shared.deps.clock.now();
+        let by = Claimant {
+            node_id: &shared.settings.node_id,
+            instance_id: &shared.settings.instance_id,
+            now,
+            claim_until: now
+                + chrono::TimeDelta::from_std(shared.settings.visibility).unwrap_or_default(),
+        };
+        match table.claim(&file.task, by).await {
+            Ok(Claim::Finished(state)) => {
+                tracing::warn!("one-shot task '{}' is already {state}", file.task.id);
+                if let Err(e) = statefile::mark_one_shot_ran(dir, &file.task.id) {
+                    tracing::error!("{e}");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("{e}; running the one-shot task anyway"),
+        }
+    }
     spawn(shared, file, Start::Fresh);
 }
 
