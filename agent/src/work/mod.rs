@@ -129,6 +129,44 @@ pub(crate) struct Shared {
     pub(crate) asked: Mutex<u32>,
     /// A slot was freed, or taking stopped.
     pub(crate) changed: Notify,
+    /// The tags the worker wants on the instance (see [`Shared::tag`]).
+    pub(crate) tags: watch::Sender<Option<(NodeStatus, String)>>,
+}
+
+/// The worker's tags are written at most this often (the latest wish wins).
+pub const TAG_EVERY: Duration = Duration::from_secs(1);
+
+/// Writes the worker's latest tag wish, skipping repeats, while it takes tasks.
+async fn tag_writer(shared: Arc<Shared>) {
+    let mut wishes = shared.tags.subscribe();
+    let mut written: Option<(NodeStatus, String)> = None;
+    loop {
+        if wishes.changed().await.is_err() {
+            return;
+        }
+        let wish = wishes.borrow_and_update().clone();
+        if let Some((status, task)) = wish
+            && written.as_ref() != Some(&(status, task.clone()))
+            && shared.taking()
+        {
+            let tags = vec![
+                (tags::STATUS.to_string(), status.to_string()),
+                (tags::TASK.to_string(), task.clone()),
+            ];
+            let id = &shared.settings.instance_id;
+            match tokio::time::timeout(
+                Duration::from_secs(5),
+                shared.deps.ec2.create_tags(id, tags),
+            )
+            .await
+            {
+                Ok(Ok(())) => written = Some((status, task)),
+                Ok(Err(e)) => tracing::warn!("{e}"),
+                Err(_) => tracing::warn!("tagging instance '{id}' timed out"),
+            }
+        }
+        tokio::time::sleep(TAG_EVERY).await;
+    }
 }
 
 /// The real [`TaskWorker`].
@@ -147,6 +185,7 @@ impl QueueWorker {
                 taking: AtomicBool::new(true),
                 asked: Mutex::new(0),
                 changed: Notify::new(),
+                tags: watch::channel(None).0,
             }),
         }
     }
@@ -158,6 +197,7 @@ impl QueueWorker {
         one_shot: Option<lease_common::messages::Task>,
     ) -> tokio::task::JoinHandle<()> {
         let shared = self.shared.clone();
+        tokio::spawn(tag_writer(shared.clone()));
         tokio::spawn(async move {
             intake::adopt(&shared).await;
             if let Some(task) = one_shot {
@@ -237,21 +277,19 @@ impl Shared {
         self.taking.load(Ordering::SeqCst)
     }
 
-    /// Sets `lease:status` (and `lease:task`) in the background; a failure is logged.
-    /// The decision loop writes the statuses that end or interrupt the lease; the
-    /// worker writes `running`, `uploading` and, back to nothing to do, `idle`.
+    /// Asks for `lease:status` (and `lease:task`); [`tag_writer`] writes the latest
+    /// wish at most once a [`TAG_EVERY`], so a stream of short tasks does not turn into
+    /// a stream of EC2 calls. The decision loop writes the statuses that end or
+    /// interrupt the lease; the worker writes `running`, `uploading` and, back to
+    /// nothing to do, `idle`, and only while it takes tasks.
     pub(crate) fn tag(&self, status: NodeStatus, task: Option<&str>) {
-        let ec2 = self.deps.ec2.clone();
-        let id = self.settings.instance_id.clone();
-        let tags = vec![
-            (tags::STATUS.to_string(), status.to_string()),
-            (tags::TASK.to_string(), task.unwrap_or_default().to_string()),
-        ];
-        tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(5), ec2.create_tags(&id, tags)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("{e}"),
-                Err(_) => tracing::warn!("tagging instance '{id}' timed out"),
+        let wish = Some((status, task.unwrap_or_default().to_string()));
+        self.tags.send_if_modified(|cur| {
+            if *cur == wish {
+                false
+            } else {
+                *cur = wish;
+                true
             }
         });
     }
