@@ -401,3 +401,32 @@ async fn a_drain_requeues_the_running_task_with_the_next_attempt() {
     );
     assert_eq!(r.table.states().last(), Some(&TaskState::Interrupted));
 }
+
+#[tokio::test(start_paused = true)]
+async fn without_a_dead_letter_queue_a_bad_body_stays_hidden_and_is_reported() {
+    let r = rig(Claim::Claimed, FakeStore::default(), Duration::ZERO);
+    r.queue.inbox.lock().unwrap().push(Received {
+        message_id: "m-bad".into(),
+        receipt: "r-bad".into(),
+        body: r#"{"v":1,"id":"bad-1","kind":"fortran"}"#.into(),
+        receive_count: 1,
+    });
+    r.worker.start(None);
+    until("the message hidden", || {
+        !r.queue.visibility.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        r.queue.visibility.lock().unwrap()[0],
+        ("r-bad".to_string(), super::queue::MAX_VISIBILITY_SECS)
+    );
+    until("the TaskFailed event", || !r.publisher.types().is_empty()).await;
+    assert!(r.queue.deleted.lock().unwrap().is_empty());
+    let events = r.publisher.events.lock().unwrap().clone();
+    assert!(matches!(
+        &events[0].kind,
+        EventKind::TaskFailed { task_id: Some(id), reason, .. }
+            if id == "bad-1" && reason.contains("fortran")
+    ));
+    assert!(r.worker.current_task().is_none());
+}
