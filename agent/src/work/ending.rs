@@ -127,7 +127,11 @@ impl Running {
         {
             tracing::error!("{e}; a later delivery finds the task finished and is deleted");
         }
-        let _ = published.await;
+        if self.file.one_shot {
+            // The lease ends next: the event must not be cut off by the agent's exit.
+            // Otherwise it keeps retrying in the background, and the slot is free now.
+            let _ = published.await;
+        }
         self.clean_up().await;
         if self.file.one_shot {
             self.one_shot_done(state != TaskState::Complete, reason)
