@@ -95,6 +95,44 @@ pub fn evaluate(now: DateTime<Utc>, deadline: DateTime<Utc>, warned: &BTreeSet<u
     Step::WaitUntil(next_warning.map_or(deadline, |w| w.min(deadline)))
 }
 
+/// What a running task needs from the deadline: its drain starts `lead` before the
+/// deadline (with the deadline as its limit), so the partial bundle is uploaded and the
+/// task requeued while the action at the deadline still comes on time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyDrain {
+    /// Nothing to do (no lead, already started, or the deadline itself has come).
+    Nothing,
+    /// Look again at this time (the lead window opens, or a task may start in it).
+    LookAt(DateTime<Utc>),
+    /// A task runs inside the lead window: start draining it now.
+    Start,
+}
+
+/// How often, inside the lead window with no task running, the loop looks again for one
+/// that started (a task can start in the window; it must still be drained in time).
+pub const EARLY_DRAIN_RECHECK: TimeDelta = TimeDelta::seconds(1);
+
+pub fn early_drain(
+    now: DateTime<Utc>,
+    deadline: DateTime<Utc>,
+    lead: TimeDelta,
+    task_running: bool,
+    started: bool,
+) -> EarlyDrain {
+    if started || lead <= TimeDelta::zero() || now >= deadline {
+        return EarlyDrain::Nothing;
+    }
+    let opens = deadline - lead;
+    if now < opens {
+        return EarlyDrain::LookAt(opens);
+    }
+    if task_running {
+        EarlyDrain::Start
+    } else {
+        EarlyDrain::LookAt((now + EARLY_DRAIN_RECHECK).min(deadline))
+    }
+}
+
 /// After the deadline moves, keep only the warnings already inside the new window, so
 /// an extended lease warns again when it next comes close.
 pub fn rewarn_after_change(
@@ -164,6 +202,45 @@ mod tests {
         assert_eq!(
             resolve(&tags, None, ttl, at(10, 30, 0)),
             (at(14, 30, 0), DeadlineSource::DefaultTtl)
+        );
+    }
+
+    #[test]
+    fn a_running_task_drains_the_lead_before_the_deadline() {
+        let d = at(12, 0, 0);
+        let lead = TimeDelta::seconds(60);
+        assert_eq!(
+            early_drain(at(11, 0, 0), d, lead, true, false),
+            EarlyDrain::LookAt(at(11, 59, 0))
+        );
+        assert_eq!(
+            early_drain(at(11, 59, 0), d, lead, true, false),
+            EarlyDrain::Start
+        );
+        // Once started, or with no lead, or at the deadline itself: nothing more.
+        assert_eq!(
+            early_drain(at(11, 59, 30), d, lead, true, true),
+            EarlyDrain::Nothing
+        );
+        assert_eq!(
+            early_drain(at(11, 59, 30), d, TimeDelta::zero(), true, false),
+            EarlyDrain::Nothing
+        );
+        assert_eq!(early_drain(d, d, lead, true, false), EarlyDrain::Nothing);
+        // No task in the window: look again soon, a task may start in it.
+        assert_eq!(
+            early_drain(at(11, 59, 30), d, lead, false, false),
+            EarlyDrain::LookAt(at(11, 59, 31))
+        );
+        assert_eq!(
+            early_drain(
+                at(11, 59, 59) + TimeDelta::milliseconds(500),
+                d,
+                lead,
+                false,
+                false
+            ),
+            EarlyDrain::LookAt(d)
         );
     }
 

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{self, Clock, MAX_NAP};
 use crate::control::{Reply, Request};
-use crate::deadline::{self, DeadlineSource, Step};
+use crate::deadline::{self, DeadlineSource, EarlyDrain, Step};
 use crate::ec2::Ec2Api;
 use crate::events::Emitter;
 use crate::idle::{self, Activity, IdleTracker};
@@ -118,6 +118,8 @@ impl std::fmt::Debug for Reloader {
 pub struct Settings {
     pub default_ttl: HumanDuration,
     pub interruption_margin: HumanDuration,
+    /// How long before the deadline a running task starts draining.
+    pub drain_lead: HumanDuration,
     pub idle: IdleConfig,
     pub state_dir: PathBuf,
 }
@@ -127,6 +129,7 @@ impl Settings {
         Self {
             default_ttl: c.default_ttl,
             interruption_margin: c.interruption_margin,
+            drain_lead: c.drain_lead,
             idle: c.idle.clone(),
             state_dir: c.state_dir.clone(),
         }
@@ -209,6 +212,9 @@ pub struct DecisionLoop {
     initialised: bool,
     /// The EC2 API accepted the action (as opposed to the poweroff fallback taking it).
     acted_through_api: bool,
+    /// The deadline for which running tasks were told to drain ahead of time, so the
+    /// drain starts once per deadline (an extend past it arms it again).
+    early_drain_for: Option<DateTime<Utc>>,
 }
 
 impl DecisionLoop {
@@ -276,6 +282,7 @@ impl DecisionLoop {
             told_default_ttl: false,
             initialised: false,
             acted_through_api: false,
+            early_drain_for: None,
         };
         match (tags, saved) {
             (Some(map), _) => l.apply_tags(&map),
@@ -349,6 +356,20 @@ impl DecisionLoop {
                     continue;
                 }
                 Step::WaitUntil(t) => t,
+            };
+            let wake = match deadline::early_drain(
+                now,
+                self.deadline,
+                self.settings.drain_lead.to_chrono(),
+                self.deps.worker.current_task().is_some(),
+                self.early_drain_for == Some(self.deadline),
+            ) {
+                EarlyDrain::Nothing => wake,
+                EarlyDrain::LookAt(t) => wake.min(t),
+                EarlyDrain::Start => {
+                    self.start_early_drain();
+                    continue;
+                }
             };
             let mut nap = clock::nap_towards(now, wake, MAX_NAP);
             if let Some(every) = watchdog_every {
@@ -507,6 +528,35 @@ impl DecisionLoop {
         }
     }
 
+    /// A task runs and the deadline is less than `drain-lead` away: the worker
+    /// interrupts it, uploads what it produced and requeues it, in the background,
+    /// with the deadline as its limit; the action still comes at the deadline.
+    fn start_early_drain(&mut self) {
+        let until = self.deadline;
+        self.early_drain_for = Some(until);
+        tracing::warn!(
+            "lease ends at {} and a task runs: interrupting it now ({} ahead) so its \
+             partial results are uploaded and it is requeued in time",
+            tags::render_time(until),
+            self.settings.drain_lead
+        );
+        let worker = self.deps.worker.clone();
+        let limit = (until - self.deps.clock.now())
+            .to_std()
+            .unwrap_or(Duration::ZERO);
+        tokio::spawn(async move {
+            if tokio::time::timeout(limit, worker.drain(until))
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "task worker did not drain by the deadline {}",
+                    tags::render_time(until)
+                );
+            }
+        });
+    }
+
     async fn expire(&mut self) -> Option<Outcome> {
         // Re-read the tags right before acting, so an extend that landed a moment ago
         // wins. Bounded: the action must still come within a second of the deadline.
@@ -652,6 +702,7 @@ impl DecisionLoop {
                     Ok(c) => {
                         self.settings.default_ttl = c.default_ttl;
                         self.settings.interruption_margin = c.interruption_margin;
+                        self.settings.drain_lead = c.drain_lead;
                         self.settings.idle = c.idle.clone();
                         if let Ok((map, _)) = self.deps.tags.read(Budget::ROUTINE).await {
                             self.apply_tags(&map);
@@ -981,22 +1032,43 @@ mod tests {
         }
     }
 
-    #[derive(Debug, Default)]
+    #[derive(Debug)]
     struct RecordingWorker {
         inner: NoopWorker,
+        clock: Arc<dyn Clock>,
         checkpoints: Mutex<Vec<DateTime<Utc>>>,
         drains: Mutex<u32>,
+        /// (when drain was called, its `until`)
+        drain_calls: Mutex<Vec<(DateTime<Utc>, DateTime<Utc>)>>,
+        task: Mutex<Option<String>>,
+    }
+
+    impl RecordingWorker {
+        fn new(clock: Arc<dyn Clock>) -> Self {
+            Self {
+                inner: NoopWorker::default(),
+                clock,
+                checkpoints: Mutex::default(),
+                drains: Mutex::default(),
+                drain_calls: Mutex::default(),
+                task: Mutex::default(),
+            }
+        }
     }
 
     impl TaskWorker for RecordingWorker {
         fn current_task(&self) -> Option<String> {
-            None
+            self.task.lock().unwrap().clone()
         }
         fn stop_taking_tasks(&self) {
             self.inner.stop_taking_tasks();
         }
-        fn drain(&self, _until: DateTime<Utc>) -> BoxFuture<'_, ()> {
+        fn drain(&self, until: DateTime<Utc>) -> BoxFuture<'_, ()> {
             *self.drains.lock().unwrap() += 1;
+            self.drain_calls
+                .lock()
+                .unwrap()
+                .push((self.clock.now(), until));
             Box::pin(async {})
         }
         fn checkpoint_and_requeue(&self, until: DateTime<Utc>) -> BoxFuture<'_, ()> {
@@ -1058,11 +1130,11 @@ mod tests {
                     tagged: Mutex::default(),
                     fail_acts: Mutex::new(0),
                 }),
-                clock,
+                clock: clock.clone(),
                 power: Arc::new(NeverPowerOff::default()),
                 tags: Arc::new(Mutex::new(initial)),
                 publisher: Arc::new(RecordingPublisher::default()),
-                worker: Arc::new(RecordingWorker::default()),
+                worker: Arc::new(RecordingWorker::new(clock.clone())),
                 state_dir: tempfile::tempdir().unwrap(),
             }
         }
@@ -1177,6 +1249,58 @@ mod tests {
                 .unwrap()
                 .contains(&(tags::STATUS.into(), "expiring".into()))
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_running_task_is_drained_the_lead_before_the_deadline() {
+        let rig = Rig::new(tags(&[(tags::EXPIRES_AT, "2026-11-23T12:20:00Z")]));
+        *rig.worker.task.lock().unwrap() = Some("t-1".into());
+        let (l, _snap) = rig.build(None);
+        let (_tx, rx) = mpsc::channel(8);
+        let outcome = l.run(rx, never()).await;
+        assert!(matches!(outcome, Outcome::Ended { acted: true, .. }));
+        let deadline = Utc.with_ymd_and_hms(2026, 11, 23, 12, 20, 0).unwrap();
+        let calls = rig.worker.drain_calls.lock().unwrap().clone();
+        // The default lead is a minute: the drain starts then, limited by the deadline;
+        // the usual short drain at the deadline follows, and the action is on time.
+        assert_eq!(calls[0], (deadline - TimeDelta::seconds(60), deadline));
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        let late = rig.acts()[0].1 - deadline;
+        assert!(late >= TimeDelta::zero() && late < TimeDelta::milliseconds(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_started_inside_the_lead_is_drained_within_a_second() {
+        let rig = Rig::new(tags(&[(tags::EXPIRES_AT, "2026-11-23T12:20:00Z")]));
+        let (l, _snap) = rig.build(None);
+        let (_tx, rx) = mpsc::channel(8);
+        let worker = rig.worker.clone();
+        let clock = rig.clock.clone();
+        let starts_at = Utc.with_ymd_and_hms(2026, 11, 23, 12, 19, 30).unwrap();
+        tokio::spawn(async move {
+            clock::sleep_until(clock.as_ref(), starts_at).await;
+            *worker.task.lock().unwrap() = Some("t-2".into());
+        });
+        l.run(rx, never()).await;
+        let calls = rig.worker.drain_calls.lock().unwrap().clone();
+        let (at, until) = calls[0];
+        assert_eq!(until, starts_at + TimeDelta::seconds(30));
+        assert!(
+            at >= starts_at && at - starts_at <= TimeDelta::seconds(1),
+            "drain started at {at}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_task_the_deadline_alone_drains() {
+        let rig = Rig::new(tags(&[(tags::EXPIRES_AT, "2026-11-23T12:20:00Z")]));
+        let (l, _snap) = rig.build(None);
+        let (_tx, rx) = mpsc::channel(8);
+        l.run(rx, never()).await;
+        let deadline = Utc.with_ymd_and_hms(2026, 11, 23, 12, 20, 0).unwrap();
+        let calls = rig.worker.drain_calls.lock().unwrap().clone();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert!(calls[0].0 >= deadline);
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,6 +35,7 @@ pub mod state;
 pub mod tagread;
 pub mod upload;
 pub mod watchers;
+pub mod work;
 pub mod worker;
 
 pub use decide::{Outcome, StopReason};
@@ -68,6 +69,9 @@ pub struct RunOptions {
     pub config_file: Option<PathBuf>,
     /// The command-line layer, applied again on reload.
     pub overrides: config::Overrides,
+    /// Test-only: run tasks on this private tmux server (`tmux -L`) instead of the
+    /// default one, so tests running side by side do not see each other's sessions.
+    pub tmux_socket: Option<String>,
 }
 
 /// Runs the daemon until the lease ends or `shutdown` resolves.
@@ -163,7 +167,30 @@ pub async fn run(
         node_id.clone(),
         identity.instance_id.clone(),
     );
-    let worker: Arc<dyn worker::TaskWorker> = Arc::new(worker::NoopWorker::default());
+    let (tx, rx) = mpsc::channel(64);
+    let clients = WorkerClients {
+        region: sdk.region().map(|r| r.to_string()).unwrap_or_default(),
+        sqs: aws_sdk_sqs::Client::new(&sdk),
+        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
+        s3: lease_common::aws::s3_client(&sdk),
+        ecr: aws_sdk_ecr::Client::new(&sdk),
+    };
+    let (worker, queue_worker) = match build_worker(
+        &opts,
+        clients,
+        &identity.instance_id,
+        &node_id,
+        ec2.clone(),
+        emitter.clone(),
+        clock.clone(),
+        tx.clone(),
+    ) {
+        Some(w) => (Arc::new(w.clone()) as Arc<dyn worker::TaskWorker>, Some(w)),
+        None => (
+            Arc::new(worker::NoopWorker::default()) as Arc<dyn worker::TaskWorker>,
+            None,
+        ),
+    };
     let reload = opts.config_file.clone().map(|file| {
         let overrides = opts.overrides.clone();
         decide::Reloader(Arc::new(move || {
@@ -172,7 +199,7 @@ pub async fn run(
     });
     let deps = decide::Deps {
         clock: clock.clone(),
-        ec2,
+        ec2: ec2.clone(),
         tags: tags.clone(),
         emitter: emitter.clone(),
         worker,
@@ -196,8 +223,14 @@ pub async fn run(
     );
 
     let listener = control::bind(&config.runtime_dir).await?;
-    let (tx, rx) = mpsc::channel(64);
-    let watchers = vec![
+    let node_table: Option<Arc<dyn work::nodes::NodeTable>> = config.nodes_table.clone().map(|t| {
+        Arc::new(work::nodes::DynamoNodeTable::new(
+            aws_sdk_dynamodb::Client::new(&sdk),
+            t,
+        )) as Arc<dyn work::nodes::NodeTable>
+    });
+    let registry_snapshot = snapshot.clone();
+    let mut watchers = vec![
         tokio::spawn(spot::watch(
             metadata.clone(),
             config.spot_poll_interval.as_duration(),
@@ -215,8 +248,25 @@ pub async fn run(
             clock.clone(),
             config.heartbeat_interval.as_duration(),
         )),
-        tokio::spawn(control::serve(listener, snapshot, tx.clone(), clock)),
+        tokio::spawn(control::serve(
+            listener,
+            snapshot,
+            tx.clone(),
+            clock.clone(),
+        )),
     ];
+    if let Some(table) = &node_table {
+        watchers.push(tokio::spawn(work::nodes::keep_registered(
+            table.clone(),
+            registry_snapshot.clone(),
+            clock.clone(),
+            config.pool.clone(),
+            config.heartbeat_interval.as_duration(),
+        )));
+    }
+    if let Some(w) = &queue_worker {
+        watchers.push(w.start(config.task.clone()));
+    }
     drop(tx);
     emitter.send(EventKind::NodeRegistered {
         node_name,
@@ -227,12 +277,88 @@ pub async fn run(
         expires_at: Some(decision_loop.deadline()),
     });
 
+    let registered_at = clock.now();
     let outcome = decision_loop.run(rx, shutdown).await;
     for w in watchers {
         w.abort();
     }
+    if let Some(table) = &node_table {
+        let last = work::nodes::NodeRecord::from_snapshot(
+            &registry_snapshot.borrow(),
+            config.pool.clone(),
+            registered_at,
+            clock.now(),
+        );
+        work::nodes::deregister(table.as_ref(), last, clock.now()).await;
+    }
     let _ = std::fs::remove_file(control::socket_path(&config.runtime_dir));
     Ok(outcome)
+}
+
+/// The SDK clients the worker's parts are built on.
+#[derive(Debug)]
+struct WorkerClients {
+    region: String,
+    sqs: aws_sdk_sqs::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    s3: aws_sdk_s3::Client,
+    ecr: aws_sdk_ecr::Client,
+}
+
+/// The task worker, when there is work to take: a queue, or a one-shot task.
+#[allow(clippy::too_many_arguments)]
+fn build_worker(
+    opts: &RunOptions,
+    clients: WorkerClients,
+    instance_id: &str,
+    node_id: &str,
+    ec2: Arc<dyn ec2::Ec2Api>,
+    emitter: events::Emitter,
+    clock: Arc<dyn clock::Clock>,
+    to_loop: mpsc::Sender<decide::Input>,
+) -> Option<work::QueueWorker> {
+    let config = &opts.config;
+    if config.queue_url.is_none() && config.task.is_none() {
+        return None;
+    }
+    let runner: Arc<dyn run::Runner> = if config.mock_mode {
+        Arc::new(run::MockRunner::default())
+    } else {
+        let ecr = Arc::new(run::SdkEcr::new(clients.ecr));
+        let mut tmux = run::TmuxRunner::new(config, clients.region, ecr);
+        if let Some(socket) = &opts.tmux_socket {
+            tmux = tmux.with_socket(socket.clone());
+        }
+        Arc::new(tmux)
+    };
+    let deps = work::WorkDeps {
+        queue: config.queue_url.clone().map(|url| {
+            Arc::new(work::queue::SqsQueue::new(clients.sqs.clone(), url))
+                as Arc<dyn work::queue::TaskQueue>
+        }),
+        table: config.tasks_table.clone().map(|t| {
+            Arc::new(work::records::DynamoTaskTable::new(
+                clients.dynamodb.clone(),
+                t,
+            )) as Arc<dyn work::records::TaskTable>
+        }),
+        store: config.log_bucket.clone().map(|b| {
+            Arc::new(work::store::S3Store::new(clients.s3.clone(), b))
+                as Arc<dyn work::store::ResultStore>
+        }),
+        runner,
+        emitter,
+        clock,
+        ec2,
+        to_loop,
+    };
+    let settings = work::WorkSettings::new(
+        config.state_dir.clone(),
+        node_id.to_string(),
+        instance_id.to_string(),
+        config.max_concurrent_tasks,
+    );
+    Some(work::QueueWorker::new(deps, settings))
 }
 
 /// Reads the identity from IMDS, retrying. After [`IDENTITY_PATIENCE`] without an

@@ -156,6 +156,8 @@ async fn run(cli: Cli) -> ExitCode {
                 config,
                 config_file: file,
                 overrides,
+                // Test-only override, see RunOptions::tmux_socket.
+                tmux_socket: std::env::var("LEASED_TMUX_SOCKET").ok(),
             };
             match leased::run(opts, signals()).await {
                 Ok(Outcome::Stopped(_)) => ExitCode::SUCCESS,

@@ -10,6 +10,8 @@ use crate::duration::HumanDuration;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/leased/config.yaml";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/leased";
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/leased";
+/// Longest `drain-lead`: beyond half an hour the lead would eat a short lease whole.
+pub const MAX_DRAIN_LEAD_SECS: u64 = 30 * 60;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -87,6 +89,11 @@ pub struct AgentConfig {
     pub tag_refresh_interval: HumanDuration,
     /// Time kept back from a spot notice's deadline for requeueing and the final upload.
     pub interruption_margin: HumanDuration,
+    /// While a task runs, how long before the lease's deadline the agent starts
+    /// interrupting it (SIGTERM, partial bundle upload, requeue), so that is done by
+    /// the deadline and the instance still ends on time. `0s` leaves the worker only
+    /// the fraction of a second between the deadline and the action.
+    pub drain_lead: HumanDuration,
     pub idle: IdleConfig,
     pub claude: ClaudeConfig,
     /// State that must survive a restart (the deadline, adopted tasks).
@@ -116,6 +123,7 @@ impl Default for AgentConfig {
             spot_poll_interval: HumanDuration::from_secs(1),
             tag_refresh_interval: HumanDuration::from_secs(30),
             interruption_margin: HumanDuration::from_secs(15),
+            drain_lead: HumanDuration::from_secs(60),
             idle: IdleConfig::default(),
             claude: ClaudeConfig::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
@@ -230,6 +238,12 @@ impl AgentConfig {
                 "must be under 2m, the notice EC2 gives before a spot interruption",
             );
         }
+        if self.drain_lead.as_secs() > MAX_DRAIN_LEAD_SECS {
+            return bad(
+                "drain-lead",
+                "must be at most 30m: the lease's last half hour belongs to its work",
+            );
+        }
         if self.max_concurrent_tasks == 0 {
             return bad("max-concurrent-tasks", "must be at least 1");
         }
@@ -326,6 +340,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("idle.cpu-percent"), "{err}");
+        let err = parse("drain-lead: 2h\n").unwrap_err().to_string();
+        assert!(err.contains("drain-lead"), "{err}");
+        assert_eq!(parse("drain-lead: 0s\n").unwrap().drain_lead.as_secs(), 0);
         let err = parse("max-concurrent-tasks: 0\n").unwrap_err().to_string();
         assert!(err.contains("max-concurrent-tasks"), "{err}");
         let err = parse("topic-arn: bus\n").unwrap_err().to_string();

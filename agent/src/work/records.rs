@@ -1,0 +1,303 @@
+//! The task table (DynamoDB): the claim that keeps a duplicate delivery from running
+//! beside the first, and the task's state as `lease tasks` and `lease stats` read it.
+//! Attribute names and states are `lease_common::records`' contract.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+
+use aws_sdk_dynamodb::error::DisplayErrorContext;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use chrono::{DateTime, Utc};
+use lease_common::messages::{Task, TaskSpec};
+use lease_common::records::{self, CLAIM_CONDITION, EXPIRES, TASK_ID, TaskState, task};
+use lease_common::tags::render_time;
+
+use crate::BoxFuture;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("Failed to claim task '{task}' in table '{table}': {reason}")]
+    Claim {
+        task: String,
+        table: String,
+        reason: String,
+    },
+    #[error("Failed to update task '{task}' in table '{table}': {reason}")]
+    Update {
+        task: String,
+        table: String,
+        reason: String,
+    },
+}
+
+/// What a claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This node holds the task now.
+    Claimed,
+    /// The task already ended (complete, failed, cancelled): its message is a duplicate.
+    Finished(TaskState),
+    /// Another live claim holds it, until this time (epoch seconds) when known.
+    Held { until: Option<i64> },
+}
+
+/// Who claims a task, and until when.
+#[derive(Debug, Clone)]
+pub struct Claimant<'a> {
+    pub node_id: &'a str,
+    pub instance_id: &'a str,
+    pub now: DateTime<Utc>,
+    pub claim_until: DateTime<Utc>,
+}
+
+/// A change of a task's record. Fields left `None` are not written.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Change {
+    pub state: Option<TaskState>,
+    pub claim_until: Option<DateTime<Utc>>,
+    pub attempt: Option<u32>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub bundle: Option<String>,
+    pub log: Option<String>,
+    /// Sets `ended_at` and the record's retention (`expires`).
+    pub ended: bool,
+}
+
+pub trait TaskTable: Send + Sync + Debug {
+    fn claim<'a>(
+        &'a self,
+        task: &'a Task,
+        by: Claimant<'a>,
+    ) -> BoxFuture<'a, Result<Claim, RecordError>>;
+    /// Writes `change` at `now` and returns the state the record holds afterwards (so
+    /// a `lease tasks cancel` shows up on the next visibility extension).
+    fn update<'a>(
+        &'a self,
+        task_id: &'a str,
+        change: Change,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<TaskState>, RecordError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct DynamoTaskTable {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+}
+
+impl DynamoTaskTable {
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
+        Self { client, table }
+    }
+}
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// One line naming what the task does, for `lease tasks`.
+pub fn summary(spec: &TaskSpec) -> String {
+    let text = match spec {
+        TaskSpec::Shell(s) => s.command.clone(),
+        TaskSpec::Docker(d) => d.image.clone(),
+        TaskSpec::Claude(c) => c.prompt.clone(),
+    };
+    let line = text.lines().next().unwrap_or_default();
+    line.chars().take(120).collect()
+}
+
+fn state_of(item: &HashMap<String, AttributeValue>) -> Option<TaskState> {
+    item.get(task::STATE)
+        .and_then(|v| v.as_s().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+impl TaskTable for DynamoTaskTable {
+    fn claim<'a>(
+        &'a self,
+        t: &'a Task,
+        by: Claimant<'a>,
+    ) -> BoxFuture<'a, Result<Claim, RecordError>> {
+        Box::pin(async move {
+            let err = |reason: String| RecordError::Claim {
+                task: t.id.clone(),
+                table: self.table.clone(),
+                reason,
+            };
+            let mut set = vec![
+                "#state = :running",
+                "#attempt = :attempt",
+                "#node = :node",
+                "#instance = :instance",
+                "#claim = :claim_until",
+                "#started = :at",
+                "#updated = :at",
+                "#kind = :kind",
+                "#summary = :summary",
+            ];
+            let mut req = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(TASK_ID, s(&t.id))
+                .condition_expression(CLAIM_CONDITION)
+                .expression_attribute_names("#state", task::STATE)
+                .expression_attribute_names("#claim", task::CLAIM_UNTIL)
+                .expression_attribute_names("#attempt", task::ATTEMPT)
+                .expression_attribute_names("#node", task::NODE_ID)
+                .expression_attribute_names("#instance", task::INSTANCE_ID)
+                .expression_attribute_names("#started", task::STARTED_AT)
+                .expression_attribute_names("#updated", task::UPDATED_AT)
+                .expression_attribute_names("#kind", task::KIND)
+                .expression_attribute_names("#summary", task::SUMMARY)
+                .expression_attribute_values(":now", n(by.now.timestamp()))
+                .expression_attribute_values(":running", s(TaskState::Running.as_str()))
+                .expression_attribute_values(":complete", s(TaskState::Complete.as_str()))
+                .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
+                .expression_attribute_values(":cancelled", s(TaskState::Cancelled.as_str()))
+                .expression_attribute_values(":queued", s(TaskState::Queued.as_str()))
+                .expression_attribute_values(":interrupted", s(TaskState::Interrupted.as_str()))
+                .expression_attribute_values(":attempt", n(t.attempt))
+                .expression_attribute_values(":node", s(by.node_id))
+                .expression_attribute_values(":instance", s(by.instance_id))
+                .expression_attribute_values(":claim_until", n(by.claim_until.timestamp()))
+                .expression_attribute_values(":at", s(render_time(by.now)))
+                .expression_attribute_values(":kind", s(t.spec.kind()))
+                .expression_attribute_values(":summary", s(summary(&t.spec)));
+            if let Some(pool) = &t.pool {
+                set.push("#pool = :pool");
+                req = req
+                    .expression_attribute_names("#pool", task::POOL)
+                    .expression_attribute_values(":pool", s(pool));
+            }
+            let result = req
+                .update_expression(format!("SET {}", set.join(", ")))
+                .send()
+                .await;
+            match result {
+                Ok(_) => Ok(Claim::Claimed),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+                {
+                    let item = self
+                        .client
+                        .get_item()
+                        .table_name(&self.table)
+                        .key(TASK_ID, s(&t.id))
+                        .consistent_read(true)
+                        .send()
+                        .await
+                        .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
+                    let item = item.item().cloned().unwrap_or_default();
+                    match state_of(&item) {
+                        Some(st) if st.is_final() => Ok(Claim::Finished(st)),
+                        _ => Ok(Claim::Held {
+                            until: item
+                                .get(task::CLAIM_UNTIL)
+                                .and_then(|v| v.as_n().ok())
+                                .and_then(|v| v.parse().ok()),
+                        }),
+                    }
+                }
+                Err(e) => Err(err(DisplayErrorContext(&e).to_string())),
+            }
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        task_id: &'a str,
+        change: Change,
+        now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<TaskState>, RecordError>> {
+        Box::pin(async move {
+            let mut u = UpdateBuilder::default();
+            u.set("updated", task::UPDATED_AT, s(render_time(now)));
+            if let Some(st) = change.state {
+                u.set("state", task::STATE, s(st.as_str()));
+            }
+            if let Some(c) = change.claim_until {
+                u.set("claim", task::CLAIM_UNTIL, n(c.timestamp()));
+            }
+            if let Some(a) = change.attempt {
+                u.set("attempt", task::ATTEMPT, n(a));
+            }
+            if let Some(c) = change.exit_code {
+                u.set("exit", task::EXIT_CODE, n(c));
+            }
+            if let Some(r) = change.reason {
+                u.set("reason", task::REASON, s(r));
+            }
+            if let Some(b) = change.bundle {
+                u.set("bundle", task::BUNDLE, s(b));
+            }
+            if let Some(l) = change.log {
+                u.set("log", task::LOG, s(l));
+            }
+            if change.ended {
+                u.set("ended", task::ENDED_AT, s(render_time(now)));
+                u.set(
+                    "expires",
+                    EXPIRES,
+                    n(now.timestamp() + records::TASK_RETENTION_SECS),
+                );
+            }
+            let UpdateBuilder { set, names, values } = u;
+            let mut req = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key(TASK_ID, s(task_id))
+                .update_expression(format!("SET {}", set.join(", ")))
+                .return_values(ReturnValue::AllNew);
+            for (k, v) in names {
+                req = req.expression_attribute_names(k, v);
+            }
+            for (k, v) in values {
+                req = req.expression_attribute_values(k, v);
+            }
+            let out = req.send().await.map_err(|e| RecordError::Update {
+                task: task_id.to_string(),
+                table: self.table.clone(),
+                reason: DisplayErrorContext(&e).to_string(),
+            })?;
+            Ok(out.attributes().and_then(state_of))
+        })
+    }
+}
+
+/// A `SET a = :a, …` expression with its names and values.
+#[derive(Debug, Default)]
+struct UpdateBuilder {
+    set: Vec<String>,
+    names: Vec<(String, &'static str)>,
+    values: Vec<(String, AttributeValue)>,
+}
+
+impl UpdateBuilder {
+    fn set(&mut self, placeholder: &str, attr: &'static str, value: AttributeValue) {
+        self.set.push(format!("#{placeholder} = :{placeholder}"));
+        self.names.push((format!("#{placeholder}"), attr));
+        self.values.push((format!(":{placeholder}"), value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lease_common::messages::ShellSpec;
+
+    #[test]
+    fn the_summary_is_the_first_line_cut_short() {
+        let spec = TaskSpec::Shell(ShellSpec {
+            command: format!("{}\nsecond line", "x".repeat(300)),
+        });
+        assert_eq!(summary(&spec), "x".repeat(120));
+    }
+}

@@ -1,0 +1,432 @@
+//! The worker's decisions against small fakes of its AWS parts (the programs run in
+//! the mock runner), in paused time: claims that find the task finished or held,
+//! cancellation, and an upload that fails.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use lease_common::messages::{EventKind, ShellSpec, Task, TaskSpec};
+use lease_common::records::TaskState;
+use lease_common::tags::Action;
+
+use super::queue::{QueueError, Received, TaskQueue};
+use super::records::{Change, Claim, Claimant, RecordError, TaskTable};
+use super::store::{ResultStore, StoreError};
+use super::{QueueWorker, WorkDeps, WorkSettings};
+use crate::BoxFuture;
+use crate::clock::TokioClock;
+use crate::ec2::{Ec2Api, Ec2Error};
+use crate::events::Emitter;
+use crate::events::fake::RecordingPublisher;
+use crate::run::MockRunner;
+use crate::upload::{BundleDest, BundleUpload, ManifestMeta};
+use crate::worker::TaskWorker;
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
+}
+
+#[derive(Debug, Default)]
+struct FakeQueue {
+    inbox: Mutex<Vec<Received>>,
+    deleted: Mutex<Vec<String>>,
+    visibility: Mutex<Vec<(String, i32)>>,
+    sent: Mutex<Vec<String>>,
+}
+
+impl TaskQueue for FakeQueue {
+    fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
+        Box::pin(async move {
+            let batch: Vec<Received> = {
+                let mut inbox = self.inbox.lock().unwrap();
+                let n = inbox.len().min(max as usize);
+                inbox.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                tokio::time::sleep(wait).await;
+            }
+            Ok(batch)
+        })
+    }
+    fn delete<'a>(
+        &'a self,
+        _t: &'a str,
+        receipt: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.deleted.lock().unwrap().push(receipt.to_string());
+        Box::pin(async { Ok(()) })
+    }
+    fn change_visibility<'a>(
+        &'a self,
+        _t: &'a str,
+        receipt: &'a str,
+        secs: i32,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.visibility
+            .lock()
+            .unwrap()
+            .push((receipt.to_string(), secs));
+        Box::pin(async { Ok(()) })
+    }
+    fn send<'a>(&'a self, _t: &'a str, body: &'a str) -> BoxFuture<'a, Result<(), QueueError>> {
+        self.sent.lock().unwrap().push(body.to_string());
+        Box::pin(async { Ok(()) })
+    }
+    fn dead_letter<'a>(
+        &'a self,
+        _t: &'a str,
+        _b: &'a str,
+        _r: &'a str,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(async { Ok(false) })
+    }
+}
+
+#[derive(Debug)]
+struct FakeTable {
+    claim: Mutex<Claim>,
+    /// What the record holds (the launcher may set `cancelled`).
+    state: Mutex<Option<TaskState>>,
+    changes: Mutex<Vec<Change>>,
+}
+
+impl FakeTable {
+    fn new(claim: Claim) -> Self {
+        Self {
+            claim: Mutex::new(claim),
+            state: Mutex::default(),
+            changes: Mutex::default(),
+        }
+    }
+    fn states(&self) -> Vec<TaskState> {
+        self.changes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|c| c.state)
+            .collect()
+    }
+}
+
+impl TaskTable for FakeTable {
+    fn claim<'a>(
+        &'a self,
+        _t: &'a Task,
+        _by: Claimant<'a>,
+    ) -> BoxFuture<'a, Result<Claim, RecordError>> {
+        let c = self.claim.lock().unwrap().clone();
+        if c == Claim::Claimed {
+            *self.state.lock().unwrap() = Some(TaskState::Running);
+        }
+        Box::pin(async move { Ok(c) })
+    }
+    fn update<'a>(
+        &'a self,
+        _id: &'a str,
+        change: Change,
+        _now: DateTime<Utc>,
+    ) -> BoxFuture<'a, Result<Option<TaskState>, RecordError>> {
+        let mut state = self.state.lock().unwrap();
+        // A cancelled record stays cancelled, as the launcher left it.
+        if *state != Some(TaskState::Cancelled)
+            && let Some(s) = change.state
+        {
+            *state = Some(s);
+        }
+        self.changes.lock().unwrap().push(change);
+        let now = *state;
+        Box::pin(async move { Ok(now) })
+    }
+}
+
+#[derive(Debug, Default)]
+struct FakeStore {
+    fail: bool,
+    bundles: Mutex<Vec<String>>,
+}
+
+impl ResultStore for FakeStore {
+    fn fetch_task<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+        Box::pin(async move {
+            Err(StoreError::Missing {
+                uri: uri.to_string(),
+            })
+        })
+    }
+    fn upload_bundle<'a>(
+        &'a self,
+        _dir: &'a Path,
+        dest: BundleDest,
+        meta: ManifestMeta,
+    ) -> BoxFuture<'a, Result<BundleUpload, StoreError>> {
+        Box::pin(async move {
+            if self.fail {
+                return Err(StoreError::Upload {
+                    what: "the bundle",
+                    task: meta.task_id,
+                    reason: "injected".into(),
+                });
+            }
+            self.bundles.lock().unwrap().push(dest.files_prefix.clone());
+            Ok(BundleUpload {
+                files: 1,
+                bytes: 1,
+                skipped: Vec::new(),
+                uri: format!("s3://b/{}", dest.files_prefix),
+                manifest_key: dest.manifest_key,
+            })
+        })
+    }
+    fn upload_log<'a>(
+        &'a self,
+        _task: &'a str,
+        _path: &'a Path,
+        _key: &'a str,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn uri(&self, key: &str) -> String {
+        format!("s3://b/{key}")
+    }
+}
+
+#[derive(Debug, Default)]
+struct QuietEc2;
+
+impl Ec2Api for QuietEc2 {
+    fn describe_tags<'a>(
+        &'a self,
+        _id: &'a str,
+    ) -> BoxFuture<'a, Result<BTreeMap<String, String>, Ec2Error>> {
+        Box::pin(async { Ok(BTreeMap::new()) })
+    }
+    fn create_tags<'a>(
+        &'a self,
+        _id: &'a str,
+        _tags: Vec<(String, String)>,
+    ) -> BoxFuture<'a, Result<(), Ec2Error>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn act<'a>(&'a self, _id: &'a str, _a: Action) -> BoxFuture<'a, Result<(), Ec2Error>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+struct Rig {
+    queue: Arc<FakeQueue>,
+    table: Arc<FakeTable>,
+    store: Arc<FakeStore>,
+    publisher: Arc<RecordingPublisher>,
+    worker: QueueWorker,
+    _dir: tempfile::TempDir,
+}
+
+fn rig(claim: Claim, store: FakeStore, program: Duration) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(TokioClock::starting_at(t0()));
+    let queue = Arc::new(FakeQueue::default());
+    let table = Arc::new(FakeTable::new(claim));
+    let store = Arc::new(store);
+    let publisher = Arc::new(RecordingPublisher::default());
+    let (to_loop, _rx) = tokio::sync::mpsc::channel(8);
+    let deps = WorkDeps {
+        queue: Some(queue.clone()),
+        table: Some(table.clone()),
+        store: Some(store.clone()),
+        runner: Arc::new(MockRunner::new(program)),
+        emitter: Emitter::new(publisher.clone(), clock.clone(), "n".into(), "i-1".into()),
+        clock,
+        ec2: Arc::new(QuietEc2),
+        to_loop,
+    };
+    let mut settings = WorkSettings::new(dir.path().to_path_buf(), "n".into(), "i-1".into(), 1);
+    settings.extend_every = Duration::from_secs(1);
+    Rig {
+        queue,
+        table,
+        store,
+        publisher,
+        worker: QueueWorker::new(deps, settings),
+        _dir: dir,
+    }
+}
+
+fn message(id: &str) -> Received {
+    let task = Task::new(
+        id,
+        TaskSpec::Shell(ShellSpec {
+            command: "true".into(),
+        }),
+    );
+    Received {
+        message_id: format!("m-{id}"),
+        receipt: format!("r-{id}"),
+        body: task.to_json(),
+        receive_count: 1,
+    }
+}
+
+/// Steps paused time until `done` holds (at most ten minutes of it).
+async fn until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..6_000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("never: {what}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_finished_task_has_its_duplicate_deleted_unrun() {
+    let r = rig(
+        Claim::Finished(TaskState::Complete),
+        FakeStore::default(),
+        Duration::ZERO,
+    );
+    r.queue.inbox.lock().unwrap().push(message("t-1"));
+    r.worker.start(None);
+    until("the duplicate deleted", || {
+        !r.queue.deleted.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(*r.queue.deleted.lock().unwrap(), vec!["r-t-1"]);
+    assert!(r.publisher.types().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_held_elsewhere_waits_until_that_claim_lapses() {
+    let until_secs = t0().timestamp() + 300;
+    let r = rig(
+        Claim::Held {
+            until: Some(until_secs),
+        },
+        FakeStore::default(),
+        Duration::ZERO,
+    );
+    r.queue.inbox.lock().unwrap().push(message("t-2"));
+    r.worker.start(None);
+    until("the message hidden", || {
+        !r.queue.visibility.lock().unwrap().is_empty()
+    })
+    .await;
+    let (receipt, secs) = r.queue.visibility.lock().unwrap()[0].clone();
+    assert_eq!(receipt, "r-t-2");
+    assert!((299..=300).contains(&secs), "{secs}");
+    assert!(r.queue.deleted.lock().unwrap().is_empty());
+    assert!(r.publisher.types().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_task_is_stopped_recorded_and_its_message_deleted() {
+    let r = rig(
+        Claim::Claimed,
+        FakeStore::default(),
+        Duration::from_secs(600),
+    );
+    r.queue.inbox.lock().unwrap().push(message("t-3"));
+    r.worker.start(None);
+    until("the task running", || r.worker.current_task().is_some()).await;
+    *r.table.state.lock().unwrap() = Some(TaskState::Cancelled);
+    until("the message deleted", || {
+        !r.queue.deleted.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(r.table.states().last(), Some(&TaskState::Cancelled));
+    let events = r.publisher.events.lock().unwrap().clone();
+    assert!(events.iter().any(|e| matches!(
+        &e.kind,
+        EventKind::TaskFailed { reason, .. } if reason == "cancelled"
+    )));
+    assert_eq!(
+        *r.store.bundles.lock().unwrap(),
+        vec!["jobs/i-1/t-3/bundle/"]
+    );
+    until("the slot freed", || r.worker.current_task().is_none()).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_upload_gives_the_message_back_instead_of_deleting_it() {
+    let store = FakeStore {
+        fail: true,
+        ..FakeStore::default()
+    };
+    let r = rig(Claim::Claimed, store, Duration::from_millis(30));
+    r.queue.inbox.lock().unwrap().push(message("t-4"));
+    r.worker.start(None);
+    until("the message given back", || {
+        r.queue
+            .visibility
+            .lock()
+            .unwrap()
+            .contains(&("r-t-4".to_string(), 0))
+    })
+    .await;
+    until("the slot freed", || r.worker.current_task().is_none()).await;
+    assert!(r.queue.deleted.lock().unwrap().is_empty());
+    assert_eq!(r.table.states().last(), Some(&TaskState::Interrupted));
+    let types = r.publisher.types();
+    assert!(types.contains(&"TaskInterrupted"), "{types:?}");
+    assert!(!types.contains(&"TaskCompleted"), "{types:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_requeues_the_running_task_with_the_next_attempt() {
+    let r = rig(
+        Claim::Claimed,
+        FakeStore::default(),
+        Duration::from_secs(600),
+    );
+    r.queue.inbox.lock().unwrap().push(message("t-5"));
+    r.worker.start(None);
+    until("the task running", || r.worker.current_task().is_some()).await;
+    r.worker
+        .drain(t0() + chrono::TimeDelta::seconds(3_600))
+        .await;
+    assert!(r.worker.current_task().is_none());
+    let sent = r.queue.sent.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(Task::parse(&sent[0]).unwrap().attempt, 2);
+    assert_eq!(*r.queue.deleted.lock().unwrap(), vec!["r-t-5"]);
+    assert_eq!(
+        *r.store.bundles.lock().unwrap(),
+        vec!["jobs/i-1/t-5/attempt-1/bundle/"]
+    );
+    assert_eq!(r.table.states().last(), Some(&TaskState::Interrupted));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_dead_letter_queue_a_bad_body_stays_hidden_and_is_reported() {
+    let r = rig(Claim::Claimed, FakeStore::default(), Duration::ZERO);
+    r.queue.inbox.lock().unwrap().push(Received {
+        message_id: "m-bad".into(),
+        receipt: "r-bad".into(),
+        body: r#"{"v":1,"id":"bad-1","kind":"fortran"}"#.into(),
+        receive_count: 1,
+    });
+    r.worker.start(None);
+    until("the message hidden", || {
+        !r.queue.visibility.lock().unwrap().is_empty()
+    })
+    .await;
+    assert_eq!(
+        r.queue.visibility.lock().unwrap()[0],
+        ("r-bad".to_string(), super::queue::MAX_VISIBILITY_SECS)
+    );
+    until("the TaskFailed event", || !r.publisher.types().is_empty()).await;
+    assert!(r.queue.deleted.lock().unwrap().is_empty());
+    let events = r.publisher.events.lock().unwrap().clone();
+    assert!(matches!(
+        &events[0].kind,
+        EventKind::TaskFailed { task_id: Some(id), reason, .. }
+            if id == "bad-1" && reason.contains("fortran")
+    ));
+    assert!(r.worker.current_task().is_none());
+}

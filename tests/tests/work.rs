@@ -1,0 +1,1433 @@
+//! The task worker end to end: the real `leased` against moto's server (SQS, SNS, S3,
+//! DynamoDB, EC2), the fake IMDS, and real tmux on a private server per test. Every
+//! result is read back through the SDK: the bucket's objects, the queue's counts, the
+//! task table's item, the events on a queue subscribed to the control bus.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType,
+};
+use aws_sdk_sqs::types::QueueAttributeName;
+use chrono::{TimeDelta, Utc};
+use lease_common::manifest::{Manifest, sha256_bytes};
+use lease_common::messages::{Event, EventKind, ShellSpec, Task, TaskSpec};
+use lease_common::{layout, records};
+use lease_tests::{Cmd, FakeImds, Moto, wait_until};
+
+const POLL: Duration = Duration::from_millis(100);
+const BUCKET: &str = "lease-test-results";
+const TASKS_TABLE: &str = "lease-test-tasks";
+const NODES_TABLE: &str = "lease-test-nodes";
+
+/// The control plane a test's agents use, created in the test's own moto.
+struct Plane {
+    moto: Moto,
+    sqs: aws_sdk_sqs::Client,
+    s3: aws_sdk_s3::Client,
+    ddb: aws_sdk_dynamodb::Client,
+    queue_url: String,
+    dlq_url: String,
+    topic_arn: String,
+    events_url: String,
+    /// Events received so far from the bus queue.
+    seen: Vec<Event>,
+}
+
+async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url()
+        .unwrap()
+        .to_string();
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .unwrap()
+        .attributes()
+        .unwrap()[&QueueAttributeName::QueueArn]
+        .clone();
+    (url, arn)
+}
+
+async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
+    ddb.create_table()
+        .table_name(name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(key)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            KeySchemaElement::builder()
+                .attribute_name(key)
+                .key_type(KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+}
+
+impl Plane {
+    async fn new() -> Self {
+        let moto = Moto::start();
+        let sdk = moto.sdk_config().await;
+        let sqs = aws_sdk_sqs::Client::new(&sdk);
+        let sns = aws_sdk_sns::Client::new(&sdk);
+        let s3 = lease_common::aws::s3_client(&sdk);
+        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
+        let (dlq_url, dlq_arn) = create_queue(&sqs, "lease-test-dlq-default").await;
+        let (queue_url, _) = create_queue(&sqs, "lease-test-pool-default").await;
+        sqs.set_queue_attributes()
+            .queue_url(&queue_url)
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"10"}}"#),
+            )
+            .send()
+            .await
+            .unwrap();
+        let topic_arn = sns
+            .create_topic()
+            .name("lease-test-bus")
+            .send()
+            .await
+            .unwrap()
+            .topic_arn()
+            .unwrap()
+            .to_string();
+        let (events_url, events_arn) = create_queue(&sqs, "lease-test-events").await;
+        sns.subscribe()
+            .topic_arn(&topic_arn)
+            .protocol("sqs")
+            .endpoint(events_arn)
+            .attributes("RawMessageDelivery", "true")
+            .send()
+            .await
+            .unwrap();
+        s3.create_bucket().bucket(BUCKET).send().await.unwrap();
+        create_table(&ddb, TASKS_TABLE, records::TASK_ID).await;
+        create_table(&ddb, NODES_TABLE, records::NODE_ID).await;
+        Self {
+            moto,
+            sqs,
+            s3,
+            ddb,
+            queue_url,
+            dlq_url,
+            topic_arn,
+            events_url,
+            seen: Vec::new(),
+        }
+    }
+
+    /// A managed instance in moto with a lease long enough for any test, and the fake
+    /// IMDS that stands for it.
+    async fn instance(&self) -> (String, FakeImds) {
+        let id = self
+            .moto
+            .run_instance(&[("lease:managed", "true"), ("lease:ttl", "2h")])
+            .await;
+        let imds = FakeImds::for_instance(self.moto.ec2().await, &id).await;
+        (id, imds)
+    }
+
+    fn agent_config(&self, dir: &Path, extra: &str) -> String {
+        format!(
+            "state-dir: {}\nruntime-dir: {}\nqueue-url: {}\ntopic-arn: {}\nlog-bucket: {BUCKET}\n\
+             tasks-table: {TASKS_TABLE}\nnodes-table: {NODES_TABLE}\nspot-poll-interval: 1s\n\
+             tag-refresh-interval: 2s\nheartbeat-interval: 2s\n{extra}",
+            dir.join("state").display(),
+            dir.join("run").display(),
+            self.queue_url,
+            self.topic_arn,
+        )
+    }
+
+    async fn send(&self, body: &str) {
+        self.sqs
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn task_item(&self, task_id: &str) -> Option<BTreeMap<String, AttributeValue>> {
+        self.ddb
+            .get_item()
+            .table_name(TASKS_TABLE)
+            .key(records::TASK_ID, AttributeValue::S(task_id.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .unwrap()
+            .item()
+            .map(|i| i.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    async fn task_state(&self, task_id: &str) -> Option<String> {
+        self.task_item(task_id).await.and_then(|i| {
+            i.get(records::task::STATE)
+                .and_then(|v| v.as_s().ok())
+                .cloned()
+        })
+    }
+
+    async fn wait_for_state(&self, task_id: &str, want: &str, limit: Duration, agent: &Agent) {
+        let start = Instant::now();
+        loop {
+            if self.task_state(task_id).await.as_deref() == Some(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "task {task_id} not {want} within {limit:?} (is {:?})\n{}",
+                self.task_state(task_id).await,
+                agent.logs()
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Visible plus in-flight plus delayed messages of a queue.
+    async fn queue_count(&self, url: &str) -> u64 {
+        let out = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(url)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        let attrs = out.attributes().unwrap();
+        [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ]
+        .iter()
+        .map(|k| {
+            attrs
+                .get(k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .sum()
+    }
+
+    /// The task queue holds nothing at all: a receive returns nothing and every count
+    /// is zero.
+    async fn assert_queue_empty(&self) {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        assert!(out.messages().is_empty(), "{:?}", out.messages());
+        assert_eq!(self.queue_count(&self.queue_url).await, 0);
+    }
+
+    async fn wait_queue_empty(&self, limit: Duration, agent: &Agent) {
+        self.wait_queue_empty_every(limit, POLL, agent).await;
+    }
+
+    async fn wait_queue_empty_every(&self, limit: Duration, every: Duration, agent: &Agent) {
+        let start = Instant::now();
+        while self.queue_count(&self.queue_url).await != 0 {
+            assert!(
+                start.elapsed() < limit,
+                "queue not empty after {limit:?}\n{}",
+                agent.logs()
+            );
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn object(&self, key: &str) -> Option<Vec<u8>> {
+        let out = self
+            .s3
+            .get_object()
+            .bucket(BUCKET)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        Some(out.body.collect().await.unwrap().into_bytes().to_vec())
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self
+            .s3
+            .list_objects_v2()
+            .bucket(BUCKET)
+            .prefix(prefix)
+            .send()
+            .await
+            .unwrap();
+        let mut keys: Vec<String> = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// Every file of the bundle at `base` (`…/bundle/` + `…/manifest.json`), checked
+    /// against its manifest: (relative path → content).
+    async fn bundle(&self, files_prefix: &str, manifest_key: &str) -> BTreeMap<String, Vec<u8>> {
+        let manifest = self
+            .object(manifest_key)
+            .await
+            .unwrap_or_else(|| panic!("no manifest at {manifest_key}"));
+        let manifest = Manifest::parse(std::str::from_utf8(&manifest).unwrap()).unwrap();
+        let mut files = BTreeMap::new();
+        for f in &manifest.files {
+            let body = self
+                .object(&format!("{files_prefix}{}", f.path))
+                .await
+                .unwrap_or_else(|| panic!("{} listed in the manifest, not in S3", f.path));
+            assert_eq!(body.len() as u64, f.size, "{}", f.path);
+            assert_eq!(sha256_bytes(&body), f.sha256, "{}", f.path);
+            files.insert(f.path.clone(), body);
+        }
+        let stored = self.keys(files_prefix).await;
+        assert_eq!(stored.len(), manifest.files.len(), "{stored:?}");
+        files
+    }
+
+    /// Reads the bus queue until `pred` holds for a received event.
+    async fn wait_event(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        pred: impl Fn(&Event) -> bool,
+    ) -> Event {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+                return e.clone();
+            }
+            assert!(
+                start.elapsed() < limit,
+                "no {what} on the bus within {limit:?}; saw {:?}",
+                self.seen.iter().map(|e| e.type_name()).collect::<Vec<_>>()
+            );
+            self.drain_events().await;
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    async fn drain_events(&mut self) {
+        loop {
+            let out = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.events_url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(0)
+                .send()
+                .await
+                .unwrap();
+            if out.messages().is_empty() {
+                return;
+            }
+            for m in out.messages() {
+                let body = m.body().unwrap();
+                self.seen
+                    .push(Event::parse(body).unwrap_or_else(|e| panic!("{e}: {body}")));
+                self.sqs
+                    .delete_message()
+                    .queue_url(&self.events_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+
+    fn events_of(&self, task_id: &str) -> Vec<&Event> {
+        self.seen
+            .iter()
+            .filter(|e| task_of(e) == Some(task_id))
+            .collect()
+    }
+}
+
+fn task_of(e: &Event) -> Option<&str> {
+    match &e.kind {
+        EventKind::TaskStarted { task_id, .. }
+        | EventKind::TaskOutput { task_id, .. }
+        | EventKind::TaskCompleted { task_id, .. }
+        | EventKind::TaskInterrupted { task_id, .. } => Some(task_id),
+        EventKind::TaskFailed { task_id, .. } => task_id.as_deref(),
+        _ => None,
+    }
+}
+
+fn shell(id: &str, command: &str) -> Task {
+    Task::new(
+        id,
+        TaskSpec::Shell(ShellSpec {
+            command: command.into(),
+        }),
+    )
+}
+
+/// A `leased run` with its own directories and its own tmux server; both are killed
+/// on drop.
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+    env: Vec<(String, String)>,
+    config: PathBuf,
+    socket: String,
+    runs: u32,
+}
+
+impl Agent {
+    fn start(plane: &Plane, imds: &FakeImds, dir: &Path, extra_config: &str) -> Self {
+        Self::start_with(plane, imds, dir, extra_config, &[])
+    }
+
+    fn start_with(
+        plane: &Plane,
+        imds: &FakeImds,
+        dir: &Path,
+        extra_config: &str,
+        extra_env: &[(String, String)],
+    ) -> Self {
+        let yaml = plane.agent_config(dir, extra_config);
+        Self::start_with_config(plane, imds, dir, &yaml, extra_env)
+    }
+
+    /// With exactly this config file.
+    fn start_with_config(
+        plane: &Plane,
+        imds: &FakeImds,
+        dir: &Path,
+        yaml: &str,
+        extra_env: &[(String, String)],
+    ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let socket = format!("lease-test-{}", uuid_like(dir));
+        let mut env = plane.moto.env();
+        env.extend(imds.env());
+        env.push(("LEASED_NEVER_POWER_OFF".into(), "1".into()));
+        env.push(("LEASED_TMUX_SOCKET".into(), socket.clone()));
+        env.extend(extra_env.iter().cloned());
+        Self {
+            child: spawn(&env, &config, dir, 0),
+            dir: dir.to_path_buf(),
+            env,
+            config,
+            socket,
+            runs: 1,
+        }
+    }
+
+    /// SIGKILL, then a fresh process on the same state directory.
+    fn kill_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.restart();
+    }
+
+    /// SIGTERM (a `systemctl restart`, the machine staying up), waits for the exit,
+    /// then a fresh process on the same state directory.
+    fn terminate_and_restart(&mut self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "leased exited with {status}\n{}",
+            self.logs()
+        );
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        self.child = spawn(&self.env, &self.config, &self.dir, self.runs);
+        self.runs += 1;
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for run in 0..self.runs {
+            if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("leased-{run}.log"))) {
+                out.push_str(&format!(
+                    "--- leased {} run {run} ---\n{t}",
+                    self.dir.display()
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A tmux socket name unique to the test directory.
+fn uuid_like(dir: &Path) -> String {
+    dir.display()
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .take(16)
+        .collect()
+}
+
+fn spawn(env: &[(String, String)], config: &Path, dir: &Path, run: u32) -> Child {
+    let log = std::fs::File::create(dir.join(format!("leased-{run}.log"))).unwrap();
+    let mut cmd = Cmd::new("leased", env)
+        .args(["run", "-vv", "--config"])
+        .arg(config)
+        .command();
+    cmd.stdout(Stdio::null()).stderr(log);
+    cmd.spawn().expect("spawn leased")
+}
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shell_task_leaves_its_bundle_log_and_record_and_its_message_goes() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let mut task = shell(
+        "shell-1",
+        "mkdir -p out/sub && printf 'alpha' > out/a.txt && printf 'beta' > out/sub/b.txt \
+         && echo 'hello from the task'",
+    );
+    task.bundle = Some("out".into());
+    plane.send(&task.to_json()).await;
+
+    plane
+        .wait_for_state("shell-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "shell-1"),
+            &layout::manifest_key(&instance, "shell-1"),
+        )
+        .await;
+    assert_eq!(
+        files,
+        BTreeMap::from([
+            ("a.txt".to_string(), b"alpha".to_vec()),
+            ("sub/b.txt".to_string(), b"beta".to_vec()),
+        ])
+    );
+    let log = plane
+        .object(&layout::log_key("shell-1"))
+        .await
+        .expect("log in S3");
+    assert!(
+        String::from_utf8_lossy(&log).contains("hello from the task"),
+        "{}",
+        String::from_utf8_lossy(&log)
+    );
+    plane.wait_queue_empty(LIMIT, &agent).await;
+    plane.assert_queue_empty().await;
+    let item = plane.task_item("shell-1").await.unwrap();
+    assert_eq!(item[records::task::EXIT_CODE].as_n().unwrap(), "0");
+    assert_eq!(item[records::task::NODE_ID].as_s().unwrap(), &instance);
+    assert_eq!(
+        item[records::task::BUNDLE].as_s().unwrap(),
+        &format!(
+            "s3://{BUCKET}/{}",
+            layout::bundle_prefix(&instance, "shell-1")
+        )
+    );
+    assert!(item.contains_key(records::EXPIRES));
+    let completed = plane
+        .wait_event(
+            "TaskCompleted",
+            LIMIT,
+            |e| matches!(&e.kind, EventKind::TaskCompleted { task_id, .. } if task_id == "shell-1"),
+        )
+        .await;
+    assert_eq!(completed.instance_id, instance);
+    // The node registry holds this node.
+    let node = plane
+        .ddb
+        .get_item()
+        .table_name(NODES_TABLE)
+        .key(records::NODE_ID, AttributeValue::S(instance.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert!(node.item().is_some(), "{}", agent.logs());
+}
+
+/// A stand-in `claude` on PATH: it reads the prompt and replays a recorded session.
+fn fake_claude(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../agent/src/run/testdata/claude-stream.jsonl")
+        .canonicalize()
+        .unwrap();
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = bin.join("claude");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ncat > /dev/null\necho '# fix-readme' > README.md\ncat '{}'\n",
+            fixture.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_task_reports_its_output_and_its_result() {
+    let mut plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = fake_claude(tmp.path());
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let agent = Agent::start_with(
+        &plane,
+        &imds,
+        &tmp.path().join("agent"),
+        "",
+        &[("PATH".into(), path)],
+    );
+    plane
+        .send(r#"{"v":1,"id":"claude-1","kind":"claude","prompt":"Write a README"}"#)
+        .await;
+    let done = plane
+        .wait_event("TaskCompleted", LIMIT, |e| {
+            matches!(&e.kind, EventKind::TaskCompleted { task_id, .. } if task_id == "claude-1")
+        })
+        .await;
+    match done.kind {
+        EventKind::TaskCompleted {
+            exit_code,
+            result,
+            cost_usd,
+            turns,
+            ..
+        } => {
+            assert_eq!(exit_code, 0);
+            assert_eq!(
+                result.as_deref(),
+                Some("Done: README.md now describes the project.")
+            );
+            assert_eq!(cost_usd, Some(0.0421355));
+            assert_eq!(turns, Some(4));
+        }
+        other => panic!("{other:?}"),
+    }
+    // Every output line reaches the bus (events may land in any order).
+    plane
+        .wait_event("the session's last text", LIMIT, |e| {
+            matches!(&e.kind, EventKind::TaskOutput { task_id, lines, .. }
+                if task_id == "claude-1"
+                    && lines.iter().any(|l| l.contains("Done: README.md now describes the project.")))
+        })
+        .await;
+    plane.drain_events().await;
+    let events = plane.events_of("claude-1");
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.kind, EventKind::TaskStarted { attempt: 1, .. })),
+        "{events:?}"
+    );
+    let output: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskOutput { lines, .. } => Some(lines.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    let text = output.join("\n");
+    assert!(text.contains("I'll look at the README first."), "{text}");
+    assert!(
+        text.contains("Done: README.md now describes the project."),
+        "{text}"
+    );
+    let mut seqs: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::TaskOutput { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .collect();
+    // The bus may reorder; `seq` puts them back: 0, 1, 2, … without gaps or repeats.
+    seqs.sort_unstable();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+    plane
+        .wait_for_state("claude-1", "complete", LIMIT, &agent)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_mode_runs_the_same_pipeline() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "mock-mode: true\n");
+    plane.send(&shell("mock-1", "exit 3").to_json()).await;
+    plane
+        .wait_for_state("mock-1", "complete", LIMIT, &agent)
+        .await;
+    plane
+        .wait_event("TaskCompleted", LIMIT, |e| {
+            e.type_name() == "TaskCompleted" && task_of(e) == Some("mock-1")
+        })
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "mock-1"),
+            &layout::manifest_key(&instance, "mock-1"),
+        )
+        .await;
+    assert!(!files.is_empty());
+    assert!(plane.object(&layout::log_key("mock-1")).await.is_some());
+    plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+/// Appends a line to `runs` each time it starts, so the test counts runs on disk.
+fn counted(id: &str, runs: &Path, rest: &str) -> Task {
+    let mut t = shell(id, &format!("echo run >> '{}'; {rest}", runs.display()));
+    t.bundle = Some("out".into());
+    t
+}
+
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path)
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_task_finishes_it_once_after_a_restart() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut agent = Agent::start(&plane, &imds, &tmp.path().join("agent"), "");
+    let task = counted(
+        "adopt-1",
+        &runs,
+        "mkdir -p out; echo before > out/before.txt; sleep 4; echo after > out/after.txt",
+    );
+    plane.send(&task.to_json()).await;
+    wait_until("the task to start", LIMIT, POLL, || async {
+        (lines(&runs) == 1).then_some(())
+    })
+    .await;
+    agent.kill_and_restart();
+    plane
+        .wait_for_state("adopt-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "adopt-1"),
+            &layout::manifest_key(&instance, "adopt-1"),
+        )
+        .await;
+    assert_eq!(
+        files.keys().cloned().collect::<Vec<_>>(),
+        vec!["after.txt", "before.txt"]
+    );
+    plane.wait_queue_empty(LIMIT, &agent).await;
+    plane.assert_queue_empty().await;
+    assert_eq!(lines(&runs), 1, "{}", agent.logs());
+    plane.drain_events().await;
+    let completed = plane
+        .events_of("adopt-1")
+        .iter()
+        .filter(|e| e.type_name() == "TaskCompleted")
+        .count();
+    assert_eq!(completed, 1, "{}", agent.logs());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_restart_interrupts_nothing_and_the_task_finishes_once() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let mut agent = Agent::start(&plane, &imds, &tmp.path().join("agent"), "");
+    let task = counted(
+        "restart-1",
+        &runs,
+        "mkdir -p out; sleep 4; echo after > out/after.txt",
+    );
+    plane.send(&task.to_json()).await;
+    wait_until("the task to start", LIMIT, POLL, || async {
+        (lines(&runs) == 1).then_some(())
+    })
+    .await;
+    agent.terminate_and_restart();
+    plane
+        .wait_for_state("restart-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "restart-1"),
+            &layout::manifest_key(&instance, "restart-1"),
+        )
+        .await;
+    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), vec!["after.txt"]);
+    plane.wait_queue_empty(LIMIT, &agent).await;
+    assert_eq!(lines(&runs), 1, "{}", agent.logs());
+    plane.drain_events().await;
+    let types: Vec<&str> = plane
+        .events_of("restart-1")
+        .iter()
+        .map(|e| e.type_name())
+        .filter(|t| *t != "TaskOutput")
+        .collect();
+    assert_eq!(
+        types,
+        vec!["TaskStarted", "TaskCompleted"],
+        "{}",
+        agent.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_malformed_bodies_go_to_the_dead_letter_queue_and_the_agent_serves_on() {
+    let mut plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "max-concurrent-tasks: 10\n");
+    let kinds = [
+        "not json at all".to_string(),
+        r#"{"id":"no-version","kind":"shell","command":"true"}"#.to_string(),
+        r#"{"v":2,"id":"future","kind":"shell","command":"true"}"#.to_string(),
+        r#"{"v":1,"id":"fortran","kind":"fortran","src":"x"}"#.to_string(),
+        r#"{"v":1,"id":"no-command","kind":"shell"}"#.to_string(),
+    ];
+    for i in 0..50 {
+        plane.send(&kinds[i % kinds.len()]).await;
+    }
+    plane.send(&shell("good-1", "echo fine").to_json()).await;
+    plane
+        .wait_for_state("good-1", "complete", LIMIT, &agent)
+        .await;
+    wait_until("50 dead letters", LIMIT, POLL, || async {
+        (plane.queue_count(&plane.dlq_url).await == 50).then_some(())
+    })
+    .await;
+    // Each dead letter carries its reason.
+    let mut reasons = Vec::new();
+    while reasons.len() < 50 {
+        let out = plane
+            .sqs
+            .receive_message()
+            .queue_url(&plane.dlq_url)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .wait_time_seconds(0)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !out.messages().is_empty(),
+            "only {} read back",
+            reasons.len()
+        );
+        for m in out.messages() {
+            let reason = m
+                .message_attributes()
+                .and_then(|a| a.get("reason"))
+                .and_then(|r| r.string_value())
+                .unwrap_or_default()
+                .to_string();
+            assert!(!reason.is_empty(), "{:?}", m.body());
+            reasons.push(reason);
+        }
+    }
+    assert!(
+        reasons.iter().any(|r| r.contains("not JSON")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("fortran")), "{reasons:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("version 2")),
+        "{reasons:?}"
+    );
+    plane.wait_queue_empty(LIMIT, &agent).await;
+    let start = Instant::now();
+    loop {
+        plane.drain_events().await;
+        let failed: Vec<&Event> = plane
+            .seen
+            .iter()
+            .filter(|e| e.type_name() == "TaskFailed")
+            .collect();
+        if failed.len() >= 50 {
+            assert_eq!(failed.len(), 50);
+            assert!(failed.iter().all(|e| matches!(
+                &e.kind,
+                EventKind::TaskFailed { reason, .. } if reason.contains("refused")
+            )));
+            break;
+        }
+        assert!(
+            start.elapsed() < LIMIT,
+            "{} TaskFailed events",
+            failed.len()
+        );
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_delivery_runs_once() {
+    let mut plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let agent = Agent::start(
+        &plane,
+        &imds,
+        &tmp.path().join("agent"),
+        "max-concurrent-tasks: 2\n",
+    );
+    let task = counted("dup-1", &runs, "sleep 2");
+    plane.send(&task.to_json()).await;
+    plane.send(&task.to_json()).await;
+    plane
+        .wait_for_state("dup-1", "complete", LIMIT, &agent)
+        .await;
+    plane.wait_queue_empty(LIMIT, &agent).await;
+    assert_eq!(lines(&runs), 1, "{}", agent.logs());
+    plane.drain_events().await;
+    let started = plane
+        .events_of("dup-1")
+        .iter()
+        .filter(|e| e.type_name() == "TaskStarted")
+        .count();
+    assert_eq!(started, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spot_notice_requeues_the_task_for_another_node() {
+    let mut plane = Plane::new().await;
+    let (first, imds1) = plane.instance().await;
+    let (second, imds2) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let marker = tmp.path().join("first-attempt-ran");
+    let mut task = shell(
+        "spot-1",
+        &format!(
+            "mkdir -p out; echo partial > out/part.txt; \
+             if [ -e '{m}' ]; then echo final > out/final.txt; exit 0; fi; \
+             touch '{m}'; sleep 120",
+            m = marker.display()
+        ),
+    );
+    task.bundle = Some("out".into());
+    let agent1 = Agent::start(&plane, &imds1, &tmp.path().join("a1"), "");
+    plane.send(&task.to_json()).await;
+    wait_until("the first attempt to start", LIMIT, POLL, || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    plane
+        .wait_for_state("spot-1", "running", LIMIT, &agent1)
+        .await;
+    imds1.set_spot_action("terminate", Utc::now() + TimeDelta::minutes(2));
+    let interrupted = plane
+        .wait_event("TaskInterrupted", LIMIT, |e| {
+            e.type_name() == "TaskInterrupted" && task_of(e) == Some("spot-1")
+        })
+        .await;
+    assert_eq!(interrupted.instance_id, first);
+    assert!(matches!(
+        interrupted.kind,
+        EventKind::TaskInterrupted { attempt: 1, .. }
+    ));
+    let base = layout::attempt_prefix(&first, "spot-1", 1);
+    let partial = plane
+        .bundle(&format!("{base}bundle/"), &format!("{base}manifest.json"))
+        .await;
+    assert_eq!(
+        partial.get("part.txt").map(Vec::as_slice),
+        Some(&b"partial\n"[..])
+    );
+    assert_eq!(
+        plane.task_state("spot-1").await.as_deref(),
+        Some("interrupted")
+    );
+    // The requeued message is there at once, for another node.
+    assert_eq!(plane.queue_count(&plane.queue_url).await, 1);
+
+    let agent2 = Agent::start(&plane, &imds2, &tmp.path().join("a2"), "");
+    plane
+        .wait_for_state("spot-1", "complete", LIMIT, &agent2)
+        .await;
+    let item = plane.task_item("spot-1").await.unwrap();
+    assert_eq!(item[records::task::ATTEMPT].as_n().unwrap(), "2");
+    assert_eq!(item[records::task::NODE_ID].as_s().unwrap(), &second);
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&second, "spot-1"),
+            &layout::manifest_key(&second, "spot-1"),
+        )
+        .await;
+    assert_eq!(
+        files.get("final.txt").map(Vec::as_slice),
+        Some(&b"final\n"[..])
+    );
+    plane.wait_queue_empty(LIMIT, &agent2).await;
+    plane.drain_events().await;
+    assert!(plane.events_of("spot-1").iter().any(|e| matches!(
+        e.kind,
+        EventKind::TaskStarted { attempt: 2, .. }
+    ) && e.instance_id == second));
+    drop(agent1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_shot_task_runs_once_then_ends_the_lease_as_on_complete_says() {
+    let plane = Plane::new().await;
+    let instance = plane
+        .moto
+        .run_instance(&[
+            ("lease:managed", "true"),
+            ("lease:ttl", "2h"),
+            ("lease:on-complete", "stop"),
+        ])
+        .await;
+    let imds = FakeImds::for_instance(plane.moto.ec2().await, &instance).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let task = counted(
+        "once-1",
+        &runs,
+        "mkdir -p out; echo done > out/r.txt; exit 2",
+    );
+    let yaml = serde_yaml_ng::to_string(&serde_json::json!({ "task": task })).unwrap();
+    // No queue: the one task is all this node does.
+    let dir = tmp.path().join("agent");
+    let config: String = plane
+        .agent_config(&dir, &yaml)
+        .lines()
+        .filter(|l| !l.starts_with("queue-url:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let mut agent = Agent::start_with_config(&plane, &imds, &dir, &config, &[]);
+    wait_until("the instance to be stopped", LIMIT, POLL, || async {
+        let i = plane.moto.instance(&instance).await;
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string());
+        matches!(state.as_deref(), Some("stopping" | "stopped")).then_some(())
+    })
+    .await;
+    let tags: BTreeMap<String, String> = plane
+        .moto
+        .instance(&instance)
+        .await
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        tags.get("lease:status").map(String::as_str),
+        Some("failed"),
+        "{}",
+        agent.logs()
+    );
+    assert_eq!(plane.task_state("once-1").await.as_deref(), Some("failed"));
+    let item = plane.task_item("once-1").await.unwrap();
+    assert_eq!(item[records::task::EXIT_CODE].as_n().unwrap(), "2");
+    assert_eq!(item[records::task::NODE_ID].as_s().unwrap(), &instance);
+    // The agent ended the lease: its node is marked deregistered.
+    wait_until("the node deregistered", LIMIT, POLL, || async {
+        let node = plane
+            .ddb
+            .get_item()
+            .table_name(NODES_TABLE)
+            .key(records::NODE_ID, AttributeValue::S(instance.clone()))
+            .send()
+            .await
+            .unwrap();
+        let status = node
+            .item()
+            .and_then(|i| i.get(records::node::STATUS))
+            .and_then(|v| v.as_s().ok())
+            .cloned();
+        (status.as_deref() == Some("deregistered")).then_some(())
+    })
+    .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "once-1"),
+            &layout::manifest_key(&instance, "once-1"),
+        )
+        .await;
+    assert_eq!(files.get("r.txt").map(Vec::as_slice), Some(&b"done\n"[..]));
+    assert!(plane.object(&layout::log_key("once-1")).await.is_some());
+    // A restart on the same state directory does not run it again.
+    agent.kill_and_restart();
+    wait_until("the restarted agent to start", LIMIT, POLL, || async {
+        agent.logs().contains("has already run here").then_some(())
+    })
+    .await;
+    assert_eq!(lines(&runs), 1, "{}", agent.logs());
+}
+
+/// 500 mock tasks through one agent against moto: tasks per second, printed and, with
+/// `LEASE_BENCH_OUT` set, written there as JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: cargo test --test work -- --ignored bench_mock_tasks --nocapture"]
+async fn bench_mock_tasks() {
+    // Mock tasks cost the machine nothing: the figure is the pipeline's (and the
+    // emulator's), so the slots are many.
+    const CONCURRENCY: u32 = 20;
+    // LEASE_BENCH_TASKS: fewer (or more) for a quick look; a multiple of ten.
+    let tasks: usize = std::env::var("LEASE_BENCH_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    for chunk in 0..tasks / 10 {
+        let mut batch = plane.sqs.send_message_batch().queue_url(&plane.queue_url);
+        for i in 0..10 {
+            let n = chunk * 10 + i;
+            batch = batch.entries(
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{n}"))
+                    .message_body(shell(&format!("bench-{n}"), "true").to_json())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        batch.send().await.unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let agent = Agent::start(
+        &plane,
+        &imds,
+        tmp.path(),
+        &format!("mock-mode: true\nmax-concurrent-tasks: {CONCURRENCY}\n"),
+    );
+    // Looked at once a second: the emulator serves the agent, not the stopwatch.
+    plane
+        .wait_queue_empty_every(Duration::from_secs(600), Duration::from_secs(1), &agent)
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let per_sec = tasks as f64 / secs;
+    if std::env::var_os("LEASE_BENCH_KEEP").is_some() {
+        eprintln!("agent logs kept in {}", tmp.keep().display());
+    }
+    for n in [0, tasks / 2, tasks - 1] {
+        assert_eq!(
+            plane.task_state(&format!("bench-{n}")).await.as_deref(),
+            Some("complete")
+        );
+    }
+    eprintln!("bench_mock_tasks: {tasks} mock tasks in {secs:.1}s: {per_sec:.1} tasks/s");
+    if let Some(out) = std::env::var_os("LEASE_BENCH_OUT") {
+        let json = serde_json::json!({
+            "bench": "mock_tasks",
+            "tasks": tasks,
+            "max_concurrent_tasks": CONCURRENCY,
+            "seconds": secs,
+            "tasks_per_sec": per_sec,
+        });
+        std::fs::write(out, json.to_string()).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_timeout_is_stopped_reported_failed_and_its_output_kept() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let mut task = shell(
+        "slow-1",
+        "mkdir -p out; echo early > out/early.txt; sleep 120",
+    );
+    task.bundle = Some("out".into());
+    task.timeout = Some("2s".parse().unwrap());
+    plane.send(&task.to_json()).await;
+    plane
+        .wait_for_state("slow-1", "failed", LIMIT, &agent)
+        .await;
+    let item = plane.task_item("slow-1").await.unwrap();
+    assert_eq!(
+        item[records::task::REASON].as_s().unwrap(),
+        "timed out after 2s"
+    );
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "slow-1"),
+            &layout::manifest_key(&instance, "slow-1"),
+        )
+        .await;
+    assert_eq!(
+        files.get("early.txt").map(Vec::as_slice),
+        Some(&b"early\n"[..])
+    );
+    let failed = plane
+        .wait_event("TaskFailed", LIMIT, |e| {
+            e.type_name() == "TaskFailed" && task_of(e) == Some("slow-1")
+        })
+        .await;
+    assert!(matches!(
+        failed.kind,
+        EventKind::TaskFailed { ref reason, bundle: Some(_), .. } if reason == "timed out after 2s"
+    ));
+    plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_stored_in_s3_runs_from_its_pointer() {
+    let plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let mut task = shell("big-1", "printf big > big.txt");
+    task.bundle = None;
+    plane
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(layout::task_spec_key("big-1"))
+        .body(task.to_json().into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    plane
+        .send(&format!(
+            r#"{{"v":1,"id":"big-1","spec_s3":"s3://{BUCKET}/{}"}}"#,
+            layout::task_spec_key("big-1")
+        ))
+        .await;
+    // A pointer to nothing goes to the dead-letter queue with its reason.
+    plane
+        .send(&format!(
+            r#"{{"v":1,"id":"gone-1","spec_s3":"s3://{BUCKET}/tasks/gone-1.json"}}"#
+        ))
+        .await;
+    plane
+        .wait_for_state("big-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "big-1"),
+            &layout::manifest_key(&instance, "big-1"),
+        )
+        .await;
+    assert_eq!(files.get("big.txt").map(Vec::as_slice), Some(&b"big"[..]));
+    wait_until("the dangling pointer in the DLQ", LIMIT, POLL, || async {
+        (plane.queue_count(&plane.dlq_url).await == 1).then_some(())
+    })
+    .await;
+    plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_at_the_deadline_is_requeued_before_it() {
+    let mut plane = Plane::new().await;
+    let instance = plane
+        .moto
+        .run_instance(&[("lease:managed", "true"), ("lease:ttl", "1h")])
+        .await;
+    let imds = FakeImds::for_instance(plane.moto.ec2().await, &instance).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut task = shell(
+        "late-1",
+        "mkdir -p out; echo partial > out/part.txt; sleep 120",
+    );
+    task.bundle = Some("out".into());
+    let agent = Agent::start(&plane, &imds, tmp.path(), "drain-lead: 6s\n");
+    plane.send(&task.to_json()).await;
+    plane
+        .wait_for_state("late-1", "running", LIMIT, &agent)
+        .await;
+    // The lease ends 10 s from now: the drain starts 6 s before that.
+    let deadline = Utc::now() + TimeDelta::seconds(10);
+    let ec2 = plane.moto.ec2().await;
+    ec2.create_tags()
+        .resources(&instance)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("lease:expires-at")
+                .value(lease_common::tags::render_time(deadline))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let interrupted = plane
+        .wait_event("TaskInterrupted", LIMIT, |e| {
+            e.type_name() == "TaskInterrupted" && task_of(e) == Some("late-1")
+        })
+        .await;
+    assert!(
+        interrupted.at < deadline,
+        "interrupted at {} for a deadline at {deadline}\n{}",
+        interrupted.at,
+        agent.logs()
+    );
+    let base = layout::attempt_prefix(&instance, "late-1", 1);
+    let partial = plane
+        .bundle(&format!("{base}bundle/"), &format!("{base}manifest.json"))
+        .await;
+    assert_eq!(
+        partial.get("part.txt").map(Vec::as_slice),
+        Some(&b"partial\n"[..])
+    );
+    // The requeued message carries attempt 2, and the instance still ends.
+    let out = plane
+        .sqs
+        .receive_message()
+        .queue_url(&plane.queue_url)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap();
+    let body = out.messages()[0].body().unwrap();
+    assert_eq!(Task::parse(body).unwrap().attempt, 2);
+    wait_until("the instance to end", LIMIT, POLL, || async {
+        let i = plane.moto.instance(&instance).await;
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str().to_string());
+        matches!(state.as_deref(), Some("shutting-down" | "terminated")).then_some(())
+    })
+    .await;
+}
+
+/// A FROM-scratch image holding one static program (tests/fixtures/docker-probe.c),
+/// built with `docker import`; no registry involved.
+fn probe_image() -> String {
+    let image = "lease-worker-probe:test".to_string();
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/docker-probe.c");
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(dir.path().join("probe"))
+        .arg(src)
+        .status()
+        .expect("a C compiler (cc) builds the Docker test image's program");
+    assert!(status.success(), "cc -static failed for {src}");
+    let script = format!(
+        "tar -C {} -c probe | docker import --change 'ENTRYPOINT [\"/probe\"]' - {image}",
+        dir.path().display()
+    );
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "Docker is required for this test and could not import the image: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_docker_task_runs_through_the_worker() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let task = Task::new(
+        "docker-1",
+        TaskSpec::Docker(lease_common::messages::DockerSpec {
+            image: probe_image(),
+            args: vec!["write".into(), "0".into()],
+            env: BTreeMap::from([("GREETING".to_string(), "hello from docker".to_string())]),
+            gpus: None,
+        }),
+    );
+    plane.send(&task.to_json()).await;
+    plane
+        .wait_for_state("docker-1", "complete", LIMIT, &agent)
+        .await;
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "docker-1"),
+            &layout::manifest_key(&instance, "docker-1"),
+        )
+        .await;
+    assert_eq!(
+        files.get("hello.txt").map(Vec::as_slice),
+        Some(&b"hello from docker\n"[..]),
+        "{}",
+        agent.logs()
+    );
+    plane
+        .wait_event("TaskCompleted", LIMIT, |e| {
+            e.type_name() == "TaskCompleted" && task_of(e) == Some("docker-1")
+        })
+        .await;
+    plane
+        .wait_event("the program's output", LIMIT, |e| {
+            matches!(&e.kind, EventKind::TaskOutput { task_id, lines, .. }
+                if task_id == "docker-1"
+                    && lines.iter().any(|l| l.contains("greeting=hello from docker")))
+        })
+        .await;
+    plane.wait_queue_empty(LIMIT, &agent).await;
+}
