@@ -14,13 +14,16 @@ use crate::{Cmd, Moto, wait_until};
 /// How often the harness looks at a process or the emulator.
 pub const POLL: Duration = Duration::from_millis(50);
 
-/// A `leased run` process with its own state and runtime directories; killed on drop.
+/// A `leased run` process with its own state and runtime directories and its own tmux
+/// server (so tasks of parallel tests never meet); both are killed on drop.
 #[derive(Debug)]
 pub struct Agent {
     pub child: Child,
     pub dir: PathBuf,
     pub env: Vec<(String, String)>,
     pub config: PathBuf,
+    socket: String,
+    runs: u32,
 }
 
 impl Agent {
@@ -37,7 +40,6 @@ impl Agent {
         extra_config: &str,
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let config = dir.join("config.yaml");
         let mut yaml = String::new();
         for (key, value) in [
             ("state-dir", dir.join("state").display().to_string()),
@@ -50,39 +52,64 @@ impl Agent {
             }
         }
         yaml.push_str(extra_config);
+        let extra_env: Vec<(String, String)> = extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::with_config(moto, imds, dir, &yaml, &extra_env)
+    }
+
+    /// With exactly this config file.
+    pub fn with_config(
+        moto: &Moto,
+        imds: &FakeImds,
+        dir: &Path,
+        yaml: &str,
+        extra_env: &[(String, String)],
+    ) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
+        let socket = format!("lease-test-{}", socket_name(dir));
         let mut env = moto.env();
         env.extend(imds.env());
         // Belt and braces: the agent refuses a poweroff outside systemd anyway.
         env.push(("LEASED_NEVER_POWER_OFF".into(), "1".into()));
-        env.extend(
-            extra_env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string())),
-        );
+        env.push(("LEASED_TMUX_SOCKET".into(), socket.clone()));
+        env.extend(extra_env.iter().cloned());
         Self {
-            child: Self::spawn(&env, &config, dir, 0),
+            child: spawn(&env, &config, dir, 0),
             dir: dir.to_path_buf(),
             env,
             config,
+            socket,
+            runs: 1,
         }
-    }
-
-    fn spawn(env: &[(String, String)], config: &Path, dir: &Path, run: u32) -> Child {
-        let log = std::fs::File::create(dir.join(format!("leased-{run}.log"))).unwrap();
-        let mut cmd = Cmd::new("leased", env)
-            .args(["run", "-vv", "--config"])
-            .arg(config)
-            .command();
-        cmd.stdout(Stdio::null()).stderr(log);
-        cmd.spawn().expect("spawn leased")
     }
 
     /// SIGKILL, then a fresh process on the same state directory.
     pub fn kill_and_restart(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
-        self.child = Self::spawn(&self.env, &self.config, &self.dir, 1);
+        self.restart();
+    }
+
+    /// SIGTERM (a `systemctl restart`, the machine staying up), waits for the exit,
+    /// then a fresh process on the same state directory.
+    pub fn terminate_and_restart(&mut self) {
+        self.signal("-TERM");
+        let status = self.child.wait().unwrap();
+        assert!(
+            status.success(),
+            "leased exited with {status}\n{}",
+            self.logs()
+        );
+        self.restart();
+    }
+
+    fn restart(&mut self) {
+        self.child = spawn(&self.env, &self.config, &self.dir, self.runs);
+        self.runs += 1;
     }
 
     pub fn signal(&self, sig: &str) {
@@ -94,11 +121,15 @@ impl Agent {
         assert!(ok, "kill {sig}");
     }
 
+    /// Every run's log, oldest first.
     pub fn logs(&self) -> String {
         let mut out = String::new();
-        for run in 0..2 {
+        for run in 0..self.runs {
             if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("leased-{run}.log"))) {
-                out.push_str(&format!("--- leased run {run} ---\n{t}"));
+                out.push_str(&format!(
+                    "--- leased {} run {run} ---\n{t}",
+                    self.dir.display()
+                ));
             }
         }
         out
@@ -146,11 +177,39 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::process::Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         // The agent's log on failure, or always with LEASED_TEST_LOGS=1.
         if std::thread::panicking() || std::env::var_os("LEASED_TEST_LOGS").is_some() {
             eprintln!("{}", self.logs());
         }
     }
+}
+
+/// A tmux socket name unique to the agent's directory.
+fn socket_name(dir: &Path) -> String {
+    dir.display()
+        .to_string()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .chars()
+        .rev()
+        .take(16)
+        .collect()
+}
+
+fn spawn(env: &[(String, String)], config: &Path, dir: &Path, run: u32) -> Child {
+    let log = std::fs::File::create(dir.join(format!("leased-{run}.log"))).unwrap();
+    let mut cmd = Cmd::new("leased", env)
+        .args(["run", "-vv", "--config"])
+        .arg(config)
+        .command();
+    cmd.stdout(Stdio::null()).stderr(log);
+    cmd.spawn().expect("spawn leased")
 }
 
 /// An SNS topic (the control bus) with an SQS queue subscribed with raw delivery.

@@ -12,6 +12,7 @@ pub mod imds;
 pub mod lambda_api;
 pub mod moto;
 pub mod nspawn;
+pub mod plane;
 pub mod recorder;
 pub mod sshd;
 pub mod wait;

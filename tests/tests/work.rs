@@ -6,529 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType,
-};
-use aws_sdk_sqs::types::QueueAttributeName;
+use aws_sdk_dynamodb::types::AttributeValue;
 use chrono::{TimeDelta, Utc};
-use lease_common::manifest::{Manifest, sha256_bytes};
-use lease_common::messages::{Event, EventKind, ShellSpec, Task, TaskSpec};
+use lease_common::messages::{Event, EventKind, Task, TaskSpec};
 use lease_common::{layout, records};
-use lease_tests::{Cmd, FakeImds, Moto, wait_until};
-
-const POLL: Duration = Duration::from_millis(100);
-const BUCKET: &str = "lease-test-results";
-const TASKS_TABLE: &str = "lease-test-tasks";
-const NODES_TABLE: &str = "lease-test-nodes";
-
-/// The control plane a test's agents use, created in the test's own moto.
-struct Plane {
-    moto: Moto,
-    sqs: aws_sdk_sqs::Client,
-    s3: aws_sdk_s3::Client,
-    ddb: aws_sdk_dynamodb::Client,
-    queue_url: String,
-    dlq_url: String,
-    topic_arn: String,
-    events_url: String,
-    /// Events received so far from the bus queue.
-    seen: Vec<Event>,
-}
-
-async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    let url = sqs
-        .create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .unwrap()
-        .queue_url()
-        .unwrap()
-        .to_string();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes()
-        .unwrap()[&QueueAttributeName::QueueArn]
-        .clone();
-    (url, arn)
-}
-
-async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
-    ddb.create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-}
-
-impl Plane {
-    async fn new() -> Self {
-        let moto = Moto::start();
-        let sdk = moto.sdk_config().await;
-        let sqs = aws_sdk_sqs::Client::new(&sdk);
-        let sns = aws_sdk_sns::Client::new(&sdk);
-        let s3 = lease_common::aws::s3_client(&sdk);
-        let ddb = aws_sdk_dynamodb::Client::new(&sdk);
-        let (dlq_url, dlq_arn) = create_queue(&sqs, "lease-test-dlq-default").await;
-        let (queue_url, _) = create_queue(&sqs, "lease-test-pool-default").await;
-        sqs.set_queue_attributes()
-            .queue_url(&queue_url)
-            .attributes(
-                QueueAttributeName::RedrivePolicy,
-                format!(r#"{{"deadLetterTargetArn":"{dlq_arn}","maxReceiveCount":"10"}}"#),
-            )
-            .send()
-            .await
-            .unwrap();
-        let topic_arn = sns
-            .create_topic()
-            .name("lease-test-bus")
-            .send()
-            .await
-            .unwrap()
-            .topic_arn()
-            .unwrap()
-            .to_string();
-        let (events_url, events_arn) = create_queue(&sqs, "lease-test-events").await;
-        sns.subscribe()
-            .topic_arn(&topic_arn)
-            .protocol("sqs")
-            .endpoint(events_arn)
-            .attributes("RawMessageDelivery", "true")
-            .send()
-            .await
-            .unwrap();
-        s3.create_bucket().bucket(BUCKET).send().await.unwrap();
-        create_table(&ddb, TASKS_TABLE, records::TASK_ID).await;
-        create_table(&ddb, NODES_TABLE, records::NODE_ID).await;
-        Self {
-            moto,
-            sqs,
-            s3,
-            ddb,
-            queue_url,
-            dlq_url,
-            topic_arn,
-            events_url,
-            seen: Vec::new(),
-        }
-    }
-
-    /// A managed instance in moto with a lease long enough for any test, and the fake
-    /// IMDS that stands for it.
-    async fn instance(&self) -> (String, FakeImds) {
-        let id = self
-            .moto
-            .run_instance(&[("lease:managed", "true"), ("lease:ttl", "2h")])
-            .await;
-        let imds = FakeImds::for_instance(self.moto.ec2().await, &id).await;
-        (id, imds)
-    }
-
-    fn agent_config(&self, dir: &Path, extra: &str) -> String {
-        format!(
-            "state-dir: {}\nruntime-dir: {}\nqueue-url: {}\ntopic-arn: {}\nlog-bucket: {BUCKET}\n\
-             tasks-table: {TASKS_TABLE}\nnodes-table: {NODES_TABLE}\nspot-poll-interval: 1s\n\
-             tag-refresh-interval: 2s\nheartbeat-interval: 2s\n{extra}",
-            dir.join("state").display(),
-            dir.join("run").display(),
-            self.queue_url,
-            self.topic_arn,
-        )
-    }
-
-    async fn send(&self, body: &str) {
-        self.sqs
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .send()
-            .await
-            .unwrap();
-    }
-
-    async fn task_item(&self, task_id: &str) -> Option<BTreeMap<String, AttributeValue>> {
-        self.ddb
-            .get_item()
-            .table_name(TASKS_TABLE)
-            .key(records::TASK_ID, AttributeValue::S(task_id.into()))
-            .consistent_read(true)
-            .send()
-            .await
-            .unwrap()
-            .item()
-            .map(|i| i.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-    }
-
-    async fn task_state(&self, task_id: &str) -> Option<String> {
-        self.task_item(task_id).await.and_then(|i| {
-            i.get(records::task::STATE)
-                .and_then(|v| v.as_s().ok())
-                .cloned()
-        })
-    }
-
-    async fn wait_for_state(&self, task_id: &str, want: &str, limit: Duration, agent: &Agent) {
-        let start = Instant::now();
-        loop {
-            if self.task_state(task_id).await.as_deref() == Some(want) {
-                return;
-            }
-            assert!(
-                start.elapsed() < limit,
-                "task {task_id} not {want} within {limit:?} (is {:?})\n{}",
-                self.task_state(task_id).await,
-                agent.logs()
-            );
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    /// Visible plus in-flight plus delayed messages of a queue.
-    async fn queue_count(&self, url: &str) -> u64 {
-        let out = self
-            .sqs
-            .get_queue_attributes()
-            .queue_url(url)
-            .attribute_names(QueueAttributeName::All)
-            .send()
-            .await
-            .unwrap();
-        let attrs = out.attributes().unwrap();
-        [
-            QueueAttributeName::ApproximateNumberOfMessages,
-            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
-            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
-        ]
-        .iter()
-        .map(|k| {
-            attrs
-                .get(k)
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        })
-        .sum()
-    }
-
-    /// The task queue holds nothing at all: a receive returns nothing and every count
-    /// is zero.
-    async fn assert_queue_empty(&self) {
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .wait_time_seconds(0)
-            .send()
-            .await
-            .unwrap();
-        assert!(out.messages().is_empty(), "{:?}", out.messages());
-        assert_eq!(self.queue_count(&self.queue_url).await, 0);
-    }
-
-    async fn wait_queue_empty(&self, limit: Duration, agent: &Agent) {
-        self.wait_queue_empty_every(limit, POLL, agent).await;
-    }
-
-    async fn wait_queue_empty_every(&self, limit: Duration, every: Duration, agent: &Agent) {
-        let start = Instant::now();
-        while self.queue_count(&self.queue_url).await != 0 {
-            assert!(
-                start.elapsed() < limit,
-                "queue not empty after {limit:?}\n{}",
-                agent.logs()
-            );
-            tokio::time::sleep(every).await;
-        }
-    }
-
-    async fn object(&self, key: &str) -> Option<Vec<u8>> {
-        let out = self
-            .s3
-            .get_object()
-            .bucket(BUCKET)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
-        Some(out.body.collect().await.unwrap().into_bytes().to_vec())
-    }
-
-    async fn keys(&self, prefix: &str) -> Vec<String> {
-        let out = self
-            .s3
-            .list_objects_v2()
-            .bucket(BUCKET)
-            .prefix(prefix)
-            .send()
-            .await
-            .unwrap();
-        let mut keys: Vec<String> = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    /// Every file of the bundle at `base` (`…/bundle/` + `…/manifest.json`), checked
-    /// against its manifest: (relative path → content).
-    async fn bundle(&self, files_prefix: &str, manifest_key: &str) -> BTreeMap<String, Vec<u8>> {
-        let manifest = self
-            .object(manifest_key)
-            .await
-            .unwrap_or_else(|| panic!("no manifest at {manifest_key}"));
-        let manifest = Manifest::parse(std::str::from_utf8(&manifest).unwrap()).unwrap();
-        let mut files = BTreeMap::new();
-        for f in &manifest.files {
-            let body = self
-                .object(&format!("{files_prefix}{}", f.path))
-                .await
-                .unwrap_or_else(|| panic!("{} listed in the manifest, not in S3", f.path));
-            assert_eq!(body.len() as u64, f.size, "{}", f.path);
-            assert_eq!(sha256_bytes(&body), f.sha256, "{}", f.path);
-            files.insert(f.path.clone(), body);
-        }
-        let stored = self.keys(files_prefix).await;
-        assert_eq!(stored.len(), manifest.files.len(), "{stored:?}");
-        files
-    }
-
-    /// Reads the bus queue until `pred` holds for a received event.
-    async fn wait_event(
-        &mut self,
-        what: &str,
-        limit: Duration,
-        pred: impl Fn(&Event) -> bool,
-    ) -> Event {
-        let start = Instant::now();
-        loop {
-            if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-                return e.clone();
-            }
-            assert!(
-                start.elapsed() < limit,
-                "no {what} on the bus within {limit:?}; saw {:?}",
-                self.seen.iter().map(|e| e.type_name()).collect::<Vec<_>>()
-            );
-            self.drain_events().await;
-            tokio::time::sleep(POLL).await;
-        }
-    }
-
-    async fn drain_events(&mut self) {
-        loop {
-            let out = self
-                .sqs
-                .receive_message()
-                .queue_url(&self.events_url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(0)
-                .send()
-                .await
-                .unwrap();
-            if out.messages().is_empty() {
-                return;
-            }
-            for m in out.messages() {
-                let body = m.body().unwrap();
-                self.seen
-                    .push(Event::parse(body).unwrap_or_else(|e| panic!("{e}: {body}")));
-                self.sqs
-                    .delete_message()
-                    .queue_url(&self.events_url)
-                    .receipt_handle(m.receipt_handle().unwrap())
-                    .send()
-                    .await
-                    .unwrap();
-            }
-        }
-    }
-
-    fn events_of(&self, task_id: &str) -> Vec<&Event> {
-        self.seen
-            .iter()
-            .filter(|e| task_of(e) == Some(task_id))
-            .collect()
-    }
-}
-
-fn task_of(e: &Event) -> Option<&str> {
-    match &e.kind {
-        EventKind::TaskStarted { task_id, .. }
-        | EventKind::TaskOutput { task_id, .. }
-        | EventKind::TaskCompleted { task_id, .. }
-        | EventKind::TaskInterrupted { task_id, .. } => Some(task_id),
-        EventKind::TaskFailed { task_id, .. } => task_id.as_deref(),
-        _ => None,
-    }
-}
-
-fn shell(id: &str, command: &str) -> Task {
-    Task::new(
-        id,
-        TaskSpec::Shell(ShellSpec {
-            command: command.into(),
-        }),
-    )
-}
-
-/// A `leased run` with its own directories and its own tmux server; both are killed
-/// on drop.
-struct Agent {
-    child: Child,
-    dir: PathBuf,
-    env: Vec<(String, String)>,
-    config: PathBuf,
-    socket: String,
-    runs: u32,
-}
-
-impl Agent {
-    fn start(plane: &Plane, imds: &FakeImds, dir: &Path, extra_config: &str) -> Self {
-        Self::start_with(plane, imds, dir, extra_config, &[])
-    }
-
-    fn start_with(
-        plane: &Plane,
-        imds: &FakeImds,
-        dir: &Path,
-        extra_config: &str,
-        extra_env: &[(String, String)],
-    ) -> Self {
-        let yaml = plane.agent_config(dir, extra_config);
-        Self::start_with_config(plane, imds, dir, &yaml, extra_env)
-    }
-
-    /// With exactly this config file.
-    fn start_with_config(
-        plane: &Plane,
-        imds: &FakeImds,
-        dir: &Path,
-        yaml: &str,
-        extra_env: &[(String, String)],
-    ) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("config.yaml");
-        std::fs::write(&config, yaml).unwrap();
-        let socket = format!("lease-test-{}", uuid_like(dir));
-        let mut env = plane.moto.env();
-        env.extend(imds.env());
-        env.push(("LEASED_NEVER_POWER_OFF".into(), "1".into()));
-        env.push(("LEASED_TMUX_SOCKET".into(), socket.clone()));
-        env.extend(extra_env.iter().cloned());
-        Self {
-            child: spawn(&env, &config, dir, 0),
-            dir: dir.to_path_buf(),
-            env,
-            config,
-            socket,
-            runs: 1,
-        }
-    }
-
-    /// SIGKILL, then a fresh process on the same state directory.
-    fn kill_and_restart(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.restart();
-    }
-
-    /// SIGTERM (a `systemctl restart`, the machine staying up), waits for the exit,
-    /// then a fresh process on the same state directory.
-    fn terminate_and_restart(&mut self) {
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM");
-        let status = self.child.wait().unwrap();
-        assert!(
-            status.success(),
-            "leased exited with {status}\n{}",
-            self.logs()
-        );
-        self.restart();
-    }
-
-    fn restart(&mut self) {
-        self.child = spawn(&self.env, &self.config, &self.dir, self.runs);
-        self.runs += 1;
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for run in 0..self.runs {
-            if let Ok(t) = std::fs::read_to_string(self.dir.join(format!("leased-{run}.log"))) {
-                out.push_str(&format!(
-                    "--- leased {} run {run} ---\n{t}",
-                    self.dir.display()
-                ));
-            }
-        }
-        out
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::process::Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-/// A tmux socket name unique to the test directory.
-fn uuid_like(dir: &Path) -> String {
-    dir.display()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect::<String>()
-        .chars()
-        .rev()
-        .take(16)
-        .collect()
-}
-
-fn spawn(env: &[(String, String)], config: &Path, dir: &Path, run: u32) -> Child {
-    let log = std::fs::File::create(dir.join(format!("leased-{run}.log"))).unwrap();
-    let mut cmd = Cmd::new("leased", env)
-        .args(["run", "-vv", "--config"])
-        .arg(config)
-        .command();
-    cmd.stdout(Stdio::null()).stderr(log);
-    cmd.spawn().expect("spawn leased")
-}
+use lease_tests::agent::Agent;
+use lease_tests::plane::{BUCKET, NODES_TABLE, POLL, Plane, shell, task_of};
+use lease_tests::{FakeImds, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -537,7 +23,7 @@ async fn a_shell_task_leaves_its_bundle_log_and_record_and_its_message_goes() {
     let mut plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let agent = plane.agent(&imds, tmp.path(), "");
     let mut task = shell(
         "shell-1",
         "mkdir -p out/sub && printf 'alpha' > out/a.txt && printf 'beta' > out/sub/b.txt \
@@ -637,8 +123,7 @@ async fn a_claude_task_reports_its_output_and_its_result() {
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let agent = Agent::start_with(
-        &plane,
+    let agent = plane.agent_with(
         &imds,
         &tmp.path().join("agent"),
         "",
@@ -720,7 +205,7 @@ async fn mock_mode_runs_the_same_pipeline() {
     let mut plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&plane, &imds, tmp.path(), "mock-mode: true\n");
+    let agent = plane.agent(&imds, tmp.path(), "mock-mode: true\n");
     plane.send(&shell("mock-1", "exit 3").to_json()).await;
     plane
         .wait_for_state("mock-1", "complete", LIMIT, &agent)
@@ -760,7 +245,7 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_a_restart() {
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let mut agent = Agent::start(&plane, &imds, &tmp.path().join("agent"), "");
+    let mut agent = plane.agent(&imds, &tmp.path().join("agent"), "");
     let task = counted(
         "adopt-1",
         &runs,
@@ -803,7 +288,7 @@ async fn a_service_restart_interrupts_nothing_and_the_task_finishes_once() {
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let mut agent = Agent::start(&plane, &imds, &tmp.path().join("agent"), "");
+    let mut agent = plane.agent(&imds, &tmp.path().join("agent"), "");
     let task = counted(
         "restart-1",
         &runs,
@@ -847,7 +332,7 @@ async fn fifty_malformed_bodies_go_to_the_dead_letter_queue_and_the_agent_serves
     let mut plane = Plane::new().await;
     let (_instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&plane, &imds, tmp.path(), "max-concurrent-tasks: 10\n");
+    let agent = plane.agent(&imds, tmp.path(), "max-concurrent-tasks: 10\n");
     let kinds = [
         "not json at all".to_string(),
         r#"{"id":"no-version","kind":"shell","command":"true"}"#.to_string(),
@@ -936,8 +421,7 @@ async fn a_duplicate_delivery_runs_once() {
     let (_instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
-    let agent = Agent::start(
-        &plane,
+    let agent = plane.agent(
         &imds,
         &tmp.path().join("agent"),
         "max-concurrent-tasks: 2\n",
@@ -976,7 +460,7 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
         ),
     );
     task.bundle = Some("out".into());
-    let agent1 = Agent::start(&plane, &imds1, &tmp.path().join("a1"), "");
+    let agent1 = plane.agent(&imds1, &tmp.path().join("a1"), "");
     plane.send(&task.to_json()).await;
     wait_until("the first attempt to start", LIMIT, POLL, || async {
         marker.exists().then_some(())
@@ -1011,7 +495,7 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
     // The requeued message is there at once, for another node.
     assert_eq!(plane.queue_count(&plane.queue_url).await, 1);
 
-    let agent2 = Agent::start(&plane, &imds2, &tmp.path().join("a2"), "");
+    let agent2 = plane.agent(&imds2, &tmp.path().join("a2"), "");
     plane
         .wait_for_state("spot-1", "complete", LIMIT, &agent2)
         .await;
@@ -1065,7 +549,7 @@ async fn a_one_shot_task_runs_once_then_ends_the_lease_as_on_complete_says() {
         .filter(|l| !l.starts_with("queue-url:"))
         .map(|l| format!("{l}\n"))
         .collect();
-    let mut agent = Agent::start_with_config(&plane, &imds, &dir, &config, &[]);
+    let mut agent = Agent::with_config(&plane.moto, &imds, &dir, &config, &[]);
     wait_until("the instance to be stopped", LIMIT, POLL, || async {
         let i = plane.moto.instance(&instance).await;
         let state = i
@@ -1159,8 +643,7 @@ async fn bench_mock_tasks() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let agent = Agent::start(
-        &plane,
+    let agent = plane.agent(
         &imds,
         tmp.path(),
         &format!("mock-mode: true\nmax-concurrent-tasks: {CONCURRENCY}\n"),
@@ -1198,7 +681,7 @@ async fn a_task_past_its_timeout_is_stopped_reported_failed_and_its_output_kept(
     let mut plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let agent = plane.agent(&imds, tmp.path(), "");
     let mut task = shell(
         "slow-1",
         "mkdir -p out; echo early > out/early.txt; sleep 120",
@@ -1241,7 +724,7 @@ async fn a_task_stored_in_s3_runs_from_its_pointer() {
     let plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let agent = plane.agent(&imds, tmp.path(), "");
     let mut task = shell("big-1", "printf big > big.txt");
     task.bundle = None;
     plane
@@ -1296,7 +779,7 @@ async fn a_task_running_at_the_deadline_is_requeued_before_it() {
         "mkdir -p out; echo partial > out/part.txt; sleep 120",
     );
     task.bundle = Some("out".into());
-    let agent = Agent::start(&plane, &imds, tmp.path(), "drain-lead: 6s\n");
+    let agent = plane.agent(&imds, tmp.path(), "drain-lead: 6s\n");
     plane.send(&task.to_json()).await;
     plane
         .wait_for_state("late-1", "running", LIMIT, &agent)
@@ -1391,7 +874,7 @@ async fn a_docker_task_runs_through_the_worker() {
     let mut plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let agent = Agent::start(&plane, &imds, tmp.path(), "");
+    let agent = plane.agent(&imds, tmp.path(), "");
     let task = Task::new(
         "docker-1",
         TaskSpec::Docker(lease_common::messages::DockerSpec {

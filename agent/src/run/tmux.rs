@@ -57,6 +57,10 @@ enum Pane {
     Missing,
     Running,
     Dead(Exit),
+    /// Ended, but tmux has no status for it: it marks a pane dead when its terminal
+    /// closes, and records the status only once it has reaped the process, which
+    /// tmux 3.3a here failed to do for about one pane in three on a new server.
+    DeadUnknown,
 }
 
 impl TmuxRunner {
@@ -148,6 +152,7 @@ impl TmuxRunner {
             [name, ..] if *name != session => Ok(Pane::Missing),
             [_, "0", _, _] => Ok(Pane::Running),
             // tmux gives a signal for a pane killed by one, else the exit status.
+            [_, "1", "", ""] => Ok(Pane::DeadUnknown),
             [_, "1", status, signal] => match (signal.parse::<i32>(), status.parse::<i32>()) {
                 (Ok(sig), _) if sig > 0 => Ok(Pane::Dead(Exit::Signal(sig))),
                 (_, Ok(code)) => Ok(Pane::Dead(Exit::from_shell_status(code))),
@@ -377,11 +382,13 @@ impl TmuxRunner {
                 Some(recorded) => Ok(log_complete(&dir).then_some(recorded)),
                 None => Ok(Some(exit)),
             },
-            Pane::Missing => read_exit(task_id, &dir)?
-                .map(Some)
-                .ok_or_else(|| RunError::Lost {
-                    task_id: task_id.to_string(),
-                }),
+            Pane::Missing | Pane::DeadUnknown => {
+                read_exit(task_id, &dir)?
+                    .map(Some)
+                    .ok_or_else(|| RunError::Lost {
+                        task_id: task_id.to_string(),
+                    })
+            }
         }
     }
 
