@@ -10,7 +10,8 @@ of `upload_bundle` alone, measured in-process, and the process's wall time is ke
 beside it. The CLI's figure is its process's wall time (it has no other), with its
 default transfer settings. Each trial uses a fresh prefix, and the emulator's objects
 are deleted after each, so no trial pays for another's memory. Prints a table and
-writes every figure to OUT.json.
+writes every figure to OUT.json. An in-process boto3 run of the same requests shows the
+emulator's own floor beside both.
 """
 import argparse
 import json
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 
@@ -65,6 +67,43 @@ def empty_prefix(s3, prefix):
     return len(keys)
 
 
+def floor_upload(s3, tree, prefix, threads=8, part=16 << 20):
+    """The emulator's floor for the same requests: every file through one in-process
+    boto3 client and a pool of `threads`, the big file in `part`-sized parts, no
+    checksums, no manifest. Neither client can beat the emulator's own cost by much."""
+    paths = [os.path.join(d, f) for d, _, fs in os.walk(tree) for f in fs]
+    big = [p for p in paths if os.path.getsize(p) > part]
+    small = [p for p in paths if p not in big]
+
+    def put(p):
+        with open(p, "rb") as f:
+            s3.put_object(Bucket=BUCKET, Key=prefix + os.path.relpath(p, tree), Body=f.read())
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        uploads = []
+        for p in big:
+            key = prefix + os.path.relpath(p, tree)
+            uid = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
+            n = -(-os.path.getsize(p) // part)
+
+            def send(i, p=p, key=key, uid=uid):
+                with open(p, "rb") as f:
+                    f.seek(i * part)
+                    body = f.read(part)
+                r = s3.upload_part(Bucket=BUCKET, Key=key, UploadId=uid, PartNumber=i + 1,
+                                   Body=body)
+                return {"PartNumber": i + 1, "ETag": r["ETag"]}
+
+            uploads.append((key, uid, [pool.submit(send, i) for i in range(n)]))
+        for f in [pool.submit(put, p) for p in small]:
+            f.result()
+        for key, uid, parts in uploads:
+            s3.complete_multipart_upload(Bucket=BUCKET, Key=key, UploadId=uid,
+                                         MultipartUpload={"Parts": [f.result() for f in parts]})
+    return time.perf_counter() - start
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("moto_server")
@@ -104,13 +143,18 @@ def main():
                           aws_access_key_id="bench", aws_secret_access_key="bench")
         s3.create_bucket(Bucket=BUCKET)
 
-        aws_runs, lease_runs, lease_wall, peak_rss = [], [], [], []
+        aws_runs, lease_runs, lease_wall, peak_rss, floor_runs = [], [], [], [], []
         for trial in range(args.trials):
             # aws first in even trials, second in odd ones: neither always meets a
             # freshly started (or a tired) emulator.
             order = ["aws", "lease"] if trial % 2 == 0 else ["lease", "aws"]
-            for tool in order:
-                if tool == "aws":
+            for tool in order + ["floor"]:
+                if tool == "floor":
+                    prefix = f"floor-{trial}/"
+                    floor_runs.append(floor_upload(s3, tree, prefix))
+                    listed = empty_prefix(s3, prefix)
+                    assert listed == files, f"the floor run uploaded {listed} of {files} files"
+                elif tool == "aws":
                     prefix = f"aws-{trial}/"
                     start = time.perf_counter()
                     subprocess.run(["aws", "s3", "cp", "--recursive", "--only-show-errors",
@@ -143,16 +187,18 @@ def main():
                                 "peak_rss_mib": max(peak_rss)},
             "aws s3 cp --recursive": {"median_s": statistics.median(aws_runs),
                                       "trials_s": aws_runs, "version": aws_version},
+            "emulator floor (in-process boto3)": {"median_s": statistics.median(floor_runs),
+                                                  "trials_s": floor_runs},
         }
         for r in results.values():
             r["mb_per_s"] = mb / r["median_s"]
         ratio = results["leased uploader"]["mb_per_s"] / results["aws s3 cp --recursive"]["mb_per_s"]
         print(f"{files} files, {size} bytes; {args.trials} trials each; build profile "
               f"{args.profile}; {aws_version}")
-        print(f"{'tool':24} {'median s':>9} {'MB/s':>8}  trials")
+        print(f"{'tool':34} {'median s':>9} {'MB/s':>8}  trials")
         for name, r in results.items():
             trials = " ".join(f"{t:.2f}" for t in r["trials_s"])
-            print(f"{name:24} {r['median_s']:9.2f} {r['mb_per_s']:8.1f}  {trials}")
+            print(f"{name:34} {r['median_s']:9.2f} {r['mb_per_s']:8.1f}  {trials}")
         print(f"throughput ratio leased/aws = {ratio:.2f}x (target >= 1.5x); uploader peak "
               f"resident memory {max(peak_rss)} MiB at concurrency {concurrency}")
         with open(args.out, "w") as f:
