@@ -531,6 +531,10 @@ pub struct SetupArgs {
     /// AMI lacks the agent (default: any in target/debian/).
     #[arg(long)]
     pub agent_deb: Option<PathBuf>,
+    /// The backstop reaper's Lambda package, as packaging/build-reaper.sh makes it
+    /// (default: target/lambda/lease-reaper.zip, when there is one).
+    #[arg(long)]
+    pub reaper_zip: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

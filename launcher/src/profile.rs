@@ -68,6 +68,10 @@ pub struct StackOutputs {
     /// S3 keys of the agent packages uploaded, if any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub agent_packages: Vec<String>,
+    /// The backstop reaper's Lambda function, once deployed (files written before the
+    /// reaper was part of setup have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reaper_function_arn: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,6 +277,7 @@ mod tests {
             agent_role: format!("lease-{stack}-agent"),
             instance_profile: format!("lease-{stack}-agent"),
             agent_packages: vec![],
+            reaper_function_arn: None,
         }
     }
 

@@ -1,19 +1,55 @@
 //! `lease setup` and `lease teardown` against moto: every resource and policy read
 //! back through the SDK, a second setup compared attribute for attribute with the
 //! first, routing by pool checked by delivering messages, and teardown checked by
-//! listing each service afterwards.
+//! listing each service afterwards. The backstop reaper is deployed from the package
+//! `packaging/build-reaper.sh` makes of the debug `bootstrap`, built once per run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use aws_sdk_sqs::types::QueueAttributeName;
 use lease_common::messages::{Task, TaskMessage, TaskSpec};
+use lease_common::stack::REAPER_SCHEDULE;
+use lease_launcher::reaper_deploy::ReaperPackage;
 use lease_tests::{Cmd, Moto};
 use serde_json::Value;
 
 const ACCOUNT: &str = "123456789012";
 const BUCKET: &str = "lease-main-123456789012-us-east-1";
+const REAPER: &str = "lease-main-reaper";
+const REAPER_ROLES: [&str; 3] = [
+    "lease-main-reaper",
+    "lease-main-reaper-invoke",
+    "lease-main-schedules",
+];
+
+/// The reaper's package, made once for the whole run by the script people use, from
+/// the debug `bootstrap` that `cargo build --workspace --bins` left beside `lease`.
+fn reaper_zip() -> &'static PathBuf {
+    static ZIP: OnceLock<PathBuf> = OnceLock::new();
+    ZIP.get_or_init(|| {
+        let debug = lease_tests::bin_path("bootstrap")
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let out = debug.join("setup-tests-lambda");
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let result = std::process::Command::new(root.join("packaging/build-reaper.sh"))
+            .args(["--profile", "dev", "--no-build", "--out"])
+            .arg(&out)
+            .env("CARGO_TARGET_DIR", debug.parent().unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        out.join("lease-reaper.zip")
+    })
+}
 
 struct World {
     moto: Moto,
@@ -23,6 +59,8 @@ struct World {
     s3: aws_sdk_s3::Client,
     db: aws_sdk_dynamodb::Client,
     iam: aws_sdk_iam::Client,
+    lambda: aws_sdk_lambda::Client,
+    scheduler: aws_sdk_scheduler::Client,
 }
 
 async fn world() -> World {
@@ -34,6 +72,8 @@ async fn world() -> World {
         s3: lease_common::aws::s3_client(&config),
         db: aws_sdk_dynamodb::Client::new(&config),
         iam: aws_sdk_iam::Client::new(&config),
+        lambda: aws_sdk_lambda::Client::new(&config),
+        scheduler: aws_sdk_scheduler::Client::new(&config),
         dir: tempfile::tempdir().unwrap(),
         moto,
     }
@@ -289,6 +329,131 @@ impl World {
         s
     }
 
+    /// The reaper's deployment, read through Lambda, IAM and Scheduler, as comparable
+    /// text (maps sorted: the SDK's are unordered): the function's configuration, code
+    /// and tags, each role's trust, tags and inline policies, the group and the schedule.
+    async fn reaper_snapshot(&self) -> BTreeMap<String, String> {
+        let mut s = BTreeMap::new();
+        let f = self
+            .lambda
+            .get_function()
+            .function_name(REAPER)
+            .send()
+            .await
+            .unwrap();
+        let c = f.configuration().unwrap();
+        s.insert(
+            "lambda configuration".into(),
+            format!(
+                "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+                c.runtime(),
+                c.role(),
+                c.handler(),
+                c.code_sha256(),
+                c.architectures(),
+                c.timeout(),
+                c.memory_size(),
+                c.environment()
+                    .and_then(|e| e.variables())
+                    .map(|v| v.iter().collect::<BTreeMap<_, _>>()),
+                c.last_modified()
+            ),
+        );
+        s.insert(
+            "lambda tags".into(),
+            format!(
+                "{:?}",
+                f.tags().map(|t| t.iter().collect::<BTreeMap<_, _>>())
+            ),
+        );
+        for role in REAPER_ROLES {
+            let r = self.iam.get_role().role_name(role).send().await.unwrap();
+            let r = r.role().unwrap();
+            s.insert(
+                format!("iam {role} trust"),
+                r.assume_role_policy_document().unwrap().to_string(),
+            );
+            s.insert(format!("iam {role} tags"), format!("{:?}", r.tags()));
+            let names = self
+                .iam
+                .list_role_policies()
+                .role_name(role)
+                .send()
+                .await
+                .unwrap();
+            for name in names.policy_names() {
+                let p = self
+                    .iam
+                    .get_role_policy()
+                    .role_name(role)
+                    .policy_name(name)
+                    .send()
+                    .await
+                    .unwrap();
+                s.insert(
+                    format!("iam {role} policy {name}"),
+                    p.policy_document().to_string(),
+                );
+            }
+        }
+        let g = self
+            .scheduler
+            .get_schedule_group()
+            .name("lease-main")
+            .send()
+            .await
+            .unwrap();
+        s.insert(
+            "schedule group".into(),
+            format!("{:?} {:?}", g.arn(), g.state()),
+        );
+        let sc = self
+            .scheduler
+            .get_schedule()
+            .group_name("lease-main")
+            .name(REAPER_SCHEDULE)
+            .send()
+            .await
+            .unwrap();
+        s.insert(
+            "schedule".into(),
+            format!(
+                "{:?} {:?} {:?} {:?}",
+                sc.schedule_expression(),
+                sc.state(),
+                sc.target(),
+                sc.flexible_time_window()
+            ),
+        );
+        s
+    }
+
+    /// Whether anything of the reaper's deployment is left, by listing each service.
+    async fn reaper_leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        let functions = self.lambda.list_functions().send().await.unwrap();
+        for f in functions.functions() {
+            left.push(format!("function {:?}", f.function_name()));
+        }
+        let roles = self.iam.list_roles().send().await.unwrap();
+        for r in roles.roles() {
+            if REAPER_ROLES.contains(&r.role_name()) {
+                left.push(format!("role {}", r.role_name()));
+            }
+        }
+        let groups = self.scheduler.list_schedule_groups().send().await.unwrap();
+        for g in groups.schedule_groups() {
+            if g.name().is_some_and(|n| n.starts_with("lease-")) {
+                left.push(format!("schedule group {:?}", g.name()));
+            }
+        }
+        let schedules = self.scheduler.list_schedules().send().await.unwrap();
+        for sc in schedules.schedules() {
+            left.push(format!("schedule {:?}/{:?}", sc.group_name(), sc.name()));
+        }
+        left
+    }
+
     /// The parts of stack `main` (default pool only) another stack's teardown must not
     /// touch: its queues' attributes, its bucket's tags, its tables and its role.
     async fn snapshot_main_default(&self) -> Vec<String> {
@@ -383,16 +548,26 @@ fn document(text: &str) -> Value {
 async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
     let w = world().await;
     let deb = w.deb();
+    let zip = reaper_zip().to_str().unwrap();
     let first = w
-        .setup(&["--pool", "gpu", "--agent-deb", deb.to_str().unwrap()])
+        .setup(&[
+            "--pool",
+            "gpu",
+            "--agent-deb",
+            deb.to_str().unwrap(),
+            "--reaper-zip",
+            zip,
+        ])
         .await;
-    for (kind, name, outcome) in outcomes(&first) {
-        let expected = if kind == "reaper" {
-            "skipped"
-        } else {
-            "created"
-        };
-        assert_eq!(outcome, expected, "{kind} {name}");
+    let first_rows = outcomes(&first);
+    for (kind, name, outcome) in &first_rows {
+        assert_eq!(outcome, "created", "{kind} {name}");
+    }
+    for kind in ["lambda function", "schedule group", "schedule"] {
+        assert!(
+            first_rows.iter().any(|(k, _, _)| k == kind),
+            "{kind}: {first_rows:?}"
+        );
     }
 
     // Pool queues: redrive to their own dead letters, long polling, a visibility
@@ -626,9 +801,60 @@ async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
     assert_eq!(section["agent-packages"][0].as_str(), Some(key.as_str()));
     assert_eq!(first["outputs"]["bucket"], BUCKET);
 
-    // Again, with no flags: everything exists, nothing differs, the file is untouched.
+    // The reaper: the package's code and architecture, run by its own role, invoked
+    // every five minutes by the schedule through the invoke role; recorded.
+    let package = ReaperPackage::read(reaper_zip()).unwrap();
+    let f = w
+        .lambda
+        .get_function_configuration()
+        .function_name(REAPER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(f.runtime().unwrap().as_str(), "provided.al2023");
+    assert_eq!(f.code_sha256(), Some(package.code_sha256().as_str()));
+    assert_eq!(
+        f.architectures()[0].as_str(),
+        package.architecture().as_str()
+    );
+    let exec = w.iam.get_role().role_name(REAPER).send().await.unwrap();
+    assert_eq!(f.role(), exec.role().map(|r| r.arn()));
+    let sc = w
+        .scheduler
+        .get_schedule()
+        .group_name("lease-main")
+        .name(REAPER_SCHEDULE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sc.schedule_expression(), Some("rate(5 minutes)"));
+    let target = sc.target().unwrap();
+    assert_eq!(Some(target.arn()), f.function_arn());
+    let invoke = w
+        .iam
+        .get_role()
+        .role_name("lease-main-reaper-invoke")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(target.role_arn(), invoke.role().unwrap().arn());
+    w.iam
+        .get_role()
+        .role_name("lease-main-schedules")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(section["reaper-function-arn"].as_str(), f.function_arn());
+
+    // Again, with only the reaper's package: everything exists, nothing differs, the
+    // file is untouched.
     let before = w.snapshot().await;
-    let second = w.lease().args(["setup", "-o", "json"]).output().await;
+    let reaper_before = w.reaper_snapshot().await;
+    let second = w
+        .lease()
+        .args(["setup", "-o", "json", "--reaper-zip", zip])
+        .output()
+        .await;
     assert!(
         second.status.success(),
         "{}",
@@ -636,13 +862,12 @@ async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
     );
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert!(stderr.contains("Nothing changed"), "{stderr}");
-    for (kind, name, outcome) in outcomes(&json(&String::from_utf8_lossy(&second.stdout))) {
-        let expected = match kind.as_str() {
-            "reaper" => "skipped",
-            _ => "exists",
-        };
-        assert_eq!(outcome, expected, "{kind} {name}");
+    let second_rows = outcomes(&json(&String::from_utf8_lossy(&second.stdout)));
+    assert_eq!(second_rows.len(), first_rows.len());
+    for (kind, name, outcome) in second_rows {
+        assert_eq!(outcome, "exists", "{kind} {name}");
     }
+    assert_eq!(w.reaper_snapshot().await, reaper_before);
     let after = w.snapshot().await;
     assert_eq!(
         after.keys().collect::<Vec<_>>(),
@@ -655,12 +880,52 @@ async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
         std::fs::read_to_string(w.settings_path()).unwrap(),
         settings_text
     );
+
+    // Without the package: the deployed reaper is left as it was, and stays recorded.
+    let third = w.setup(&[]).await;
+    let reaper: Vec<_> = third["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "reaper")
+        .collect();
+    assert_eq!(reaper.len(), 1, "{third}");
+    assert_eq!(reaper[0]["outcome"], "skipped");
+    assert!(
+        reaper[0]["note"]
+            .as_str()
+            .unwrap()
+            .contains("left as it was"),
+        "{third}"
+    );
+    assert_eq!(w.reaper_snapshot().await, reaper_before);
+    assert_eq!(
+        std::fs::read_to_string(w.settings_path()).unwrap(),
+        settings_text
+    );
 }
 
 #[tokio::test]
 async fn setup_corrects_what_differs_and_says_updated() {
     let w = world().await;
-    w.setup(&[]).await;
+    // No reaper package given or built: the reaper alone is skipped, saying how to
+    // build it, and nothing of it is made.
+    let first = w.setup(&[]).await;
+    let skipped: Vec<&Value> = first["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["outcome"] == "skipped" && r["kind"] == "reaper")
+        .collect();
+    assert_eq!(skipped.len(), 1, "{first}");
+    let note = skipped[0]["note"].as_str().unwrap();
+    assert!(
+        note.contains("packaging/build-reaper.sh") && note.contains("no backstop"),
+        "{note}"
+    );
+    assert_eq!(w.reaper_leftovers().await, Vec::<String>::new());
+    let settings = std::fs::read_to_string(w.settings_path()).unwrap();
+    assert!(!settings.contains("reaper-function-arn"), "{settings}");
     let url = w.queue_url("lease-main-pool-default").await.unwrap();
     w.sqs
         .set_queue_attributes()
@@ -817,7 +1082,13 @@ async fn launch_into_the_stack_uses_its_profile_queue_and_tag() {
 #[tokio::test]
 async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack() {
     let w = world().await;
-    w.setup(&["--pool", "gpu"]).await;
+    w.setup(&[
+        "--pool",
+        "gpu",
+        "--reaper-zip",
+        reaper_zip().to_str().unwrap(),
+    ])
+    .await;
     w.s3.put_object()
         .bucket(BUCKET)
         .key("logs/t1.log")
@@ -856,6 +1127,12 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
     // Refused means untouched.
     assert!(w.queue_url("lease-main-pool-gpu").await.is_some());
     w.s3.head_bucket().bucket(BUCKET).send().await.unwrap();
+    w.lambda
+        .get_function()
+        .function_name(REAPER)
+        .send()
+        .await
+        .unwrap();
 
     let report = json(
         &w.lease()
@@ -874,6 +1151,28 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
             "lease-main-pool-stranger".to_string(),
             "kept".to_string()
         )]
+    );
+    // The reaper went first, all of it deleted.
+    let rows = outcomes(&report);
+    let reaper_rows: Vec<(String, String)> = rows[..7]
+        .iter()
+        .map(|(k, n, o)| (format!("{k} {n}"), o.clone()))
+        .collect();
+    assert_eq!(
+        reaper_rows,
+        [
+            ("schedule lease-main/reaper", "deleted"),
+            ("schedule group lease-main", "deleted"),
+            ("lambda function lease-main-reaper", "deleted"),
+            ("iam role lease-main-schedules", "deleted"),
+            ("iam role lease-main-reaper-invoke", "deleted"),
+            ("iam role lease-main-reaper", "deleted"),
+            (
+                "iam role policy lease-main-agent/lease-agent-us-east-1",
+                "deleted"
+            ),
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string()))
     );
 
     // Nothing of the stack is left, in any service.
@@ -914,6 +1213,7 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
     );
     let profiles = w.iam.list_instance_profiles().send().await.unwrap();
     assert!(profiles.instance_profiles().is_empty());
+    assert_eq!(w.reaper_leftovers().await, Vec::<String>::new());
     let settings: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(w.settings_path()).unwrap()).unwrap();
     assert_eq!(settings["stacks"].as_sequence().map(Vec::len), Some(0));
@@ -956,6 +1256,26 @@ async fn bad_input_is_named_and_creates_nothing() {
         .await;
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("/nonexistent/leased.deb"), "{err}");
+    let (code, err) = w
+        .lease()
+        .args(["setup", "--reaper-zip", "/nonexistent/lease-reaper.zip"])
+        .fails()
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("/nonexistent/lease-reaper.zip"), "{err}");
+    let junk = w.dir.path().join("reaper.zip");
+    std::fs::write(&junk, b"not a zip").unwrap();
+    let (code, err) = w
+        .lease()
+        .args(["setup", "--reaper-zip", junk.to_str().unwrap()])
+        .fails()
+        .await;
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("reaper.zip") && err.contains("build-reaper.sh"),
+        "{err}"
+    );
+    assert_eq!(w.reaper_leftovers().await, Vec::<String>::new());
     let topics = w.sns.list_topics().send().await.unwrap();
     assert!(topics.topics().is_empty());
     assert!(!w.settings_path().exists());
@@ -1068,9 +1388,13 @@ async fn two_stacks_in_two_regions_and_teardown_of_one_leaves_the_other() {
             .ok()
             .await,
     );
+    // The agent's role only: the reaper's roles are the reaper's deployment's own.
     let role_rows: Vec<_> = outcomes(&report)
         .into_iter()
-        .filter(|(kind, _, _)| kind.starts_with("iam") || kind == "instance profile")
+        .filter(|(kind, name, _)| {
+            (kind.starts_with("iam") || kind == "instance profile")
+                && name.starts_with("lease-main-agent")
+        })
         .map(|(kind, _, o)| (kind, o))
         .collect();
     assert_eq!(

@@ -486,6 +486,7 @@ mod tests {
             agent_role: "lease-main-agent".into(),
             instance_profile: "lease-main-agent".into(),
             agent_packages: vec![],
+            reaper_function_arn: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! `lease setup [--stack NAME] [--pool P]… [--agent-deb FILE]`: creates what is
+//! `lease setup [--stack NAME] [--pool P]… [--agent-deb FILE] [--reaper-zip FILE]`: creates what is
 //! missing of the stack's control plane, corrects what differs, reports each resource
 //! as `created`, `exists` or `updated`, and records the outputs in the settings file.
 
@@ -12,12 +12,15 @@ use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
 use crate::profile::{Settings, StackOutputs};
+use crate::reaper_deploy::{PackageError, ReaperPackage};
 use crate::setup::plan::{self, Wanted};
-use crate::setup::{self, AgentPackage, Clients, Outcome, Report};
+use crate::setup::{self, AgentPackage, Clients, Outcome, Reaper, Report};
 
 /// Where `packaging/build-deb.sh` leaves the package by default, relative to the
 /// checkout `lease setup` is run from.
 const BUILT_DEBS: &str = "target/debian";
+/// Where `packaging/build-reaper.sh` leaves the reaper's package by default, likewise.
+const BUILT_REAPER: &str = "target/lambda/lease-reaper.zip";
 
 /// `--stack`, else the settings' default stack, else `main`; checked.
 pub fn stack_name(flag: Option<&str>, settings: &Settings) -> Result<Stack> {
@@ -97,6 +100,37 @@ fn packages(flag: Option<&Path>) -> Result<Vec<AgentPackage>> {
     found.iter().map(|p| package(p)).collect()
 }
 
+/// The reaper's package: `--reaper-zip`, else the one build-reaper.sh leaves in
+/// `target/lambda/`, checked like the agent's (a zip of this lease's version), or none.
+fn reaper_package(flag: Option<&Path>) -> Result<Option<ReaperPackage>> {
+    let path = match flag {
+        Some(p) => p,
+        None if Path::new(BUILT_REAPER).is_file() => Path::new(BUILT_REAPER),
+        None => return Ok(None),
+    };
+    let what = if flag.is_some() {
+        "--reaper-zip"
+    } else {
+        "reaper package"
+    };
+    let package = ReaperPackage::read(path).map_err(|e| {
+        let why = match e {
+            PackageError::Read { message, .. } => message,
+            other => other.to_string(),
+        };
+        Error::usage(format!("{what} '{}': {why}", path.display()))
+    })?;
+    if package.version() != lease_common::VERSION {
+        return Err(Error::usage(format!(
+            "{what} '{}' is version {}, but this lease deploys reaper {}: rebuild it with packaging/build-reaper.sh",
+            path.display(),
+            package.version(),
+            lease_common::VERSION
+        )));
+    }
+    Ok(Some(package))
+}
+
 pub async fn run<C: Cloud>(
     cloud: &C,
     clients: &Clients,
@@ -111,6 +145,7 @@ pub async fn run<C: Cloud>(
         validate_pool(p).map_err(|e| Error::usage(format!("--pool: {e}")))?;
     }
     let packages = packages(args.agent_deb.as_deref())?;
+    let reaper_package = reaper_package(args.reaper_zip.as_deref())?;
     let at = location(cloud).await?;
     let previous = settings.section(stack.name(), at.region.as_str()).cloned();
     let existing_pools: Vec<String> = previous
@@ -132,8 +167,17 @@ pub async fn run<C: Cloud>(
         .as_ref()
         .map(|p| p.agent_packages.clone())
         .unwrap_or_default();
+    let reaper = match reaper_package {
+        Some(p) => Reaper::Deploy(p),
+        None => Reaper::Missing {
+            recorded: previous
+                .as_ref()
+                .and_then(|p| p.reaper_function_arn.clone()),
+        },
+    };
     let mut report = Report::default();
-    let outputs = match setup::ensure(clients, &wanted, &packages, &recorded, &mut report).await {
+    let ensured = setup::ensure(clients, &wanted, &packages, &recorded, &reaper, &mut report).await;
+    let outputs = match ensured {
         Ok(o) => o,
         Err(e) => {
             // Show what was done before the failure: running setup again resumes.
@@ -218,6 +262,9 @@ fn outputs_table(o: &StackOutputs) -> Table {
     for key in &o.agent_packages {
         row("agent package".into(), &format!("s3://{}/{key}", o.bucket));
     }
+    if let Some(arn) = &o.reaper_function_arn {
+        row("reaper function".into(), arn);
+    }
     t
 }
 
@@ -258,6 +305,41 @@ mod tests {
                 .to_string()
                 .contains("no such file")
         );
+    }
+
+    /// A zip holding nothing but its end record, whose comment is `comment`: all the
+    /// package check reads.
+    fn zip_with_comment(comment: &str) -> Vec<u8> {
+        let mut zip = vec![0x50, 0x4b, 0x05, 0x06];
+        zip.extend_from_slice(&[0; 16]);
+        zip.extend_from_slice(&u16::try_from(comment.len()).unwrap().to_le_bytes());
+        zip.extend_from_slice(comment.as_bytes());
+        zip
+    }
+
+    #[test]
+    fn the_reaper_zip_must_be_of_this_version_and_is_named_when_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("lease-reaper.zip");
+        let comment = format!("lease-reaper {} x86_64", lease_common::VERSION);
+        std::fs::write(&good, zip_with_comment(&comment)).unwrap();
+        let p = reaper_package(Some(&good)).unwrap().unwrap();
+        assert_eq!(p.version(), lease_common::VERSION);
+
+        let old = dir.path().join("old.zip");
+        std::fs::write(&old, zip_with_comment("lease-reaper 0.0.1 x86_64")).unwrap();
+        let err = reaper_package(Some(&old)).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = err.to_string();
+        assert!(
+            err.contains("old.zip") && err.contains("0.0.1") && err.contains("build-reaper.sh"),
+            "{err}"
+        );
+
+        let missing = dir.path().join("missing.zip");
+        let err = reaper_package(Some(&missing)).unwrap_err().to_string();
+        assert!(err.starts_with("--reaper-zip '"), "{err}");
+        assert!(err.contains("missing.zip"), "{err}");
     }
 
     #[tokio::test]

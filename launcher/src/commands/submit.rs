@@ -464,6 +464,7 @@ mod destination_tests {
             agent_role: "lease-main-agent".into(),
             instance_profile: "lease-main-agent".into(),
             agent_packages: vec![],
+            reaper_function_arn: None,
         }
     }
 

@@ -4,7 +4,9 @@
 //! Each resource family has its own module, written as "ensure" (create what is
 //! missing, correct what differs, report `created` / `exists` / `updated`) and
 //! "remove" (delete only what carries the stack's tag, report `deleted` / `absent` /
-//! `kept`). What a resource should look like is data from [`plan`]; names come from
+//! `kept`). The backstop reaper (its function, roles and schedule) is deployed and
+//! removed by [`crate::reaper_deploy`], whose changes join the same report. What a
+//! resource should look like is data from [`plan`]; names come from
 //! [`lease_common::stack::Stack`]. Every step is safe to repeat after a partial
 //! failure: nothing is assumed to exist or not to exist.
 
@@ -21,8 +23,9 @@ use std::path::PathBuf;
 use aws_types::SdkConfig;
 use serde::Serialize;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::profile::{PoolOutputs, StackOutputs};
+use crate::reaper_deploy::{self, Change, DeployClients, DeployError, ReaperPackage};
 use plan::Wanted;
 
 /// What happened to one resource.
@@ -124,11 +127,14 @@ pub struct Clients {
     pub s3: aws_sdk_s3::Client,
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub iam: aws_sdk_iam::Client,
+    /// The reaper's deployment (IAM, Lambda, Scheduler), from the same SDK config.
+    pub deploy: DeployClients,
 }
 
 impl Clients {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
+            deploy: DeployClients::new(config),
             sns: aws_sdk_sns::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
             s3: lease_common::aws::s3_client(config),
@@ -146,14 +152,26 @@ pub struct AgentPackage {
     pub key: String,
 }
 
+/// The reaper to deploy, or why there is none.
+#[derive(Debug, Clone)]
+pub enum Reaper {
+    Deploy(ReaperPackage),
+    /// No package given or found; the function an earlier setup recorded, if any.
+    Missing {
+        recorded: Option<String>,
+    },
+}
+
 /// Creates or corrects every resource of the stack, in dependency order (topics before
 /// the queues whose policies name them, dead-letter queues before the queues that
-/// redrive to them), and returns what to record in the settings file.
+/// redrive to them, the tables the reaper reads before the reaper), and returns what
+/// to record in the settings file.
 pub async fn ensure(
     c: &Clients,
     w: &Wanted,
     packages: &[AgentPackage],
     recorded: &[String],
+    reaper: &Reaper,
     report: &mut Report,
 ) -> Result<StackOutputs> {
     let tag = w.tag();
@@ -171,11 +189,11 @@ pub async fn ensure(
         let dlq_name = w
             .stack
             .dead_letter_queue(pool)
-            .map_err(|e| crate::Error::usage(e.to_string()))?;
+            .map_err(|e| Error::usage(e.to_string()))?;
         let queue_name = w
             .stack
             .pool_queue(pool)
-            .map_err(|e| crate::Error::usage(e.to_string()))?;
+            .map_err(|e| Error::usage(e.to_string()))?;
         let dlq_arn = w.queue_arn(&dlq_name);
         let queue_arn = w.queue_arn(&queue_name);
         let (dlq_url, outcome) =
@@ -235,8 +253,8 @@ pub async fn ensure(
     }
 
     let role_name = w.stack.agent_role();
-    let policy = crate::iam::agent_policy(&w.stack, &w.at, &[])
-        .map_err(|e| crate::Error::usage(e.to_string()))?;
+    let policy =
+        crate::iam::agent_policy(&w.stack, &w.at, &[]).map_err(|e| Error::usage(e.to_string()))?;
     let policy_name = plan::agent_policy_name(w.at.region.as_str());
     let (role_outcome, policy_outcome) =
         role::ensure_role(&c.iam, &role_name, &policy_name, &policy, &tag).await?;
@@ -249,16 +267,7 @@ pub async fn ensure(
     let outcome = role::ensure_instance_profile(&c.iam, &role_name, &role_name, &tag).await?;
     report.add("instance profile", &role_name, outcome);
 
-    // REAPER CALL SITE: the reaper Lambda and its schedule are deployed by the `reaper`
-    // branch (`crate::reaper_deploy::ensure` or however it is named once merged). Until
-    // then this stack has no backstop reaper, and the report says so rather than
-    // pretending.
-    report.note(
-        "reaper",
-        w.stack.reaper_function(),
-        Outcome::Skipped,
-        "the reaper's deployment is not part of this build yet",
-    );
+    let reaper_function_arn = ensure_reaper(c, w, reaper, report).await?;
 
     Ok(StackOutputs {
         stack: w.stack.name().to_string(),
@@ -274,7 +283,80 @@ pub async fn ensure(
         agent_role: role_name.clone(),
         instance_profile: role_name,
         agent_packages,
+        reaper_function_arn,
     })
+}
+
+/// Deploys the reaper when there is a package; without one the stack has no backstop,
+/// which the report says (with how to build it) rather than failing the whole setup.
+/// Returns the function's ARN to record.
+async fn ensure_reaper(
+    c: &Clients,
+    w: &Wanted,
+    reaper: &Reaper,
+    report: &mut Report,
+) -> Result<Option<String>> {
+    match reaper {
+        Reaper::Deploy(package) => {
+            let config = lease_reaper::ReaperConfig::default();
+            let changes = reaper_deploy::ensure(&c.deploy, &w.stack, &w.at, package, &config)
+                .await
+                .map_err(|e| reaper_error(w, e))?;
+            for ch in changes {
+                report.add(reaper_kind(ch.resource), ch.name, outcome_of(ch.change));
+            }
+            Ok(Some(reaper_deploy::policy::function_arn(&w.stack, &w.at)))
+        }
+        Reaper::Missing {
+            recorded: Some(arn),
+        } => {
+            // Deployed by an earlier setup: left as it is, and still recorded.
+            report.note(
+                "reaper",
+                w.stack.reaper_function(),
+                Outcome::Skipped,
+                "no reaper zip given or found: the reaper deployed earlier is left as it was (pass --reaper-zip to update it)",
+            );
+            Ok(Some(arn.clone()))
+        }
+        Reaper::Missing { recorded: None } => {
+            report.note(
+                "reaper",
+                w.stack.reaper_function(),
+                Outcome::Skipped,
+                "no reaper zip given or found: this stack has no backstop reaper until you build it with packaging/build-reaper.sh and run setup again (or pass --reaper-zip FILE)",
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// The report's kind for a resource of the reaper's deployment.
+fn reaper_kind(resource: &str) -> &'static str {
+    match resource {
+        "IAM role" => "iam role",
+        "Lambda function" => "lambda function",
+        "schedule group" => "schedule group",
+        "schedule" => "schedule",
+        _ => "reaper",
+    }
+}
+
+fn outcome_of(change: Change) -> Outcome {
+    match change {
+        Change::Created => Outcome::Created,
+        Change::Exists => Outcome::Exists,
+        Change::Updated => Outcome::Updated,
+        Change::Deleted => Outcome::Deleted,
+        Change::Absent => Outcome::Absent,
+    }
+}
+
+fn reaper_error(w: &Wanted, e: DeployError) -> Error {
+    Error::Aws {
+        what: format!("Backstop reaper of stack '{}'", w.stack),
+        message: e.to_string(),
+    }
 }
 
 /// The agent packages given are in the bucket, and those an earlier run recorded are
@@ -330,8 +412,13 @@ async fn ensure_packages(
 /// order. Found by name, so it works without the settings file too.
 pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> {
     let tag = w.tag();
-    // REAPER CALL SITE: `crate::reaper_deploy::remove` (branch `reaper`) goes here,
-    // first, so nothing runs against a half-removed stack.
+    // The reaper first, so nothing runs against a half-removed stack.
+    let changes = reaper_deploy::remove(&c.deploy, &w.stack)
+        .await
+        .map_err(|e| reaper_error(w, e))?;
+    for ch in changes {
+        report.add(reaper_kind(ch.resource), ch.name, outcome_of(ch.change));
+    }
     let role_name = w.stack.agent_role();
     let policy_name = plan::agent_policy_name(w.at.region.as_str());
     let (outcome, note, others) =
