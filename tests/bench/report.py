@@ -59,10 +59,15 @@ def rows(raw):
         yield ("4. lease list", "not run", "", "", "")
     up = load(raw, "bundle_upload")
     if up:
+        u = up["upload_bundle"]
+        lease_r, aws_r = u["results"]["leased uploader"], u["results"]["aws s3 cp --recursive"]
+        floor = u["results"].get("emulator floor (in-process boto3)")
+        ref = f"aws s3 cp --recursive {aws_r['mb_per_s']:.0f} MB/s ({aws_r['median_s']:.1f} s)"
+        if floor:
+            ref += f"; emulator alone {floor['median_s']:.1f} s"
         yield ("5. bundle upload, 200 files + 512 MiB",
-               f"{up['lease_mb_per_s']:.0f} MB/s ({up['lease_s']:.1f} s)",
-               f"aws s3 cp --recursive {up['aws_mb_per_s']:.0f} MB/s ({up['aws_s']:.1f} s)",
-               "≥ 1.5× aws", f"{up['ratio']:.2f}× — " + verdict(up["ratio"] >= 1.5))
+               f"{lease_r['mb_per_s']:.0f} MB/s ({lease_r['median_s']:.1f} s, {u['profile']} build)",
+               ref, "≥ 1.5× aws", f"{u['ratio']:.2f}× — " + verdict(u["ratio"] >= 1.5))
     else:
         yield ("5. bundle upload", "not run", "", "", "")
     m = load(raw, "mock_tasks")

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lease_common::tags;
 use lease_tests::agent::{Agent, POLL};
+use lease_tests::plane::{Plane, shell};
 use lease_tests::recorder::Recorder;
 use lease_tests::{Cmd, FakeImds, Moto, wait_until};
 use serde_json::json;
@@ -175,6 +176,178 @@ async fn idle_footprint() {
             "binary": lease_tests::bin_path("leased").display().to_string(),
             "target_rss_kb": 10_000,
             "target_cpu_percent": 0.5,
+        }),
+    );
+}
+
+/// Issue 7, item 1: a spot interruption notice in IMDS while a task runs → the
+/// `SpotInterruption` event at a subscriber of the control bus (an SQS queue, polled
+/// every 20 ms), and → the task's message visible again (the agent's SendMessage of
+/// attempt 2, timed at a proxy in front of the emulator). 20 trials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: tests/bench/run"]
+async fn spot_notice() {
+    let trials: usize = std::env::var("LEASE_BENCH_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut plane = Plane::new().await;
+    let recorder = Recorder::start(&plane.moto.endpoint).await;
+    let (mut event_ms, mut requeue_ms) = (Vec::new(), Vec::new());
+    for trial in 0..trials {
+        let (id, imds) = plane.instance().await;
+        let dir = tempfile::tempdir().unwrap();
+        let env = [(
+            "AWS_ENDPOINT_URL".to_string(),
+            recorder.endpoint().to_string(),
+        )];
+        let agent = plane.agent_with(&imds, dir.path(), "", &env);
+        let task_id = format!("spot-bench-{trial:03}-task");
+        plane.send(&shell(&task_id, "sleep 600").to_json()).await;
+        wait_until(
+            &format!("trial {trial}: task running"),
+            Duration::from_secs(60),
+            POLL,
+            || async {
+                (plane.task_state(&task_id).await.as_deref() == Some("running")).then_some(())
+            },
+        )
+        .await;
+        plane.drain_events().await;
+        let injected_at = Utc::now();
+        let injected = Instant::now();
+        imds.set_spot_action("terminate", injected_at + chrono::TimeDelta::minutes(2));
+        let (mut event, mut requeue) = (None, None);
+        while event.is_none() || requeue.is_none() {
+            assert!(
+                injected.elapsed() < Duration::from_secs(30),
+                "trial {trial}: event {event:?}, requeue {requeue:?}\n{}",
+                agent.logs()
+            );
+            if event.is_none() {
+                plane.drain_events().await;
+                if plane
+                    .seen
+                    .iter()
+                    .any(|e| e.instance_id == id && e.type_name() == "SpotInterruption")
+                {
+                    event = Some(injected.elapsed().as_secs_f64() * 1000.0);
+                }
+            }
+            if requeue.is_none()
+                && let Some(c) = recorder
+                    .calls("SendMessage")
+                    .into_iter()
+                    .find(|c| c.at >= injected_at && c.body.contains(&task_id))
+            {
+                requeue = Some((c.at - injected_at).num_microseconds().unwrap() as f64 / 1000.0);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (e, r) = (event.unwrap(), requeue.unwrap());
+        eprintln!(
+            "trial {trial}: SpotInterruption received {e:.0} ms, task visible again {r:.0} ms after the notice"
+        );
+        event_ms.push(e);
+        requeue_ms.push(r);
+        drop(agent);
+        // The requeued attempt must not reach the next trial's agent.
+        loop {
+            let out = plane
+                .sqs
+                .receive_message()
+                .queue_url(&plane.queue_url)
+                .max_number_of_messages(10)
+                .send()
+                .await
+                .unwrap();
+            if out.messages().is_empty() {
+                break;
+            }
+            for m in out.messages() {
+                plane
+                    .sqs
+                    .delete_message()
+                    .queue_url(&plane.queue_url)
+                    .receipt_handle(m.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    write_figures(
+        "spot_notice",
+        &json!({
+            "trials": trials,
+            "event_p50_ms": percentile(&event_ms, 50.0),
+            "event_p99_ms": percentile(&event_ms, 99.0),
+            "requeue_p50_ms": percentile(&requeue_ms, 50.0),
+            "requeue_p99_ms": percentile(&requeue_ms, 99.0),
+            "target_p99_ms": 1500.0,
+        }),
+    );
+}
+
+/// Issue 7, item 6: mock tasks (the whole pipeline: receive, claim, events, log and
+/// bundle upload, record, delete; no program) through one agent, 500 tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: tests/bench/run"]
+async fn mock_tasks() {
+    // Mock tasks cost the machine nothing: the figure is the pipeline's (and the
+    // emulator's), so the slots are many.
+    const CONCURRENCY: u32 = 20;
+    // LEASE_BENCH_TASKS: fewer (or more) for a quick look; a multiple of ten.
+    let tasks: usize = std::env::var("LEASE_BENCH_TASKS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(500);
+    let plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    for chunk in 0..tasks / 10 {
+        let mut batch = plane.sqs.send_message_batch().queue_url(&plane.queue_url);
+        for i in 0..10 {
+            let n = chunk * 10 + i;
+            batch = batch.entries(
+                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
+                    .id(format!("m{n}"))
+                    .message_body(shell(&format!("bench-{n}"), "true").to_json())
+                    .build()
+                    .unwrap(),
+            );
+        }
+        batch.send().await.unwrap();
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let agent = plane.agent(
+        &imds,
+        tmp.path(),
+        &format!("mock-mode: true\nmax-concurrent-tasks: {CONCURRENCY}\n"),
+    );
+    // Looked at once a second: the emulator serves the agent, not the stopwatch.
+    plane
+        .wait_queue_empty_every(Duration::from_secs(600), Duration::from_secs(1), &agent)
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let per_sec = tasks as f64 / secs;
+    if std::env::var_os("LEASE_BENCH_KEEP").is_some() {
+        eprintln!("agent logs kept in {}", tmp.keep().display());
+    }
+    for n in [0, tasks / 2, tasks - 1] {
+        assert_eq!(
+            plane.task_state(&format!("bench-{n}")).await.as_deref(),
+            Some("complete")
+        );
+    }
+    write_figures(
+        "mock_tasks",
+        &json!({
+            "tasks": tasks,
+            "max_concurrent_tasks": CONCURRENCY,
+            "elapsed_s": secs,
+            "tasks_per_s": per_sec,
+            "target_per_s": 20.0,
         }),
     );
 }

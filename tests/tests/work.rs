@@ -615,68 +615,6 @@ async fn a_one_shot_task_runs_once_then_ends_the_lease_as_on_complete_says() {
 /// 500 mock tasks through one agent against moto: tasks per second, printed and, with
 /// `LEASE_BENCH_OUT` set, written there as JSON.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark: cargo test --test work -- --ignored bench_mock_tasks --nocapture"]
-async fn bench_mock_tasks() {
-    // Mock tasks cost the machine nothing: the figure is the pipeline's (and the
-    // emulator's), so the slots are many.
-    const CONCURRENCY: u32 = 20;
-    // LEASE_BENCH_TASKS: fewer (or more) for a quick look; a multiple of ten.
-    let tasks: usize = std::env::var("LEASE_BENCH_TASKS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(500);
-    let plane = Plane::new().await;
-    let (_instance, imds) = plane.instance().await;
-    for chunk in 0..tasks / 10 {
-        let mut batch = plane.sqs.send_message_batch().queue_url(&plane.queue_url);
-        for i in 0..10 {
-            let n = chunk * 10 + i;
-            batch = batch.entries(
-                aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
-                    .id(format!("m{n}"))
-                    .message_body(shell(&format!("bench-{n}"), "true").to_json())
-                    .build()
-                    .unwrap(),
-            );
-        }
-        batch.send().await.unwrap();
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let agent = plane.agent(
-        &imds,
-        tmp.path(),
-        &format!("mock-mode: true\nmax-concurrent-tasks: {CONCURRENCY}\n"),
-    );
-    // Looked at once a second: the emulator serves the agent, not the stopwatch.
-    plane
-        .wait_queue_empty_every(Duration::from_secs(600), Duration::from_secs(1), &agent)
-        .await;
-    let secs = started.elapsed().as_secs_f64();
-    let per_sec = tasks as f64 / secs;
-    if std::env::var_os("LEASE_BENCH_KEEP").is_some() {
-        eprintln!("agent logs kept in {}", tmp.keep().display());
-    }
-    for n in [0, tasks / 2, tasks - 1] {
-        assert_eq!(
-            plane.task_state(&format!("bench-{n}")).await.as_deref(),
-            Some("complete")
-        );
-    }
-    eprintln!("bench_mock_tasks: {tasks} mock tasks in {secs:.1}s: {per_sec:.1} tasks/s");
-    if let Some(out) = std::env::var_os("LEASE_BENCH_OUT") {
-        let json = serde_json::json!({
-            "bench": "mock_tasks",
-            "tasks": tasks,
-            "max_concurrent_tasks": CONCURRENCY,
-            "seconds": secs,
-            "tasks_per_sec": per_sec,
-        });
-        std::fs::write(out, json.to_string()).unwrap();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_past_its_timeout_is_stopped_reported_failed_and_its_output_kept() {
     let mut plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
