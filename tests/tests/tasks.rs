@@ -6,13 +6,11 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, WriteRequest,
-};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use chrono::{TimeDelta, Utc};
 use lease_common::records::{self, node, task};
 use lease_common::tags::render_time;
+use lease_tests::plane::create_table;
 use lease_tests::{Cmd, Moto};
 
 const TASKS: &str = "lease-test-tasks";
@@ -25,29 +23,6 @@ struct Control {
     ddb: aws_sdk_dynamodb::Client,
     sqs: aws_sdk_sqs::Client,
     queue_url: String,
-}
-
-async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, key: &str) {
-    ddb.create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name(key)
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .unwrap(),
-        )
-        .key_schema(
-            KeySchemaElement::builder()
-                .attribute_name(key)
-                .key_type(KeyType::Hash)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
 }
 
 async fn control() -> Control {
