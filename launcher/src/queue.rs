@@ -78,6 +78,22 @@ fn count(
         .unwrap_or(0)
 }
 
+/// One outcome per entry of a batch call (SQS SendMessageBatch and SNS PublishBatch
+/// answer alike): the message id, or the service's code and reason.
+fn batch_outcomes<'a>(
+    sent: impl Iterator<Item = (&'a str, &'a str)>,
+    failed: impl Iterator<Item = (&'a str, &'a str, Option<&'a str>)>,
+) -> Vec<(String, std::result::Result<String, String>)> {
+    sent.map(|(id, message_id)| (id.to_string(), Ok(message_id.to_string())))
+        .chain(failed.map(|(id, code, message)| {
+            (
+                id.to_string(),
+                Err(format!("{code}: {}", message.unwrap_or("refused"))),
+            )
+        }))
+        .collect()
+}
+
 impl TaskQueue for AwsQueue {
     async fn send_batch(
         &self,
@@ -112,22 +128,10 @@ impl TaskQueue for AwsQueue {
             .send()
             .await
             .map_err(|e| Error::aws(format!("Failed to send tasks to queue '{queue_url}'"), e))?;
-        let mut results: Vec<(String, std::result::Result<String, String>)> = out
-            .successful()
-            .iter()
-            .map(|s| (s.id().to_string(), Ok(s.message_id().to_string())))
-            .collect();
-        results.extend(out.failed().iter().map(|f| {
-            (
-                f.id().to_string(),
-                Err(format!(
-                    "{}: {}",
-                    f.code(),
-                    f.message().unwrap_or("refused")
-                )),
-            )
-        }));
-        Ok(results)
+        Ok(batch_outcomes(
+            out.successful().iter().map(|s| (s.id(), s.message_id())),
+            out.failed().iter().map(|f| (f.id(), f.code(), f.message())),
+        ))
     }
 
     async fn publish_batch(
@@ -166,27 +170,15 @@ impl TaskQueue for AwsQueue {
             .map_err(|e| {
                 Error::aws(format!("Failed to publish tasks to topic '{topic_arn}'"), e)
             })?;
-        let mut results: Vec<(String, std::result::Result<String, String>)> = out
-            .successful()
-            .iter()
-            .map(|s| {
+        Ok(batch_outcomes(
+            out.successful().iter().map(|s| {
                 (
-                    s.id().unwrap_or_default().to_string(),
-                    Ok(s.message_id().unwrap_or_default().to_string()),
+                    s.id().unwrap_or_default(),
+                    s.message_id().unwrap_or_default(),
                 )
-            })
-            .collect();
-        results.extend(out.failed().iter().map(|f| {
-            (
-                f.id().to_string(),
-                Err(format!(
-                    "{}: {}",
-                    f.code(),
-                    f.message().unwrap_or("refused")
-                )),
-            )
-        }));
-        Ok(results)
+            }),
+            out.failed().iter().map(|f| (f.id(), f.code(), f.message())),
+        ))
     }
 
     async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {

@@ -239,40 +239,49 @@ fn lines(path: &Path) -> usize {
         .unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_agent_killed_mid_task_finishes_it_once_after_a_restart() {
-    let mut plane = Plane::new().await;
+/// Starts task `id` (a counted shell task), restarts the agent with `restart` while it
+/// runs, and waits until the task is complete, its bundle holds exactly `files`, the
+/// queue is empty and the command ran once. Returns what the caller checks further.
+async fn restarted_mid_task(
+    id: &str,
+    command: &str,
+    restart: fn(&mut Agent),
+    files: &[&str],
+) -> (Plane, Agent, tempfile::TempDir) {
+    let plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let mut agent = plane.agent(&imds, &tmp.path().join("agent"), "");
-    let task = counted(
-        "adopt-1",
-        &runs,
-        "mkdir -p out; echo before > out/before.txt; sleep 4; echo after > out/after.txt",
-    );
-    plane.send(&task.to_json()).await;
+    plane.send(&counted(id, &runs, command).to_json()).await;
     wait_until("the task to start", LIMIT, POLL, || async {
         (lines(&runs) == 1).then_some(())
     })
     .await;
-    agent.kill_and_restart();
-    plane
-        .wait_for_state("adopt-1", "complete", LIMIT, &agent)
-        .await;
-    let files = plane
+    restart(&mut agent);
+    plane.wait_for_state(id, "complete", LIMIT, &agent).await;
+    let stored = plane
         .bundle(
-            &layout::bundle_prefix(&instance, "adopt-1"),
-            &layout::manifest_key(&instance, "adopt-1"),
+            &layout::bundle_prefix(&instance, id),
+            &layout::manifest_key(&instance, id),
         )
         .await;
-    assert_eq!(
-        files.keys().cloned().collect::<Vec<_>>(),
-        vec!["after.txt", "before.txt"]
-    );
+    assert_eq!(stored.keys().map(String::as_str).collect::<Vec<_>>(), files);
     plane.wait_queue_empty(LIMIT, &agent).await;
-    plane.assert_queue_empty().await;
     assert_eq!(lines(&runs), 1, "{}", agent.logs());
+    (plane, agent, tmp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_task_finishes_it_once_after_a_restart() {
+    let (mut plane, agent, _tmp) = restarted_mid_task(
+        "adopt-1",
+        "mkdir -p out; echo before > out/before.txt; sleep 4; echo after > out/after.txt",
+        Agent::kill_and_restart,
+        &["after.txt", "before.txt"],
+    )
+    .await;
+    plane.assert_queue_empty().await;
     plane.drain_events().await;
     let completed = plane
         .events_of("adopt-1")
@@ -284,34 +293,13 @@ async fn an_agent_killed_mid_task_finishes_it_once_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_restart_interrupts_nothing_and_the_task_finishes_once() {
-    let mut plane = Plane::new().await;
-    let (instance, imds) = plane.instance().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let runs = tmp.path().join("runs");
-    let mut agent = plane.agent(&imds, &tmp.path().join("agent"), "");
-    let task = counted(
+    let (mut plane, agent, _tmp) = restarted_mid_task(
         "restart-1",
-        &runs,
         "mkdir -p out; sleep 4; echo after > out/after.txt",
-    );
-    plane.send(&task.to_json()).await;
-    wait_until("the task to start", LIMIT, POLL, || async {
-        (lines(&runs) == 1).then_some(())
-    })
+        Agent::terminate_and_restart,
+        &["after.txt"],
+    )
     .await;
-    agent.terminate_and_restart();
-    plane
-        .wait_for_state("restart-1", "complete", LIMIT, &agent)
-        .await;
-    let files = plane
-        .bundle(
-            &layout::bundle_prefix(&instance, "restart-1"),
-            &layout::manifest_key(&instance, "restart-1"),
-        )
-        .await;
-    assert_eq!(files.keys().cloned().collect::<Vec<_>>(), vec!["after.txt"]);
-    plane.wait_queue_empty(LIMIT, &agent).await;
-    assert_eq!(lines(&runs), 1, "{}", agent.logs());
     plane.drain_events().await;
     let types: Vec<&str> = plane
         .events_of("restart-1")
