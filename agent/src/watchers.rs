@@ -12,7 +12,7 @@ use tokio::time::MissedTickBehavior;
 
 use crate::clock::Clock;
 use crate::decide::{Input, Snapshot};
-use crate::events::{Emitter, publish_with_retry};
+use crate::events::Emitter;
 use crate::idle::{self, Sampler};
 use crate::tagread::{Budget, TagSource};
 
@@ -99,10 +99,7 @@ pub async fn heartbeat(
             cpu_percent: s.cpu_percent.unwrap_or(0.0),
             memory_percent: s.memory_percent.unwrap_or(0.0),
         });
-        emitter_publish(&emitter, &event).await;
+        // Waited for, so a bus that is down costs one heartbeat in flight, not a pile.
+        let _ = emitter.publish(event).await;
     }
-}
-
-async fn emitter_publish(emitter: &Emitter, event: &lease_common::messages::Event) {
-    publish_with_retry(emitter.publisher().as_ref(), event).await;
 }

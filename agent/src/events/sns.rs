@@ -1,0 +1,113 @@
+//! The control bus itself: an SNS topic, one event per `Publish` or up to ten per
+//! `PublishBatch` (authorised by the same `sns:Publish` action).
+
+use aws_sdk_sns::error::DisplayErrorContext;
+use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
+use lease_common::messages::Event;
+
+use super::{PublishError, Publisher, Refused, type_names};
+use crate::BoxFuture;
+
+/// Publishes to an SNS topic, with the event type as the `type` message attribute so
+/// subscribers can filter (`{"type": ["SpotInterruption"]}`).
+#[derive(Debug, Clone)]
+pub struct SnsPublisher {
+    client: aws_sdk_sns::Client,
+    topic_arn: String,
+}
+
+impl SnsPublisher {
+    pub fn new(client: aws_sdk_sns::Client, topic_arn: String) -> Self {
+        Self { client, topic_arn }
+    }
+
+    fn type_attribute(
+        &self,
+        events: &[Event],
+        i: usize,
+    ) -> Result<MessageAttributeValue, PublishError> {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(events[i].type_name())
+            .build()
+            .map_err(|e| self.failed(&events[i..=i], e.to_string()))
+    }
+
+    fn failed(&self, events: &[Event], reason: String) -> PublishError {
+        PublishError::Sns {
+            events: type_names(events),
+            topic: self.topic_arn.clone(),
+            reason,
+        }
+    }
+}
+
+/// A batch entry's id: its index in the batch (ids must be unique within a call).
+fn entry_id(i: usize) -> String {
+    format!("e{i}")
+}
+
+impl Publisher for SnsPublisher {
+    fn publish<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), PublishError>> {
+        Box::pin(async move {
+            let one = std::slice::from_ref(event);
+            self.client
+                .publish()
+                .topic_arn(&self.topic_arn)
+                .message(event.to_json())
+                .message_attributes("type", self.type_attribute(one, 0)?)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| self.failed(one, DisplayErrorContext(&e).to_string()))
+        })
+    }
+
+    fn publish_batch<'a>(
+        &'a self,
+        events: &'a [Event],
+    ) -> BoxFuture<'a, Result<Vec<Result<(), Refused>>, PublishError>> {
+        Box::pin(async move {
+            if let [event] = events {
+                return self.publish(event).await.map(|()| vec![Ok(())]);
+            }
+            let mut req = self.client.publish_batch().topic_arn(&self.topic_arn);
+            for (i, event) in events.iter().enumerate() {
+                let entry = PublishBatchRequestEntry::builder()
+                    .id(entry_id(i))
+                    .message(event.to_json())
+                    .message_attributes("type", self.type_attribute(events, i)?)
+                    .build()
+                    .map_err(|e| self.failed(&events[i..=i], e.to_string()))?;
+                req = req.publish_batch_request_entries(entry);
+            }
+            let out = req
+                .send()
+                .await
+                .map_err(|e| self.failed(events, DisplayErrorContext(&e).to_string()))?;
+            // An entry the answer does not mention is sent again.
+            let mut outcomes = vec![
+                Err(Refused {
+                    reason: "not in SNS's answer".into(),
+                    permanent: false,
+                });
+                events.len()
+            ];
+            let index = |id: &str| (0..events.len()).find(|&i| entry_id(i) == id);
+            for ok in out.successful() {
+                if let Some(i) = ok.id().and_then(index) {
+                    outcomes[i] = Ok(());
+                }
+            }
+            for f in out.failed() {
+                if let Some(i) = index(f.id()) {
+                    outcomes[i] = Err(Refused {
+                        reason: format!("{}: {}", f.code(), f.message().unwrap_or("refused")),
+                        permanent: f.sender_fault(),
+                    });
+                }
+            }
+            Ok(outcomes)
+        })
+    }
+}
