@@ -19,30 +19,47 @@ use crate::decide::Input;
 use crate::run::{Exit, Summary};
 use crate::upload::BundleDest;
 
+/// A task's record says `uploading` only when its upload is still going after this
+/// long: a state nobody could have seen is not worth a write per task.
+const UPLOADING_RECORD_AFTER: Duration = Duration::from_secs(1);
+
 impl Running {
     /// The program ended (or could not run): upload, report, record, then delete.
     pub(super) async fn finish(&mut self, end: End) {
         self.pump_output(true).await;
         let cancelled = matches!(end, End::Cancelled);
-        if !cancelled && let Some(table) = self.shared.deps.table.clone() {
-            // Beside the uploads: `lease tasks` shows it, nothing waits for it.
-            let (id, now) = (self.id().to_string(), self.now());
-            tokio::spawn(async move {
-                let change = Change {
-                    state: Some(TaskState::Uploading),
-                    ..Change::default()
-                };
-                if let Err(e) = table.update(&id, change, now).await {
-                    tracing::warn!("{e}");
-                }
+        // Beside the uploads, and only once they have taken a while: `lease tasks` shows
+        // it, nothing waits for it. Conditional, so a late write cannot undo the final one.
+        let uploading = self
+            .shared
+            .deps
+            .table
+            .clone()
+            .filter(|_| !cancelled)
+            .map(|table| {
+                let (id, clock) = (self.id().to_string(), self.shared.deps.clock.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(UPLOADING_RECORD_AFTER).await;
+                    let change = Change {
+                        state: Some(TaskState::Uploading),
+                        if_state: Some(TaskState::Running),
+                        ..Change::default()
+                    };
+                    if let Err(e) = table.update(&id, change, clock.now()).await {
+                        tracing::warn!("{e}");
+                    }
+                })
             });
-        }
         // While draining, the decision loop owns the status (interrupted, expiring).
         if self.shared.taking() {
             self.shared.tag(NodeStatus::Uploading, Some(self.id()));
         }
         let dest = BundleDest::finished(&self.shared.settings.instance_id, self.id());
-        let bundle = match self.upload_results(dest).await {
+        let uploaded = self.upload_results(dest).await;
+        if let Some(write) = uploading {
+            write.abort();
+        }
+        let bundle = match uploaded {
             Ok(b) => b,
             Err(reason) => return self.give_back(&reason).await,
         };

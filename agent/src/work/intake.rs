@@ -52,7 +52,13 @@ pub(crate) async fn receive_loop(shared: Arc<Shared>) {
             let _ = tokio::time::timeout(FULL_RECHECK, notified).await;
             continue;
         }
-        let received = queue.receive(ask, shared.settings.receive_wait).await;
+        let received = queue
+            .receive(
+                ask,
+                shared.settings.receive_wait,
+                shared.settings.visibility,
+            )
+            .await;
         let messages = match received {
             Ok(m) => m,
             Err(e) => {

@@ -160,9 +160,6 @@ impl Running {
                 Err(e) => return Err(e.to_string()),
             }
         }
-        if start == Start::Fresh {
-            self.hide_message().await;
-        }
         std::fs::create_dir_all(&launch.workdir)
             .map_err(|e| format!("cannot create '{}': {e}", launch.workdir.display()))?;
         self.save();
@@ -257,8 +254,9 @@ impl Running {
         .await
     }
 
-    /// Hides the message for `visibility` from now. Also done as the task starts: the
-    /// queue's own visibility timeout may be shorter than the first extension.
+    /// Hides the message for `visibility` from now. A fresh task's message was hidden
+    /// that long by its receive; an adopted one's is hidden again at once, since the
+    /// agent may have been down for most of it.
     pub(super) async fn hide_message(&self) {
         if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt()) {
             let secs = i32::try_from(self.shared.settings.visibility.as_secs()).unwrap_or(120);

@@ -49,8 +49,15 @@ pub struct Received {
 
 /// What the worker does with its queue. `task` arguments only name the task in errors.
 pub trait TaskQueue: Send + Sync + Debug {
-    fn receive(&self, max: u32, wait: Duration)
-    -> BoxFuture<'_, Result<Vec<Received>, QueueError>>;
+    /// Up to `max` messages, waiting at most `wait` for the first; each is hidden for
+    /// `visibility` from the receive on (so a task needs no call of its own to hide
+    /// its message before its first extension).
+    fn receive(
+        &self,
+        max: u32,
+        wait: Duration,
+        visibility: Duration,
+    ) -> BoxFuture<'_, Result<Vec<Received>, QueueError>>;
     fn delete<'a>(
         &'a self,
         task: &'a str,
@@ -156,14 +163,19 @@ impl TaskQueue for SqsQueue {
         &self,
         max: u32,
         wait: Duration,
+        visibility: Duration,
     ) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
         Box::pin(async move {
+            let visibility = i32::try_from(visibility.as_secs())
+                .unwrap_or(MAX_VISIBILITY_SECS)
+                .min(MAX_VISIBILITY_SECS);
             let out = self
                 .client
                 .receive_message()
                 .queue_url(&self.url)
                 .max_number_of_messages(i32::try_from(max.clamp(1, MAX_RECEIVE)).unwrap_or(1))
                 .wait_time_seconds(i32::try_from(wait.as_secs().min(20)).unwrap_or(20))
+                .visibility_timeout(visibility)
                 .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
                 .send()
                 .await

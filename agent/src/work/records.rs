@@ -62,6 +62,9 @@ pub struct Change {
     pub log: Option<String>,
     /// Sets `ended_at` and the record's retention (`expires`).
     pub ended: bool,
+    /// Written only while the record is in this state; otherwise nothing changes and
+    /// the update answers `Ok(None)`. For a write that may arrive after a later one.
+    pub if_state: Option<TaskState>,
 }
 
 pub trait TaskTable: Send + Sync + Debug {
@@ -256,18 +259,33 @@ impl TaskTable for DynamoTaskTable {
                 .key(TASK_ID, s(task_id))
                 .update_expression(format!("SET {}", set.join(", ")))
                 .return_values(ReturnValue::AllNew);
+            if let Some(st) = change.if_state {
+                req = req
+                    .condition_expression("#if_state = :if_state")
+                    .expression_attribute_names("#if_state", task::STATE)
+                    .expression_attribute_values(":if_state", s(st.as_str()));
+            }
             for (k, v) in names {
                 req = req.expression_attribute_names(k, v);
             }
             for (k, v) in values {
                 req = req.expression_attribute_values(k, v);
             }
-            let out = req.send().await.map_err(|e| RecordError::Update {
-                task: task_id.to_string(),
-                table: self.table.clone(),
-                reason: DisplayErrorContext(&e).to_string(),
-            })?;
-            Ok(out.attributes().and_then(state_of))
+            match req.send().await {
+                Ok(out) => Ok(out.attributes().and_then(state_of)),
+                Err(e)
+                    if change.if_state.is_some()
+                        && e.as_service_error()
+                            .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+                {
+                    Ok(None)
+                }
+                Err(e) => Err(RecordError::Update {
+                    task: task_id.to_string(),
+                    table: self.table.clone(),
+                    reason: DisplayErrorContext(&e).to_string(),
+                }),
+            }
         })
     }
 }

@@ -42,6 +42,7 @@ impl TaskQueue for FakeQueue {
         &self,
         max: u32,
         wait: Duration,
+        _visibility: Duration,
     ) -> BoxFuture<'_, Result<Vec<Received>, QueueError>> {
         Box::pin(async move {
             let batch: Vec<Received> = {
@@ -134,6 +135,9 @@ impl TaskTable for FakeTable {
         _now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Option<TaskState>, RecordError>> {
         let mut state = self.state.lock().unwrap();
+        if change.if_state.is_some() && change.if_state != *state {
+            return Box::pin(async { Ok(None) });
+        }
         // A cancelled record stays cancelled, as the launcher left it.
         if *state != Some(TaskState::Cancelled)
             && let Some(s) = change.state
@@ -149,6 +153,8 @@ impl TaskTable for FakeTable {
 #[derive(Debug, Default)]
 struct FakeStore {
     fail: bool,
+    /// Each bundle upload takes this long.
+    delay: Duration,
     bundles: Mutex<Vec<String>>,
 }
 
@@ -167,6 +173,7 @@ impl ResultStore for FakeStore {
         meta: ManifestMeta,
     ) -> BoxFuture<'a, Result<BundleUpload, StoreError>> {
         Box::pin(async move {
+            tokio::time::sleep(self.delay).await;
             if self.fail {
                 return Err(StoreError::Upload {
                     what: "the bundle",
@@ -350,6 +357,34 @@ async fn a_cancelled_task_is_stopped_recorded_and_its_message_deleted() {
         vec!["jobs/i-1/t-3/bundle/"]
     );
     until("the slot freed", || r.worker.current_task().is_none()).await;
+}
+
+/// `uploading` is recorded only for an upload that lasts, and never after the end.
+#[tokio::test(start_paused = true)]
+async fn a_long_upload_is_recorded_as_uploading_and_a_short_one_is_not() {
+    for (delay, want) in [
+        (Duration::from_millis(200), vec![TaskState::Complete]),
+        (
+            Duration::from_secs(5),
+            vec![TaskState::Uploading, TaskState::Complete],
+        ),
+    ] {
+        let store = FakeStore {
+            delay,
+            ..FakeStore::default()
+        };
+        let r = rig(Claim::Claimed, store, Duration::from_millis(30));
+        r.queue.inbox.lock().unwrap().push(message("t-5"));
+        r.worker.start(None);
+        until("the message deleted", || {
+            !r.queue.deleted.lock().unwrap().is_empty()
+        })
+        .await;
+        // Long enough for a forgotten `uploading` write to land.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(r.table.states(), want, "upload of {delay:?}");
+        assert_eq!(*r.table.state.lock().unwrap(), Some(TaskState::Complete));
+    }
 }
 
 #[tokio::test(start_paused = true)]
