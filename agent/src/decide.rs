@@ -328,6 +328,7 @@ impl DecisionLoop {
         self.deps
             .notifier
             .ready(&self.current_snapshot().line(self.deps.clock.now()));
+        crate::memory::release_free_memory();
         tracing::info!(
             "enforcing deadline {} ({}; then {})",
             tags::render_time(self.deadline),

@@ -27,6 +27,7 @@ pub mod ec2;
 pub mod events;
 pub mod idle;
 pub mod imds;
+pub mod memory;
 pub mod notify;
 pub mod power;
 pub mod run;
@@ -168,16 +169,9 @@ pub async fn run(
         identity.instance_id.clone(),
     );
     let (tx, rx) = mpsc::channel(64);
-    let clients = WorkerClients {
-        region: sdk.region().map(|r| r.to_string()).unwrap_or_default(),
-        sqs: aws_sdk_sqs::Client::new(&sdk),
-        dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-        s3: lease_common::aws::s3_client(&sdk),
-        ecr: aws_sdk_ecr::Client::new(&sdk),
-    };
     let (worker, queue_worker) = match build_worker(
         &opts,
-        clients,
+        &sdk,
         &identity.instance_id,
         &node_id,
         ec2.clone(),
@@ -295,21 +289,11 @@ pub async fn run(
     Ok(outcome)
 }
 
-/// The SDK clients the worker's parts are built on.
-#[derive(Debug)]
-struct WorkerClients {
-    region: String,
-    sqs: aws_sdk_sqs::Client,
-    dynamodb: aws_sdk_dynamodb::Client,
-    s3: aws_sdk_s3::Client,
-    ecr: aws_sdk_ecr::Client,
-}
-
 /// The task worker, when there is work to take: a queue, or a one-shot task.
 #[allow(clippy::too_many_arguments)]
 fn build_worker(
     opts: &RunOptions,
-    clients: WorkerClients,
+    sdk: &aws_types::SdkConfig,
     instance_id: &str,
     node_id: &str,
     ec2: Arc<dyn ec2::Ec2Api>,
@@ -321,11 +305,14 @@ fn build_worker(
     if config.queue_url.is_none() && config.task.is_none() {
         return None;
     }
+    // Each client only where its setting is: an agent without a worker, or with part
+    // of one, does not carry (in memory) the code of what it never calls.
     let runner: Arc<dyn run::Runner> = if config.mock_mode {
         Arc::new(run::MockRunner::default())
     } else {
-        let ecr = Arc::new(run::SdkEcr::new(clients.ecr));
-        let mut tmux = run::TmuxRunner::new(config, clients.region, ecr);
+        let ecr = Arc::new(run::SdkEcr::new(aws_sdk_ecr::Client::new(sdk)));
+        let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
+        let mut tmux = run::TmuxRunner::new(config, region, ecr);
         if let Some(socket) = &opts.tmux_socket {
             tmux = tmux.with_socket(socket.clone());
         }
@@ -333,18 +320,22 @@ fn build_worker(
     };
     let deps = work::WorkDeps {
         queue: config.queue_url.clone().map(|url| {
-            Arc::new(work::queue::SqsQueue::new(clients.sqs.clone(), url))
-                as Arc<dyn work::queue::TaskQueue>
+            Arc::new(work::queue::SqsQueue::new(
+                aws_sdk_sqs::Client::new(sdk),
+                url,
+            )) as Arc<dyn work::queue::TaskQueue>
         }),
         table: config.tasks_table.clone().map(|t| {
             Arc::new(work::records::DynamoTaskTable::new(
-                clients.dynamodb.clone(),
+                aws_sdk_dynamodb::Client::new(sdk),
                 t,
             )) as Arc<dyn work::records::TaskTable>
         }),
         store: config.log_bucket.clone().map(|b| {
-            Arc::new(work::store::S3Store::new(clients.s3.clone(), b))
-                as Arc<dyn work::store::ResultStore>
+            Arc::new(work::store::S3Store::new(
+                lease_common::aws::s3_client(sdk),
+                b,
+            )) as Arc<dyn work::store::ResultStore>
         }),
         runner,
         emitter,

@@ -112,6 +112,7 @@ impl RunArgs {
 }
 
 fn main() -> ExitCode {
+    leased::memory::single_arena();
     let cli = Cli::parse();
     init_logging(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -267,16 +268,26 @@ async fn signals() -> StopReason {
 /// Logs go to the journal when systemd gave us one (`JOURNAL_STREAM`) and it answers,
 /// else to stderr. `RUST_LOG` overrides the verbosity flags; dependencies stay at warn.
 fn init_logging(verbose: u8) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::{LevelFilter, Targets};
     use tracing_subscriber::prelude::*;
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
-        _ => "trace",
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        2 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
     };
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,leased={level},lease_common={level}")));
+    // `RUST_LOG` as `target=level` directives. A plain target filter rather than
+    // `EnvFilter`, whose regular expressions would stay resident in a daemon that never
+    // uses them.
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| {
+            Targets::new()
+                .with_default(LevelFilter::WARN)
+                .with_target("leased", level)
+                .with_target("lease_common", level)
+        });
     let journald = std::env::var_os("JOURNAL_STREAM").and_then(|_| tracing_journald::layer().ok());
     match journald {
         Some(layer) => tracing_subscriber::registry()
