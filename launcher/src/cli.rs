@@ -411,12 +411,16 @@ pub struct NodesArgs {
 #[derive(Debug, Args, Clone)]
 pub struct LogsArgs {
     pub task_id: String,
-    /// Keep printing as the log grows, until interrupted.
+    /// Keep printing as the log grows, until the task ends (known from the task table)
+    /// or until interrupted.
     #[arg(short, long)]
     pub follow: bool,
     /// Control-plane bucket (default: the stack's).
     #[arg(long, env = "LEASE_BUCKET")]
     pub bucket: Option<String>,
+    /// Task table that tells `-f` when the task has ended (default: the stack's).
+    #[arg(long, env = "LEASE_TASKS_TABLE")]
+    pub tasks_table: Option<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -5,8 +5,11 @@
 use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use lease_common::layout::{bundle_prefix, log_key, manifest_key};
 use lease_common::manifest::{Manifest, ManifestEntry, sha256_bytes};
+use lease_common::records;
+use lease_tests::plane::create_table;
 use lease_tests::{Cmd, Moto, wait_until};
 
 const BUCKET: &str = "ctl";
@@ -157,8 +160,19 @@ async fn logs_prints_and_follows_what_the_agent_uploads() {
     put(&s3, &log_key("t9"), b"line one\n").await;
     assert_eq!(lease(&moto).args(["logs", "t9"]).ok().await, "line one\n");
 
+    // The task's record says `running`: following goes on while the log grows.
+    let ddb = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    create_table(&ddb, "tasks", records::TASK_ID).await;
+    let set_state = |state: &'static str| {
+        ddb.put_item()
+            .table_name("tasks")
+            .item(records::TASK_ID, AttributeValue::S("t9".into()))
+            .item(records::task::STATE, AttributeValue::S(state.into()))
+            .send()
+    };
+    set_state("running").await.unwrap();
     let mut child = lease(&moto)
-        .args(["logs", "t9", "-f"])
+        .args(["logs", "t9", "-f", "--tasks-table", "tasks"])
         .command()
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -186,6 +200,24 @@ async fn logs_prints_and_follows_what_the_agent_uploads() {
     )
     .await;
     assert_eq!(next, "line two");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    // The agent uploads the last of the log, then records the end: `-f` prints the
+    // rest and exits by itself.
+    put(&s3, &log_key("t9"), b"line one\nline two\nline three\n").await;
+    set_state("complete").await.unwrap();
+    let status = wait_until(
+        "lease logs -f to exit once the task completed",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let exited = child.try_wait().unwrap();
+            async move { exited }
+        },
+    )
+    .await;
+    assert!(status.success(), "{status}");
+    let mut rest = Vec::new();
+    while let Some(line) = rx.recv().await {
+        rest.push(line);
+    }
+    assert_eq!(rest, ["line three"]);
 }

@@ -168,10 +168,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Logs(a) => {
             let mut a = a.clone();
+            let stack = stack_in(cloud.region())?;
             if a.bucket.is_none() {
-                a.bucket = stack_in(cloud.region())?.map(|s| s.bucket);
+                a.bucket = stack.as_ref().map(|s| s.bucket.clone());
             }
-            logs::run(&AwsBucket::new(&sdk), &a).await
+            if a.tasks_table.is_none() {
+                (a.tasks_table, _) = crate::profile::tables(None, None, stack.as_ref());
+            }
+            let tables = AwsTables::new(&sdk);
+            logs::run(&AwsBucket::new(&sdk), &tables, &a, &mut std::io::stdout()).await
         }
         Command::Download(a) => {
             let mut a = a.clone();
