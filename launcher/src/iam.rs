@@ -141,7 +141,8 @@ pub fn agent_policy(stack: &Stack, at: &Location, pools: &[String]) -> Result<Va
 }
 
 /// What `lease launch/list/status/extend/terminate/stop/hibernate/attach/submit/stats/
-/// logs/download/schedule` call, on this stack's resources, and nothing else.
+/// tasks/nodes/logs/download/schedule` call, on this stack's resources, and nothing
+/// else (`setup` and `teardown` are an administrator's).
 /// `sts:GetCallerIdentity` (the default owner) needs no permission.
 pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
     let bucket = stack.bucket(&at.account, &at.region);
@@ -246,6 +247,28 @@ pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
                     "sqs:GetQueueUrl",
                 ],
                 vec![at.arn("sqs", &stack.queue_pattern())],
+            ),
+            // submit without --queue-url publishes to the stack's command topic.
+            statement(
+                "SubmitToCommandTopic",
+                &["sns:Publish"],
+                vec![at.arn("sns", &stack.command_topic())],
+            ),
+            // submit's `queued` records (a conditional put), `tasks` and `nodes`
+            // (Scan), `tasks show` and `logs -f` (GetItem), `tasks cancel`
+            // (a conditional update), `stats` (Scan).
+            statement(
+                "TaskAndNodeRecords",
+                &[
+                    "dynamodb:GetItem",
+                    "dynamodb:PutItem",
+                    "dynamodb:UpdateItem",
+                    "dynamodb:Scan",
+                ],
+                vec![
+                    at.arn("dynamodb", &format!("table/{}", stack.tasks_table())),
+                    at.arn("dynamodb", &format!("table/{}", stack.nodes_table())),
+                ],
             ),
             statement(
                 "PutLargeTaskSpecs",
@@ -561,6 +584,22 @@ mod tests {
             ]
         );
         assert_eq!(s.2, ["arn:aws:sqs:eu-west-1:123456789012:lease-dev-*"]);
+        let s = find(&all, "SubmitToCommandTopic");
+        assert_eq!(s.1, ["sns:Publish"]);
+        assert_eq!(
+            s.2,
+            ["arn:aws:sns:eu-west-1:123456789012:lease-dev-commands"]
+        );
+        let s = find(&all, "TaskAndNodeRecords");
+        assert!(s.1.iter().all(|a| a.starts_with("dynamodb:")));
+        assert!(!s.1.iter().any(|a| a.contains("Delete")), "{:?}", s.1);
+        assert_eq!(
+            s.2,
+            [
+                "arn:aws:dynamodb:eu-west-1:123456789012:table/lease-dev-tasks",
+                "arn:aws:dynamodb:eu-west-1:123456789012:table/lease-dev-nodes"
+            ]
+        );
         let bucket = "arn:aws:s3:::lease-dev-123456789012-eu-west-1";
         assert_eq!(
             find(&all, "PutLargeTaskSpecs").2,
