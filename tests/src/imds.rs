@@ -11,7 +11,9 @@
 //!   `meta-data/spot/instance-action` and `meta-data/events/recommendations/rebalance`
 //!   (404 with no notice); `meta-data/tags/instance` (keys, one per line; 404 when
 //!   metadata tags are off) and `meta-data/tags/instance/<key>` (404 for a missing key);
-//!   `dynamic/instance-identity/document` (EC2's JSON).
+//!   `dynamic/instance-identity/document` (EC2's JSON); with an instance profile
+//!   ([`FakeImds::set_role`]), `meta-data/iam/security-credentials/` (the role's name)
+//!   and `meta-data/iam/security-credentials/<role>` (EC2's credentials JSON).
 //!
 //! Backed by moto ([`FakeImds::for_instance`]), the identity comes from the emulator's
 //! instance and the tags are read from it on every request, so a `lease extend`
@@ -97,6 +99,8 @@ struct State {
     unauthorized: u64,
     spot_action: Option<String>,
     rebalance: Option<String>,
+    /// The instance profile's role name and the access key id its credentials carry.
+    role: Option<(String, String)>,
     fail_next: u32,
     outage: Option<Outage>,
     delay: Option<Duration>,
@@ -194,6 +198,7 @@ impl FakeImds {
             requests: 0,
             unauthorized: 0,
             spot_action: None,
+            role: None,
             rebalance: None,
             fail_next: 0,
             outage: None,
@@ -257,6 +262,11 @@ impl FakeImds {
             notice_time.to_rfc3339_opts(SecondsFormat::Secs, true)
         );
         self.with(|s| s.rebalance = Some(body));
+    }
+
+    /// Gives the instance a profile whose role's credentials carry `access_key_id`.
+    pub fn set_role(&self, role: &str, access_key_id: &str) {
+        self.with(|s| s.role = Some((role.into(), access_key_id.into())));
     }
 
     /// The next `n` requests (of any kind) answer 500.
@@ -456,9 +466,14 @@ async fn tags(state: &Arc<Mutex<State>>) -> Option<BTreeMap<String, String>> {
 }
 
 async fn answer(state: &Arc<Mutex<State>>, path: &str) -> Option<String> {
-    let (info, spot, rebalance) = {
+    let (info, spot, rebalance, role) = {
         let s = state.lock().expect("fake IMDS state");
-        (s.info.clone(), s.spot_action.clone(), s.rebalance.clone())
+        (
+            s.info.clone(),
+            s.spot_action.clone(),
+            s.rebalance.clone(),
+            s.role.clone(),
+        )
     };
     let path = path.trim_end_matches('/');
     match path {
@@ -476,11 +491,31 @@ async fn answer(state: &Arc<Mutex<State>>, path: &str) -> Option<String> {
             Some(t.keys().cloned().collect::<Vec<_>>().join("\n"))
         }
         "dynamic/instance-identity/document" => Some(identity_document(&info)),
+        "meta-data/iam/security-credentials" => role.map(|(name, _)| name),
         other => {
+            if let Some(asked) = other.strip_prefix("meta-data/iam/security-credentials/") {
+                let (name, key) = role?;
+                return (asked == name).then(|| role_credentials(&key));
+            }
             let key = other.strip_prefix("meta-data/tags/instance/")?;
             tags(state).await?.get(key).cloned()
         }
     }
+}
+
+/// The role's temporary credentials as EC2 serves them, valid for six hours.
+fn role_credentials(access_key_id: &str) -> String {
+    let now = Utc::now();
+    let doc = serde_json::json!({
+        "Code": "Success",
+        "LastUpdated": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "Type": "AWS-HMAC",
+        "AccessKeyId": access_key_id,
+        "SecretAccessKey": "fake-imds-secret-access-key",
+        "Token": "fake-imds-session-token",
+        "Expiration": (now + chrono::TimeDelta::hours(6)).to_rfc3339_opts(SecondsFormat::Secs, true),
+    });
+    serde_json::to_string_pretty(&doc).expect("serialise role credentials")
 }
 
 fn identity_document(i: &InstanceInfo) -> String {

@@ -4,7 +4,8 @@
 //!
 //! Point the process under test's `AWS_ENDPOINT_URL` at [`Recorder::endpoint`]; the
 //! action is read from the EC2/SQS query body (`Action=…`), or the JSON protocols'
-//! `X-Amz-Target` header (`AmazonSQS.SendMessage` → `SendMessage`).
+//! `X-Amz-Target` header (`AmazonSQS.SendMessage` → `SendMessage`); S3's REST calls
+//! are named by method and shape (`S3 PUT object`, `S3 POST ?uploads`, …).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub struct Call {
     pub at: DateTime<Utc>,
     pub action: String,
     pub body: String,
+    /// The access key id the request was signed with (SigV4 `Credential=`).
+    pub access_key: Option<String>,
 }
 
 #[derive(Debug)]
@@ -81,6 +84,15 @@ impl Recorder {
         &self.endpoint
     }
 
+    /// How many calls of each action so far.
+    pub fn counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for c in self.calls.lock().expect("recorder state").iter() {
+            *counts.entry(c.action.clone()).or_default() += 1;
+        }
+        counts
+    }
+
     /// Every call so far with this action, oldest first.
     pub fn calls(&self, action: &str) -> Vec<Call> {
         self.calls
@@ -118,11 +130,19 @@ async fn forward(
                 .find_map(|kv| kv.strip_prefix("Action="))
                 .map(str::to_string)
         })
-        .unwrap_or_default();
+        .unwrap_or_else(|| s3_action(&parts.method, &parts.uri));
+    let access_key = parts
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|a| a.split("Credential=").nth(1))
+        .and_then(|c| c.split('/').next())
+        .map(str::to_string);
     calls.lock().expect("recorder state").push(Call {
         at,
         action,
         body: text,
+        access_key,
     });
     let path = parts
         .uri
@@ -150,6 +170,22 @@ async fn forward(
         }
         Err(_) => Ok(status(StatusCode::BAD_GATEWAY)),
     }
+}
+
+/// A name for an S3 REST call: the operation the SDK names, else its method and what
+/// it addresses (the query's sub-resource, else an object or a bucket, path-style).
+fn s3_action(method: &hyper::Method, uri: &hyper::Uri) -> String {
+    let query = uri.query().unwrap_or_default();
+    // The SDK names the operation itself (`?x-id=PutObject`) where the REST shape does not.
+    if let Some(op) = query.split('&').find_map(|kv| kv.strip_prefix("x-id=")) {
+        return format!("S3 {op}");
+    }
+    let what = match query.split('&').next() {
+        Some(q) if !q.is_empty() => format!("?{}", q.split('=').next().unwrap_or(q)),
+        _ if uri.path().trim_matches('/').contains('/') => "object".to_string(),
+        _ => "bucket".to_string(),
+    };
+    format!("S3 {method} {what}")
 }
 
 fn status(code: StatusCode) -> Response<Full<Bytes>> {

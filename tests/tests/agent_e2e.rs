@@ -12,6 +12,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use lease_common::tags;
 use lease_tests::agent::{Agent, Bus};
 use lease_tests::imds::{FakeImds, Outage};
+use lease_tests::recorder::Recorder;
 use lease_tests::{Cmd, Moto, wait_until};
 
 /// What these tests hold the agent to: the action never comes before the deadline, and
@@ -124,6 +125,45 @@ async fn a_5s_ttl_is_terminated_at_its_deadline() {
         Some(0),
         "{}",
         agent.logs()
+    );
+}
+
+/// On an instance the credentials are the instance profile's, from IMDS: with none in
+/// the environment, the agent's calls (read at a proxy in front of the emulator) are
+/// signed with the key IMDS served, and the lease still ends at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_credentials_in_the_environment_the_instance_role_signs() {
+    let moto = Moto::start();
+    let id = launch(&moto, &["--ttl", "4s"]).await;
+    let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
+    imds.set_role("lease-main-agent", "ASIAFAKEIMDSROLE0001");
+    let recorder = Recorder::start(&moto.endpoint).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Empty is unset to the SDK; the harness's environment has them all set.
+    let agent = Agent::start_with_env(
+        &moto,
+        &imds,
+        dir.path(),
+        "",
+        &[
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+            ("AWS_EC2_METADATA_DISABLED", "false"),
+            ("AWS_ENDPOINT_URL", recorder.endpoint()),
+        ],
+    );
+    wait_for_state(
+        &moto,
+        &id,
+        &["shutting-down", "terminated"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let terminate = recorder.calls("TerminateInstances");
+    assert_eq!(terminate.len(), 1, "{}", agent.logs());
+    assert_eq!(
+        terminate[0].access_key.as_deref(),
+        Some("ASIAFAKEIMDSROLE0001")
     );
 }
 
