@@ -1,14 +1,14 @@
 """Benchmark: the agent's bundle upload vs `aws s3 cp --recursive`, side by side against
 the same moto server, on the same files: 200 files of 4-64 KiB and one of 512 MiB.
 
-    python tests/bench/upload.py MOTO_SERVER OUT.json [--profile release|dev] [--trials N]
+    python tests/bench/upload.py BIN_DIR MOTO_SERVER OUT.json [--trials N]
 
 Run it with a Python that has boto3 and `aws` (the CLI) on PATH, e.g. the virtual
-environment moto is installed in. The uploader runs as the ignored test `bench_upload`
-in tests/tests/upload.rs (built first, outside the timing); its figure is the time
-of `upload_bundle` alone, measured in-process, and the process's wall time is kept
-beside it. The CLI's figure is its process's wall time (it has no other), with its
-default transfer settings. Each trial uses a fresh prefix, and the emulator's objects
+environment moto is installed in. The uploader runs as BIN_DIR/bench-upload
+(tests/src/bin/bench-upload.rs, built with the agent in tests/bench/run's `dist`
+profile); its figure is the time of `upload_bundle` alone, measured in-process, and
+the process's wall time is kept beside it. The CLI's figure is its process's wall time
+(it has no other), with its default transfer settings. Each trial uses a fresh prefix, and the emulator's objects
 are deleted after each, so no trial pays for another's memory. Prints a table and
 writes every figure to OUT.json. An in-process boto3 run of the same requests shows the
 emulator's own floor beside both.
@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -31,7 +32,6 @@ import boto3
 SMALL_FILES = 200
 BIG_FILE = 512 << 20
 BUCKET = "lease-bench"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def free_port():
@@ -40,6 +40,21 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds a process has used (USER_HZ = 100)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+def client_cpu(tool):
+    """CPU seconds of the client so far: our children (aws, bench-upload), or this
+    process itself for the in-process floor."""
+    who = resource.RUSAGE_SELF if tool == "floor" else resource.RUSAGE_CHILDREN
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
 
 
 def make_tree(root):
@@ -106,16 +121,14 @@ def floor_upload(s3, tree, prefix, threads=8, part=16 << 20):
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("bin_dir")
     ap.add_argument("moto_server")
     ap.add_argument("out")
-    ap.add_argument("--profile", default="release", choices=["release", "dev"])
     ap.add_argument("--trials", type=int, default=int(os.environ.get("LEASE_BENCH_TRIALS", "3")))
     args = ap.parse_args()
 
-    cargo_test = ["cargo", "test", "--workspace", "--test", "upload"]
-    if args.profile == "release":
-        cargo_test.append("--release")
-    subprocess.run(cargo_test + ["--no-run"], cwd=REPO, check=True)
+    bench_upload = os.path.join(args.bin_dir, "bench-upload")
+    profile = os.path.basename(os.path.normpath(args.bin_dir))
     aws_version = subprocess.run(["aws", "--version"], capture_output=True, text=True)
     aws_version = (aws_version.stdout or aws_version.stderr).strip()
 
@@ -144,11 +157,16 @@ def main():
         s3.create_bucket(Bucket=BUCKET)
 
         aws_runs, lease_runs, lease_wall, peak_rss, floor_runs = [], [], [], [], []
+        # CPU seconds each spends, and the emulator's share of the wall time meanwhile:
+        # a client at the emulator's ceiling shows here what it would do with a faster one.
+        cpu = {"aws": [], "lease": [], "floor": []}
+        busy = {"aws": [], "lease": [], "floor": []}
         for trial in range(args.trials):
             # aws first in even trials, second in odd ones: neither always meets a
             # freshly started (or a tired) emulator.
             order = ["aws", "lease"] if trial % 2 == 0 else ["lease", "aws"]
             for tool in order + ["floor"]:
+                before = (time.perf_counter(), cpu_seconds(moto.pid), client_cpu(tool))
                 if tool == "floor":
                     prefix = f"floor-{trial}/"
                     floor_runs.append(floor_upload(s3, tree, prefix))
@@ -163,22 +181,28 @@ def main():
                     listed = empty_prefix(s3, prefix)
                     assert listed == files, f"aws uploaded {listed} of {files} files"
                 else:
+                    prefix = f"lease-{trial}/"
                     out = os.path.join(work, f"lease-{trial}.json")
                     start = time.perf_counter()
-                    subprocess.run(cargo_test + ["--", "--ignored", "--exact", "bench_upload",
-                                                 "--nocapture"],
-                                   cwd=REPO, check=True, stdout=subprocess.DEVNULL,
-                                   env=dict(env, LEASE_BENCH_ENDPOINT=endpoint,
-                                            LEASE_BENCH_BUCKET=BUCKET, LEASE_BENCH_DIR=tree,
-                                            LEASE_BENCH_TRIALS="1", LEASE_BENCH_OUT=out,
-                                            LEASE_BENCH_RUN=str(trial)))
+                    subprocess.run([bench_upload, tree, BUCKET, prefix, out], env=env, check=True)
                     lease_wall.append(time.perf_counter() - start)
                     with open(out) as f:
                         figures = json.load(f)
                     assert figures["files"] == files, figures
-                    lease_runs.append(figures["median_s"])
+                    lease_runs.append(figures["seconds"])
                     concurrency = figures["concurrency"]
-                    peak_rss.append(figures["peak_rss_mib"])
+                    peak_rss.append(figures["peak_rss_kib"] // 1024)
+                    listed = empty_prefix(s3, prefix)
+                    assert listed == files + 1, f"the uploader left {listed} objects, not {files} + manifest"
+                if tool == "lease":
+                    wall = figures["seconds"]
+                else:
+                    wall = (aws_runs if tool == "aws" else floor_runs)[-1]
+                # Measured around the upload and the listing after it; the listing is
+                # a small share of either.
+                cpu[tool].append(client_cpu(tool) - before[2])
+                busy[tool].append((cpu_seconds(moto.pid) - before[1]) /
+                                  (time.perf_counter() - before[0]) * 100)
 
         mb = size / 1e6
         results = {
@@ -190,19 +214,22 @@ def main():
             "emulator floor (in-process boto3)": {"median_s": statistics.median(floor_runs),
                                                   "trials_s": floor_runs},
         }
-        for r in results.values():
+        for r, tool in zip(results.values(), ["lease", "aws", "floor"]):
             r["mb_per_s"] = mb / r["median_s"]
+            r["client_cpu_s"] = statistics.median(cpu[tool])
+            r["emulator_cpu_percent_of_core"] = statistics.median(busy[tool])
         ratio = results["leased uploader"]["mb_per_s"] / results["aws s3 cp --recursive"]["mb_per_s"]
         print(f"{files} files, {size} bytes; {args.trials} trials each; build profile "
-              f"{args.profile}; {aws_version}")
-        print(f"{'tool':34} {'median s':>9} {'MB/s':>8}  trials")
+              f"{profile}; {aws_version}")
+        print(f"{'tool':34} {'median s':>9} {'MB/s':>8} {'CPU s':>6} {'emulator':>8}  trials")
         for name, r in results.items():
             trials = " ".join(f"{t:.2f}" for t in r["trials_s"])
-            print(f"{name:34} {r['median_s']:9.2f} {r['mb_per_s']:8.1f}  {trials}")
+            print(f"{name:34} {r['median_s']:9.2f} {r['mb_per_s']:8.1f} {r['client_cpu_s']:6.1f} "
+                  f"{r['emulator_cpu_percent_of_core']:7.0f}%  {trials}")
         print(f"throughput ratio leased/aws = {ratio:.2f}x (target >= 1.5x); uploader peak "
               f"resident memory {max(peak_rss)} MiB at concurrency {concurrency}")
         with open(args.out, "w") as f:
-            json.dump({"upload_bundle": {"files": files, "bytes": size, "profile": args.profile,
+            json.dump({"upload_bundle": {"files": files, "bytes": size, "profile": profile,
                                          "trials": args.trials, "results": results,
                                          "ratio": ratio}}, f, indent=2)
     finally:

@@ -72,6 +72,11 @@ impl Moto {
         panic!("moto_server did not start listening on 127.0.0.1");
     }
 
+    /// The server's process id, for benchmarks that weigh what it spends.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Environment for a child process (`lease`, `leased`, `aws`) that must talk to this
     /// emulator and nothing else.
     pub fn env(&self) -> Vec<(String, String)> {
