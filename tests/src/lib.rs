@@ -14,6 +14,7 @@ pub mod moto;
 pub mod nspawn;
 pub mod plane;
 pub mod recorder;
+pub mod s3;
 pub mod sshd;
 pub mod wait;
 

@@ -292,21 +292,7 @@ impl Plane {
     }
 
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
-        let out = self
-            .s3
-            .list_objects_v2()
-            .bucket(BUCKET)
-            .prefix(prefix)
-            .send()
-            .await
-            .unwrap();
-        let mut keys: Vec<String> = out
-            .contents()
-            .iter()
-            .filter_map(|o| o.key().map(str::to_string))
-            .collect();
-        keys.sort();
-        keys
+        crate::s3::keys(&self.s3, BUCKET, prefix).await.unwrap()
     }
 
     /// Every file of the bundle at `base` (`…/bundle/` + `…/manifest.json`), checked

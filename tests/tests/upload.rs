@@ -67,20 +67,7 @@ fn write_tree(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
 
 /// Every key under `prefix`, through ListObjectsV2 (paginated).
 async fn list(s3: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> Vec<String> {
-    let mut keys = Vec::new();
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        for o in page.unwrap().contents() {
-            keys.push(o.key().unwrap().to_string());
-        }
-    }
-    keys.sort();
-    keys
+    lease_tests::s3::keys(s3, bucket, prefix).await.unwrap()
 }
 
 async fn get(s3: &aws_sdk_s3::Client, key: &str) -> Vec<u8> {

@@ -1,13 +1,15 @@
 //! The batcher between the [`super::Emitter`] and the topic. Events sent within
 //! [`BATCH_LINGER`] of the first one waiting share one call (at most [`MAX_BATCH`]
 //! events and [`MAX_BATCH_BYTES`]): a busy node sends its task events in a few calls
-//! instead of three or more per task. Up to [`MAX_IN_FLIGHT`] calls run at once, so a
-//! batch that is slow or retrying never holds up the next one.
+//! instead of three or more per task. An event that says the machine is going away
+//! does not wait: it leaves at once with whatever is already queued. Up to
+//! [`MAX_IN_FLIGHT`] calls run at once, so a batch that is slow or retrying never holds
+//! up the next one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lease_common::messages::Event;
+use lease_common::messages::{Event, EventKind};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::{
@@ -31,6 +33,18 @@ const MAX_IN_FLIGHT: usize = 4;
 pub(super) struct Pending {
     pub(super) event: Event,
     pub(super) done: oneshot::Sender<bool>,
+}
+
+/// Events whose subscribers (or the agent, before it acts) should not wait even the
+/// linger: the machine is about to go.
+fn urgent(event: &Event) -> bool {
+    matches!(
+        event.kind,
+        EventKind::SpotInterruption { .. }
+            | EventKind::LeaseExpired { .. }
+            | EventKind::IdleShutdown { .. }
+            | EventKind::NodeDeregistered { .. }
+    )
 }
 
 /// What an event weighs against [`MAX_BATCH_BYTES`]: its body and its `type` attribute.
@@ -58,16 +72,22 @@ pub(super) async fn run(
             return;
         };
         let mut bytes = weight(&first.event);
+        let mut hurry = urgent(&first.event);
         let mut batch = vec![first];
         let linger = tokio::time::sleep(BATCH_LINGER);
         tokio::pin!(linger);
         while batch.len() < MAX_BATCH {
-            let next = tokio::select! {
-                biased;
-                p = events.recv() => p,
-                () = &mut linger => None,
+            let next = if hurry {
+                events.try_recv().ok()
+            } else {
+                tokio::select! {
+                    biased;
+                    p = events.recv() => p,
+                    () = &mut linger => None,
+                }
             };
             let Some(p) = next else { break };
+            hurry |= urgent(&p.event);
             let w = weight(&p.event);
             if bytes + w > MAX_BATCH_BYTES {
                 carried = Some(p);
@@ -166,13 +186,16 @@ mod tests {
     use lease_common::messages::EventKind;
     use std::sync::Mutex;
 
-    fn event(reason: &str) -> Event {
+    /// A task's output line: an event that may wait for company.
+    fn event(line: &str) -> Event {
         Event::new(
             "n",
             "i-1",
             chrono::Utc::now(),
-            EventKind::NodeDeregistered {
-                reason: reason.into(),
+            EventKind::TaskOutput {
+                task_id: "t".into(),
+                seq: 0,
+                lines: vec![line.into()],
             },
         )
     }
@@ -195,7 +218,7 @@ mod tests {
         let (a, a_rx) = pending("a");
         publish_with_retry(&p, vec![a]).await;
         assert_eq!(a_rx.await, Ok(true));
-        assert_eq!(p.types(), vec!["NodeDeregistered"]);
+        assert_eq!(p.types(), vec!["TaskOutput"]);
         *p.fail_next.lock().unwrap() = 99;
         let (b, b_rx) = pending("b");
         publish_with_retry(&p, vec![b]).await;
@@ -213,8 +236,8 @@ mod tests {
 
     fn reason(e: &Event) -> String {
         match &e.kind {
-            EventKind::NodeDeregistered { reason } => reason.clone(),
-            _ => String::new(),
+            EventKind::TaskOutput { lines, .. } => lines.concat(),
+            other => other.type_name().to_string(),
         }
     }
 
@@ -293,6 +316,36 @@ mod tests {
         tx.send(lone).unwrap();
         assert_eq!(done.await, Ok(true));
         assert_eq!(started.elapsed(), BATCH_LINGER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_event_of_the_machine_going_away_leaves_at_once_with_what_is_queued() {
+        let p = Arc::new(Scripted::default());
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(p.clone(), rx));
+        let started = tokio::time::Instant::now();
+        let (output, _) = pending("last words");
+        let (done, gone) = oneshot::channel();
+        let leaving = Pending {
+            event: Event::new(
+                "n",
+                "i-1",
+                chrono::Utc::now(),
+                EventKind::SpotInterruption {
+                    action: "terminate".into(),
+                    time: chrono::Utc::now(),
+                },
+            ),
+            done,
+        };
+        tx.send(output).unwrap();
+        tx.send(leaving).unwrap();
+        assert_eq!(gone.await, Ok(true));
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(
+            *p.calls.lock().unwrap(),
+            vec![vec!["last words", "SpotInterruption"]]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,19 +59,7 @@ async fn run(dir: &str, bucket: &str, prefix: &str, out: &str) -> Result<(), Str
         .await
         .map_err(|e| e.to_string())?;
     let secs = started.elapsed().as_secs_f64();
-    let mut listed = 0;
-    let mut pages = s3
-        .list_objects_v2()
-        .bucket(bucket)
-        .prefix(prefix)
-        .into_paginator()
-        .send();
-    while let Some(page) = pages.next().await {
-        listed += page
-            .map_err(|e| format!("listing s3://{bucket}/{prefix}: {e}"))?
-            .contents()
-            .len();
-    }
+    let listed = lease_tests::s3::keys(&s3, bucket, prefix).await?.len();
     if listed != report.files + 1 {
         return Err(format!(
             "{listed} objects under s3://{bucket}/{prefix}, not {} files and the manifest",
