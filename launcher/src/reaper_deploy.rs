@@ -44,6 +44,8 @@ pub enum Change {
     Deleted,
     /// `remove` found nothing to delete.
     Absent,
+    /// `remove` left it: it still serves the stack in another region.
+    Kept,
 }
 
 impl fmt::Display for Change {
@@ -54,6 +56,7 @@ impl fmt::Display for Change {
             Change::Updated => "updated",
             Change::Deleted => "deleted",
             Change::Absent => "absent",
+            Change::Kept => "kept",
         })
     }
 }
@@ -224,8 +227,17 @@ pub async fn ensure(
             policy::schedules_policy(stack, at),
         ),
     ];
+    let policy_name = policy::inline_policy(at);
     for (name, description, trust, inline) in &wanted_roles {
-        let change = roles::ensure_role(clients, stack, name, description, trust, inline).await?;
+        let change = roles::ensure_role(
+            clients,
+            stack,
+            name,
+            description,
+            trust,
+            (&policy_name, inline),
+        )
+        .await?;
         out.push(changed(ROLE, name, change));
     }
     let spec = FunctionSpec::wanted(stack, at, package, config);
@@ -242,12 +254,15 @@ pub async fn ensure(
     Ok(out)
 }
 
-/// Removes what [`ensure`] made, in reverse order; what is already gone is reported
-/// `absent`. Deleting the schedule group deletes every schedule in it, `lease
-/// schedule`'s included: they belong to the stack being removed.
+/// Removes what [`ensure`] made in `at`'s region, in reverse order; what is already
+/// gone is reported `absent`, a role the stack's deployment in another region still
+/// uses `kept` (without this region's policy). Deleting the schedule group deletes
+/// every schedule in it, `lease schedule`'s included: they belong to the stack being
+/// removed.
 pub async fn remove(
     clients: &DeployClients,
     stack: &Stack,
+    at: &Location,
 ) -> Result<Vec<ResourceChange>, DeployError> {
     let group = stack.schedule_group();
     let mut out = vec![
@@ -268,7 +283,7 @@ pub async fn remove(
         stack.reaper_invoke_role(),
         stack.reaper_function(),
     ] {
-        let change = roles::remove_role(clients, &name).await?;
+        let change = roles::remove_role(clients, &name, &policy::inline_policy(at)).await?;
         out.push(changed(ROLE, &name, change));
     }
     Ok(out)

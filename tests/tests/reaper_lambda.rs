@@ -376,7 +376,7 @@ mod deployment {
         let inline = iam
             .get_role_policy()
             .role_name("lease-dev-reaper")
-            .policy_name("lease")
+            .policy_name("lease-us-east-1")
             .send()
             .await
             .unwrap();
@@ -420,7 +420,7 @@ mod deployment {
         let invoke_policy = iam
             .get_role_policy()
             .role_name("lease-dev-reaper-invoke")
-            .policy_name("lease")
+            .policy_name("lease-us-east-1")
             .send()
             .await
             .unwrap();
@@ -456,7 +456,7 @@ mod deployment {
         );
 
         // Remove: everything deleted, then everything absent.
-        let removed = reaper_deploy::remove(&clients, &stack).await.unwrap();
+        let removed = reaper_deploy::remove(&clients, &stack, &at).await.unwrap();
         assert!(
             removed.iter().all(|c| c.change == Change::Deleted),
             "{removed:?}"
@@ -489,11 +489,116 @@ mod deployment {
         );
         let functions = lambda.list_functions().send().await.unwrap();
         assert!(functions.functions().is_empty());
-        let again = reaper_deploy::remove(&clients, &stack).await.unwrap();
+        let again = reaper_deploy::remove(&clients, &stack, &at).await.unwrap();
         assert!(
             again.iter().all(|c| c.change == Change::Absent),
             "{again:?}"
         );
+    }
+
+    /// IAM is global, the deployment regional: the same stack in two regions shares
+    /// its three roles with a policy a region, and removing one region leaves the other
+    /// its roles, its policies (naming its own function) and its function.
+    #[tokio::test]
+    async fn a_stack_in_two_regions_shares_its_roles_and_removing_one_keeps_the_other() {
+        let moto = Moto::start();
+        let sdk = moto.sdk_config().await;
+        let stack = Stack::new("dev").unwrap();
+        let package = package();
+        let config = ReaperConfig::default();
+        let (us, us_at) = (
+            DeployClients::new(&sdk),
+            Location::new("aws", "123456789012", "us-east-1").unwrap(),
+        );
+        let eu_sdk = sdk
+            .to_builder()
+            .region(aws_config::Region::new("eu-west-1"))
+            .build();
+        let (eu, eu_at) = (
+            DeployClients::new(&eu_sdk),
+            Location::new("aws", "123456789012", "eu-west-1").unwrap(),
+        );
+        reaper_deploy::ensure(&us, &stack, &us_at, &package, &config)
+            .await
+            .unwrap();
+        reaper_deploy::ensure(&eu, &stack, &eu_at, &package, &config)
+            .await
+            .unwrap();
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        let roles = [
+            "lease-dev-reaper",
+            "lease-dev-reaper-invoke",
+            "lease-dev-schedules",
+        ];
+        for role in roles {
+            let listed = iam
+                .list_role_policies()
+                .role_name(role)
+                .send()
+                .await
+                .unwrap();
+            let mut names = listed.policy_names().to_vec();
+            names.sort();
+            assert_eq!(names, ["lease-eu-west-1", "lease-us-east-1"], "{role}");
+        }
+
+        let removed = reaper_deploy::remove(&eu, &stack, &eu_at).await.unwrap();
+        for role in roles {
+            assert!(
+                removed.iter().any(|c| c.name == role
+                    && c.resource == "IAM role"
+                    && c.change == Change::Kept),
+                "{role}: {removed:?}"
+            );
+            let listed = iam
+                .list_role_policies()
+                .role_name(role)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(listed.policy_names(), ["lease-us-east-1"], "{role}");
+        }
+        let invoke = iam
+            .get_role_policy()
+            .role_name("lease-dev-reaper-invoke")
+            .policy_name("lease-us-east-1")
+            .send()
+            .await
+            .unwrap();
+        let invoke = decode(invoke.policy_document()).to_string();
+        assert!(
+            invoke.contains("arn:aws:lambda:us-east-1:123456789012:function:lease-dev-reaper"),
+            "{invoke}"
+        );
+        let us_lambda = aws_sdk_lambda::Client::new(&sdk);
+        us_lambda
+            .get_function()
+            .function_name("lease-dev-reaper")
+            .send()
+            .await
+            .unwrap();
+        let eu_lambda = aws_sdk_lambda::Client::new(&eu_sdk);
+        assert!(
+            eu_lambda
+                .get_function()
+                .function_name("lease-dev-reaper")
+                .send()
+                .await
+                .is_err()
+        );
+
+        // The last region out takes the roles with it.
+        let removed = reaper_deploy::remove(&us, &stack, &us_at).await.unwrap();
+        assert!(
+            removed.iter().all(|c| c.change == Change::Deleted),
+            "{removed:?}"
+        );
+        for role in roles {
+            assert!(
+                iam.get_role().role_name(role).send().await.is_err(),
+                "{role}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -513,7 +618,7 @@ mod deployment {
         let iam = aws_sdk_iam::Client::new(&sdk);
         iam.put_role_policy()
             .role_name("lease-ops-reaper")
-            .policy_name("lease")
+            .policy_name("lease-us-east-1")
             .policy_document(
                 r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"ec2:DescribeInstances","Resource":"*"}]}"#,
             )
@@ -567,7 +672,7 @@ mod deployment {
         let policy = iam
             .get_role_policy()
             .role_name("lease-ops-reaper")
-            .policy_name("lease")
+            .policy_name("lease-us-east-1")
             .send()
             .await
             .unwrap();

@@ -6,8 +6,16 @@ use serde_json::{Value, json};
 
 use crate::iam::{VERSION, managed_tag_condition, statement, with_condition};
 
-/// The name every inline policy of ours has on its role.
-pub const INLINE_POLICY: &str = "lease";
+/// What every inline policy of ours on a deployment role is named before its region.
+/// IAM is global and the policies name one region's resources, so a stack set up in
+/// two regions holds one policy a region on the same roles, and a teardown removes
+/// only its own region's.
+pub const INLINE_POLICY_PREFIX: &str = "lease-";
+
+/// The inline policy for `at`'s region, `lease-<region>`.
+pub fn inline_policy(at: &Location) -> String {
+    format!("{INLINE_POLICY_PREFIX}{}", at.region.as_str())
+}
 
 /// Lets `service` (e.g. `lambda.amazonaws.com`) assume a role; for services acting on
 /// behalf of a caller (Scheduler), only for callers in this account, so another

@@ -1,5 +1,5 @@
-//! The deployment's IAM roles: each with a trust policy and one inline policy, brought
-//! to what is wanted, or deleted.
+//! The deployment's IAM roles: each with a trust policy and one inline policy a region
+//! ([`policy::inline_policy`]), brought to what is wanted, or removed region by region.
 
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use lease_common::stack::Stack;
@@ -38,14 +38,14 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// A role with this trust policy and this inline policy ([`policy::INLINE_POLICY`]).
+/// A role with this trust policy and `inline` as its policy `policy_name`.
 pub(super) async fn ensure_role(
     c: &DeployClients,
     stack: &Stack,
     name: &str,
     description: &str,
     trust: &Value,
-    inline: &Value,
+    (policy_name, inline): (&str, &Value),
 ) -> Result<Change, DeployError> {
     let mut change = Change::Exists;
     match c.iam.get_role().role_name(name).send().await {
@@ -92,7 +92,7 @@ pub(super) async fn ensure_role(
         .iam
         .get_role_policy()
         .role_name(name)
-        .policy_name(policy::INLINE_POLICY)
+        .policy_name(policy_name)
         .send()
         .await
     {
@@ -109,7 +109,7 @@ pub(super) async fn ensure_role(
         c.iam
             .put_role_policy()
             .role_name(name)
-            .policy_name(policy::INLINE_POLICY)
+            .policy_name(policy_name)
             .policy_document(inline.to_string())
             .send()
             .await
@@ -126,19 +126,37 @@ fn missing<E: ProvideErrorMetadata>(e: &E) -> bool {
     e.code() == Some("NoSuchEntity")
 }
 
-/// Deletes a role's inline policy, then the role.
-pub(super) async fn remove_role(c: &DeployClients, name: &str) -> Result<Change, DeployError> {
+/// Deletes the role's policy `policy_name`, then the role unless a policy of ours for
+/// another region is left on it (the stack still runs there): then it is `Kept`.
+pub(super) async fn remove_role(
+    c: &DeployClients,
+    name: &str,
+    policy_name: &str,
+) -> Result<Change, DeployError> {
     match c
         .iam
         .delete_role_policy()
         .role_name(name)
-        .policy_name(policy::INLINE_POLICY)
+        .policy_name(policy_name)
         .send()
         .await
     {
         Ok(_) => {}
         Err(e) if missing(&e) => {}
         Err(e) => return Err(aws_error("delete the policy of", ROLE, name, &e)),
+    }
+    match c.iam.list_role_policies().role_name(name).send().await {
+        Ok(out)
+            if out
+                .policy_names()
+                .iter()
+                .any(|p| p.starts_with(policy::INLINE_POLICY_PREFIX)) =>
+        {
+            return Ok(Change::Kept);
+        }
+        Ok(_) => {}
+        Err(e) if missing(&e) => return Ok(Change::Absent),
+        Err(e) => return Err(aws_error("list the policies of", ROLE, name, &e)),
     }
     match c.iam.delete_role().role_name(name).send().await {
         Ok(_) => Ok(Change::Deleted),

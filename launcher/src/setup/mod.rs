@@ -349,6 +349,7 @@ fn outcome_of(change: Change) -> Outcome {
         Change::Updated => Outcome::Updated,
         Change::Deleted => Outcome::Deleted,
         Change::Absent => Outcome::Absent,
+        Change::Kept => Outcome::Kept,
     }
 }
 
@@ -413,7 +414,7 @@ async fn ensure_packages(
 pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> {
     let tag = w.tag();
     // The reaper first, so nothing runs against a half-removed stack.
-    let changes = reaper_deploy::remove(&c.deploy, &w.stack)
+    let changes = reaper_deploy::remove(&c.deploy, &w.stack, &w.at)
         .await
         .map_err(|e| reaper_error(w, e))?;
     for ch in changes {
