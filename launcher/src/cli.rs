@@ -433,6 +433,9 @@ pub struct DownloadArgs {
     /// Control-plane bucket (default: the stack's).
     #[arg(long, env = "LEASE_BUCKET")]
     pub bucket: Option<String>,
+    /// Also the partial bundles interrupted attempts left, into `<task>.attempt-<n>/`.
+    #[arg(long)]
+    pub partial: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

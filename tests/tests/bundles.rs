@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use lease_common::layout::{bundle_prefix, log_key, manifest_key};
+use lease_common::layout::{attempt_prefix, bundle_prefix, log_key, manifest_key};
 use lease_common::manifest::{Manifest, ManifestEntry, sha256_bytes};
 use lease_common::records;
 use lease_tests::plane::create_table;
@@ -33,14 +33,20 @@ async fn put(s3: &aws_sdk_s3::Client, key: &str, body: &[u8]) {
 
 /// Uploads a bundle and its manifest the way the agent does.
 async fn upload_bundle(s3: &aws_sdk_s3::Client, task: &str, files: &[(&str, Vec<u8>)]) {
+    let (files_prefix, manifest) = (bundle_prefix(INSTANCE, task), manifest_key(INSTANCE, task));
+    upload_to(s3, (&files_prefix, &manifest), task, files).await;
+}
+
+/// Uploads files under `files_prefix`, then their manifest at `manifest`.
+async fn upload_to(
+    s3: &aws_sdk_s3::Client,
+    (files_prefix, manifest): (&str, &str),
+    task: &str,
+    files: &[(&str, Vec<u8>)],
+) {
     let mut entries = Vec::new();
     for (path, body) in files {
-        put(
-            s3,
-            &format!("{}{path}", bundle_prefix(INSTANCE, task)),
-            body,
-        )
-        .await;
+        put(s3, &format!("{files_prefix}{path}"), body).await;
         entries.push(ManifestEntry {
             path: path.to_string(),
             size: body.len() as u64,
@@ -54,12 +60,7 @@ async fn upload_bundle(s3: &aws_sdk_s3::Client, task: &str, files: &[(&str, Vec<
         attempt: 1,
         files: entries,
     };
-    put(
-        s3,
-        &manifest_key(INSTANCE, task),
-        serde_json::to_string(&m).unwrap().as_bytes(),
-    )
-    .await;
+    put(s3, manifest, serde_json::to_string(&m).unwrap().as_bytes()).await;
 }
 
 fn lease(moto: &Moto) -> Cmd {
@@ -149,6 +150,76 @@ async fn download_by_instance_takes_every_bundle() {
     assert_eq!(std::fs::read(to.path().join("b/y")).unwrap(), b"2");
     let (code, err) = lease(&moto).args(["download", "nope"]).fails().await;
     assert_eq!(code, 3, "{err}");
+}
+
+/// A task interrupted on one instance and finished on another: its bundle by default,
+/// the attempts' partial bundles beside it with `--partial`; an attempt whose upload
+/// never finished is skipped, not an error.
+#[tokio::test]
+async fn download_fetches_interrupted_attempts_only_when_asked() {
+    const OTHER: &str = "i-0bbbbbbbbbbbbbbbb";
+    let moto = Moto::start();
+    let s3 = s3(&moto).await;
+    let attempt = |n| attempt_prefix(INSTANCE, "t5", n);
+    let (files, manifest) = (
+        format!("{}bundle/", attempt(1)),
+        format!("{}manifest.json", attempt(1)),
+    );
+    upload_to(
+        &s3,
+        (&files, &manifest),
+        "t5",
+        &[("ckpt", b"half".to_vec())],
+    )
+    .await;
+    put(&s3, &format!("{}bundle/ckpt", attempt(2)), b"cut short").await;
+    let (files, manifest) = (bundle_prefix(OTHER, "t5"), manifest_key(OTHER, "t5"));
+    upload_to(
+        &s3,
+        (&files, &manifest),
+        "t5",
+        &[("model", b"full".to_vec())],
+    )
+    .await;
+
+    let to = tempfile::tempdir().unwrap();
+    let dir = to.path().to_str().unwrap();
+    lease(&moto)
+        .args(["download", "t5", "--to", dir])
+        .ok()
+        .await;
+    assert_eq!(std::fs::read(to.path().join("t5/model")).unwrap(), b"full");
+    assert!(!to.path().join("t5.attempt-1").exists());
+
+    let out = lease(&moto)
+        .args(["download", "t5", "--to", dir, "--partial", "-o", "json"])
+        .ok()
+        .await;
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(summary["tasks"], serde_json::json!(["t5", "t5.attempt-1"]));
+    assert_eq!(
+        std::fs::read(to.path().join("t5.attempt-1/ckpt")).unwrap(),
+        b"half"
+    );
+    assert!(!to.path().join("t5.attempt-2").exists());
+
+    // The instance that was interrupted holds only partial bundles.
+    let (code, err) = lease(&moto)
+        .args(["download", INSTANCE, "--to", dir])
+        .fails()
+        .await;
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--partial"), "{err}");
+    let elsewhere = tempfile::tempdir().unwrap();
+    lease(&moto)
+        .args(["download", INSTANCE, "--partial", "--to"])
+        .arg(elsewhere.path())
+        .ok()
+        .await;
+    assert_eq!(
+        std::fs::read(elsewhere.path().join("t5.attempt-1/ckpt")).unwrap(),
+        b"half"
+    );
 }
 
 #[tokio::test]

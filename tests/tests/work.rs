@@ -14,7 +14,7 @@ use lease_common::messages::{Event, EventKind, Task, TaskSpec};
 use lease_common::{layout, records};
 use lease_tests::agent::Agent;
 use lease_tests::plane::{BUCKET, NODES_TABLE, POLL, Plane, shell, task_of};
-use lease_tests::{FakeImds, wait_until};
+use lease_tests::{Cmd, FakeImds, wait_until};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -507,6 +507,29 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
         EventKind::TaskStarted { attempt: 2, .. }
     ) && e.instance_id == second));
     drop(agent1);
+
+    // `lease download` finds both, under the two instances the agents ran on.
+    let to = tmp.path().join("download");
+    Cmd::new("lease", &plane.moto.env())
+        .args([
+            "download",
+            "spot-1",
+            "--partial",
+            "--bucket",
+            BUCKET,
+            "--to",
+        ])
+        .arg(&to)
+        .ok()
+        .await;
+    assert_eq!(
+        std::fs::read(to.join("spot-1/final.txt")).unwrap(),
+        b"final\n"
+    );
+    assert_eq!(
+        std::fs::read(to.join("spot-1.attempt-1/part.txt")).unwrap(),
+        b"partial\n"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,13 @@
-//! `lease download TASK|INSTANCE [--to DIR]`: bundles from S3, verified against their
-//! manifests, in parallel, skipping files already present with the same sha256. A file
-//! appears under its name only once complete and verified.
+//! `lease download TASK|INSTANCE [--to DIR] [--partial]`: bundles from S3, verified
+//! against their manifests, in parallel, skipping files already present with the same
+//! sha256. A file appears under its name only once complete and verified. A finished
+//! task's bundle goes to `DIR/<task>/`; with `--partial`, what each interrupted attempt
+//! left goes to `DIR/<task>.attempt-<n>/` beside it.
 
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use lease_common::layout::{bundle_prefix, manifest_key};
+use lease_common::layout::{attempt_prefix, bundle_prefix, manifest_key};
 use lease_common::manifest::{Manifest, ManifestEntry, sha256_file};
 use serde::Serialize;
 
@@ -22,6 +24,7 @@ const PARALLEL: usize = 16;
 
 #[derive(Debug, Default, Serialize)]
 struct Summary {
+    /// Each bundle's directory under `to`: `<task>` or `<task>.attempt-<n>`.
     tasks: Vec<String>,
     downloaded: usize,
     skipped: usize,
@@ -29,52 +32,117 @@ struct Summary {
     to: PathBuf,
 }
 
-/// (instance id, task id) of every bundle the target names.
-async fn bundles<B: Bucket>(b: &B, bucket: &str, target: &str) -> Result<Vec<(String, String)>> {
-    let tail = |prefix: &str| {
-        prefix
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string()
-    };
-    if is_instance_id(target) {
-        let tasks = b.folders(bucket, &format!("jobs/{target}/")).await?;
-        let found: Vec<(String, String)> = tasks
-            .iter()
-            .map(|t| (target.to_string(), tail(t)))
-            .collect();
-        if found.is_empty() {
-            return Err(Error::NotFound(format!(
-                "No bundles of instance '{target}' in s3://{bucket}/jobs/"
-            )));
-        }
-        return Ok(found);
-    }
-    // Without a task record the instance is unknown: look for the task's manifest under
-    // every instance, concurrently.
-    let instances = b.folders(bucket, "jobs/").await?;
-    let checks = futures::future::join_all(instances.iter().map(|i| {
-        let instance = tail(i);
-        async move {
-            let has = b.get(bucket, &manifest_key(&instance, target)).await?;
-            Ok::<_, Error>(has.map(|_| instance))
-        }
-    }))
-    .await;
+/// One bundle in the bucket: a finished task's, or an interrupted attempt's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Found {
+    files_prefix: String,
+    manifest_key: String,
+    /// Its directory under `--to`.
+    dir: String,
+    partial: bool,
+}
+
+/// The last part of an S3 "folder" (`jobs/i-1/t1/` → `t1`).
+fn tail(prefix: &str) -> &str {
+    prefix
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// The bundles under `jobs/<instance>/<task>/`, as the agent lays them out: `bundle/`
+/// (finished) and `attempt-<n>/` (interrupted).
+async fn task_bundles<B: Bucket>(
+    b: &B,
+    bucket: &str,
+    instance: &str,
+    task: &str,
+) -> Result<Vec<Found>> {
+    let folders = b
+        .folders(bucket, &format!("jobs/{instance}/{task}/"))
+        .await?;
     let mut found = Vec::new();
-    for c in checks {
-        if let Some(i) = c? {
-            found.push((i, target.to_string()));
+    for f in &folders {
+        let name = tail(f);
+        if name == "bundle" {
+            found.push(Found {
+                files_prefix: bundle_prefix(instance, task),
+                manifest_key: manifest_key(instance, task),
+                dir: task.to_string(),
+                partial: false,
+            });
+        } else if let Some(n) = name
+            .strip_prefix("attempt-")
+            .and_then(|n| n.parse::<u32>().ok())
+        {
+            let base = attempt_prefix(instance, task, n);
+            found.push(Found {
+                files_prefix: format!("{base}bundle/"),
+                manifest_key: format!("{base}manifest.json"),
+                dir: format!("{task}.attempt-{n}"),
+                partial: true,
+            });
         }
-    }
-    if found.is_empty() {
-        return Err(Error::NotFound(format!(
-            "No bundle of task '{target}' in s3://{bucket}/jobs/ (still running, failed before upload, or no such task)"
-        )));
     }
     Ok(found)
+}
+
+/// Every bundle the target names: a task's under any instance, or an instance's.
+async fn bundles<B: Bucket>(
+    b: &B,
+    bucket: &str,
+    target: &str,
+    partial: bool,
+) -> Result<Vec<Found>> {
+    let pairs: Vec<(String, String)> = if is_instance_id(target) {
+        let tasks = b.folders(bucket, &format!("jobs/{target}/")).await?;
+        tasks
+            .iter()
+            .map(|t| (target.to_string(), tail(t).to_string()))
+            .collect()
+    } else {
+        // Without a task record the instance is unknown (and an interrupted task ran on
+        // several): look under every instance, concurrently.
+        let instances = b.folders(bucket, "jobs/").await?;
+        instances
+            .iter()
+            .map(|i| (tail(i).to_string(), target.to_string()))
+            .collect()
+    };
+    let listed = futures::future::join_all(
+        pairs
+            .iter()
+            .map(|(instance, task)| task_bundles(b, bucket, instance, task)),
+    )
+    .await;
+    let mut all = Vec::new();
+    for l in listed {
+        all.extend(l?);
+    }
+    let partials = all.iter().filter(|f| f.partial).count();
+    all.retain(|f| partial || !f.partial);
+    if all.is_empty() {
+        let whose = if is_instance_id(target) {
+            format!("instance '{target}'")
+        } else {
+            format!("task '{target}'")
+        };
+        let hint = if partials > 0 {
+            format!(
+                "; {partials} interrupted attempt(s) left a partial bundle: add --partial to fetch them"
+            )
+        } else if is_instance_id(target) {
+            String::new()
+        } else {
+            " (still running, failed before upload, or no such task)".to_string()
+        };
+        return Err(Error::NotFound(format!(
+            "No bundle of {whose} in s3://{bucket}/jobs/{hint}"
+        )));
+    }
+    all.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(all)
 }
 
 /// sha256 of a file, off the async threads: hashing a large checkpoint takes seconds.
@@ -138,25 +206,34 @@ pub async fn run<B: Bucket>(b: &B, ctx: &Ctx, args: &DownloadArgs) -> Result<()>
         .bucket
         .as_deref()
         .ok_or_else(crate::commands::no_bucket)?;
-    let found = bundles(b, bucket, &args.target).await?;
+    let found = bundles(b, bucket, &args.target, args.partial).await?;
     let mut summary = Summary {
         to: args.to.clone(),
         ..Default::default()
     };
-    for (instance, task) in &found {
-        let key = manifest_key(instance, task);
-        let text = b.get(bucket, &key).await?.ok_or_else(|| {
-            Error::NotFound(format!(
-                "No manifest at s3://{bucket}/{key}: the bundle is incomplete"
-            ))
-        })?;
+    for bundle in &found {
+        let key = &bundle.manifest_key;
+        let Some(text) = b.get(bucket, key).await? else {
+            // An interrupted attempt's upload can stop short for good (the machine went
+            // away); that must not keep the rest from being fetched.
+            if bundle.partial {
+                eprintln!(
+                    "Skipped {}: no manifest at s3://{bucket}/{key} (its upload did not finish)",
+                    bundle.dir
+                );
+                continue;
+            }
+            return Err(Error::NotFound(format!(
+                "No manifest at s3://{bucket}/{key}: the bundle is incomplete (its upload may still be under way)"
+            )));
+        };
         let manifest =
             Manifest::parse(&String::from_utf8_lossy(&text)).map_err(|e| Error::Aws {
                 what: format!("Manifest s3://{bucket}/{key}"),
                 message: e.to_string(),
             })?;
-        let dir = args.to.join(task);
-        let prefix = bundle_prefix(instance, task);
+        let dir = args.to.join(&bundle.dir);
+        let prefix = &bundle.files_prefix;
         let results: Vec<Result<u64>> = futures::stream::iter(manifest.files.iter())
             .map(|entry| {
                 let dest = dir.join(&entry.path);
@@ -175,7 +252,7 @@ pub async fn run<B: Bucket>(b: &B, ctx: &Ctx, args: &DownloadArgs) -> Result<()>
                 }
             }
         }
-        summary.tasks.push(task.clone());
+        summary.tasks.push(bundle.dir.clone());
     }
     eprintln!(
         "Downloaded {} files ({} bytes), skipped {} already present, into {}.",
