@@ -530,16 +530,21 @@ mod deployment {
             "lease-dev-reaper-invoke",
             "lease-dev-schedules",
         ];
+        let policies = |role: &'static str| {
+            let iam = iam.clone();
+            async move {
+                let listed = iam.list_role_policies().role_name(role).send().await;
+                let mut names = listed.unwrap().policy_names().to_vec();
+                names.sort();
+                names
+            }
+        };
         for role in roles {
-            let listed = iam
-                .list_role_policies()
-                .role_name(role)
-                .send()
-                .await
-                .unwrap();
-            let mut names = listed.policy_names().to_vec();
-            names.sort();
-            assert_eq!(names, ["lease-eu-west-1", "lease-us-east-1"], "{role}");
+            assert_eq!(
+                policies(role).await,
+                ["lease-eu-west-1", "lease-us-east-1"],
+                "{role}"
+            );
         }
 
         let removed = reaper_deploy::remove(&eu, &stack, &eu_at).await.unwrap();
@@ -550,13 +555,7 @@ mod deployment {
                     && c.change == Change::Kept),
                 "{role}: {removed:?}"
             );
-            let listed = iam
-                .list_role_policies()
-                .role_name(role)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(listed.policy_names(), ["lease-us-east-1"], "{role}");
+            assert_eq!(policies(role).await, ["lease-us-east-1"], "{role}");
         }
         let invoke = iam
             .get_role_policy()
