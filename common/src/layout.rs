@@ -18,8 +18,29 @@ pub fn manifest_key(instance_id: &str, task_id: &str) -> String {
 
 /// `jobs/<instance-id>/<task-id>/attempt-<n>/`: the partial bundle an interrupted
 /// attempt left, kept apart so the next attempt's bundle never overwrites it.
-pub fn attempt_prefix(instance_id: &str, task_id: &str, attempt: u32) -> String {
-    format!("jobs/{instance_id}/{task_id}/attempt-{attempt}/")
+fn attempt_prefix(instance_id: &str, task_id: &str, attempt: u32) -> String {
+    format!("jobs/{instance_id}/{task_id}/{ATTEMPT_FOLDER}{attempt}/")
+}
+
+/// `…/attempt-<n>/bundle/`: an interrupted attempt's files.
+pub fn attempt_bundle_prefix(instance_id: &str, task_id: &str, attempt: u32) -> String {
+    format!("{}bundle/", attempt_prefix(instance_id, task_id, attempt))
+}
+
+/// `…/attempt-<n>/manifest.json`: an interrupted attempt's manifest.
+pub fn attempt_manifest_key(instance_id: &str, task_id: &str, attempt: u32) -> String {
+    format!(
+        "{}manifest.json",
+        attempt_prefix(instance_id, task_id, attempt)
+    )
+}
+
+const ATTEMPT_FOLDER: &str = "attempt-";
+
+/// The attempt a folder under `jobs/<instance-id>/<task-id>/` holds (`attempt-2` → 2);
+/// `None` for any other folder (`bundle`).
+pub fn attempt_of_folder(name: &str) -> Option<u32> {
+    name.strip_prefix(ATTEMPT_FOLDER)?.parse().ok()
 }
 
 /// `tasks/<task-id>.json`: a task too large for an SQS message.
@@ -49,6 +70,17 @@ mod tests {
         assert_eq!(log_key("t1"), "logs/t1.log");
         assert_eq!(bundle_prefix("i-1", "t1"), "jobs/i-1/t1/bundle/");
         assert_eq!(attempt_prefix("i-1", "t1", 2), "jobs/i-1/t1/attempt-2/");
+        assert_eq!(
+            attempt_bundle_prefix("i-1", "t1", 2),
+            "jobs/i-1/t1/attempt-2/bundle/"
+        );
+        assert_eq!(
+            attempt_manifest_key("i-1", "t1", 2),
+            "jobs/i-1/t1/attempt-2/manifest.json"
+        );
+        assert_eq!(attempt_of_folder("attempt-2"), Some(2));
+        assert_eq!(attempt_of_folder("bundle"), None);
+        assert_eq!(attempt_of_folder("attempt-x"), None);
         assert_eq!(manifest_key("i-1", "t1"), "jobs/i-1/t1/manifest.json");
         assert_eq!(
             agent_deb_key("0.1.0", deb_arch("x86_64")),

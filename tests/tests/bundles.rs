@@ -6,7 +6,9 @@ use std::io::{BufRead, BufReader};
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use lease_common::layout::{attempt_prefix, bundle_prefix, log_key, manifest_key};
+use lease_common::layout::{
+    attempt_bundle_prefix, attempt_manifest_key, bundle_prefix, log_key, manifest_key,
+};
 use lease_common::manifest::{Manifest, ManifestEntry, sha256_bytes};
 use lease_common::records;
 use lease_tests::plane::create_table;
@@ -160,10 +162,9 @@ async fn download_fetches_interrupted_attempts_only_when_asked() {
     const OTHER: &str = "i-0bbbbbbbbbbbbbbbb";
     let moto = Moto::start();
     let s3 = s3(&moto).await;
-    let attempt = |n| attempt_prefix(INSTANCE, "t5", n);
     let (files, manifest) = (
-        format!("{}bundle/", attempt(1)),
-        format!("{}manifest.json", attempt(1)),
+        attempt_bundle_prefix(INSTANCE, "t5", 1),
+        attempt_manifest_key(INSTANCE, "t5", 1),
     );
     upload_to(
         &s3,
@@ -172,7 +173,8 @@ async fn download_fetches_interrupted_attempts_only_when_asked() {
         &[("ckpt", b"half".to_vec())],
     )
     .await;
-    put(&s3, &format!("{}bundle/ckpt", attempt(2)), b"cut short").await;
+    let cut_short = attempt_bundle_prefix(INSTANCE, "t5", 2);
+    put(&s3, &format!("{cut_short}ckpt"), b"cut short").await;
     let (files, manifest) = (bundle_prefix(OTHER, "t5"), manifest_key(OTHER, "t5"));
     upload_to(
         &s3,

@@ -468,9 +468,11 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
         interrupted.kind,
         EventKind::TaskInterrupted { attempt: 1, .. }
     ));
-    let base = layout::attempt_prefix(&first, "spot-1", 1);
     let partial = plane
-        .bundle(&format!("{base}bundle/"), &format!("{base}manifest.json"))
+        .bundle(
+            &layout::attempt_bundle_prefix(&first, "spot-1", 1),
+            &layout::attempt_manifest_key(&first, "spot-1", 1),
+        )
         .await;
     assert_eq!(
         partial.get("part.txt").map(Vec::as_slice),
@@ -758,9 +760,11 @@ async fn a_task_running_at_the_deadline_is_requeued_before_it() {
         interrupted.at,
         agent.logs()
     );
-    let base = layout::attempt_prefix(&instance, "late-1", 1);
     let partial = plane
-        .bundle(&format!("{base}bundle/"), &format!("{base}manifest.json"))
+        .bundle(
+            &layout::attempt_bundle_prefix(&instance, "late-1", 1),
+            &layout::attempt_manifest_key(&instance, "late-1", 1),
+        )
         .await;
     assert_eq!(
         partial.get("part.txt").map(Vec::as_slice),

@@ -22,7 +22,9 @@ use std::time::Duration;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::ChecksumAlgorithm;
 use futures::StreamExt;
-use lease_common::layout::{attempt_prefix, bundle_prefix, manifest_key};
+use lease_common::layout::{
+    attempt_bundle_prefix, attempt_manifest_key, bundle_prefix, manifest_key,
+};
 use lease_common::manifest::Manifest;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -70,10 +72,9 @@ impl BundleDest {
     /// and `jobs/<i>/<t>/attempt-<n>/manifest.json`, apart from the finished bundle so
     /// a later attempt never overwrites it.
     pub fn interrupted(instance_id: &str, task_id: &str, attempt: u32) -> Self {
-        let base = attempt_prefix(instance_id, task_id, attempt);
         Self {
-            files_prefix: format!("{base}bundle/"),
-            manifest_key: format!("{base}manifest.json"),
+            files_prefix: attempt_bundle_prefix(instance_id, task_id, attempt),
+            manifest_key: attempt_manifest_key(instance_id, task_id, attempt),
         }
     }
 }

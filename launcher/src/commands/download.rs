@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 use futures::StreamExt;
-use lease_common::layout::{attempt_prefix, bundle_prefix, manifest_key};
+use lease_common::layout::{
+    attempt_bundle_prefix, attempt_manifest_key, attempt_of_folder, bundle_prefix, manifest_key,
+};
 use lease_common::manifest::{Manifest, ManifestEntry, sha256_file};
 use serde::Serialize;
 
@@ -72,14 +74,10 @@ async fn task_bundles<B: Bucket>(
                 dir: task.to_string(),
                 partial: false,
             });
-        } else if let Some(n) = name
-            .strip_prefix("attempt-")
-            .and_then(|n| n.parse::<u32>().ok())
-        {
-            let base = attempt_prefix(instance, task, n);
+        } else if let Some(n) = attempt_of_folder(name) {
             found.push(Found {
-                files_prefix: format!("{base}bundle/"),
-                manifest_key: format!("{base}manifest.json"),
+                files_prefix: attempt_bundle_prefix(instance, task, n),
+                manifest_key: attempt_manifest_key(instance, task, n),
                 dir: format!("{task}.attempt-{n}"),
                 partial: true,
             });
