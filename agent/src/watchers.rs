@@ -86,7 +86,7 @@ pub async fn heartbeat(
         }
         let s = snapshot.borrow().clone();
         let now = clock.now();
-        let event = emitter.event(EventKind::NodeHeartbeat {
+        let heartbeat = emitter.send(EventKind::NodeHeartbeat {
             node_name: s.node_name.clone(),
             instance_type: s.instance_type.clone(),
             market: s.market.clone(),
@@ -100,6 +100,6 @@ pub async fn heartbeat(
             memory_percent: s.memory_percent.unwrap_or(0.0),
         });
         // Waited for, so a bus that is down costs one heartbeat in flight, not a pile.
-        let _ = emitter.publish(event).await;
+        let _ = heartbeat.await;
     }
 }

@@ -200,11 +200,11 @@ mod tests {
         )
     }
 
-    fn pending(reason: &str) -> (Pending, oneshot::Receiver<bool>) {
+    fn pending(line: &str) -> (Pending, oneshot::Receiver<bool>) {
         let (done, rx) = oneshot::channel();
         (
             Pending {
-                event: event(reason),
+                event: event(line),
                 done,
             },
             rx,
@@ -295,21 +295,37 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn events_sent_together_share_a_call_and_a_lone_one_waits_only_the_linger() {
+    /// A batcher over a [`Scripted`] publisher, and the channel into it.
+    fn batcher() -> (Arc<Scripted>, mpsc::UnboundedSender<Pending>) {
         let p = Arc::new(Scripted::default());
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(p.clone(), rx));
+        (p, tx)
+    }
+
+    /// Sends one output event per line at once, waits until every one got through,
+    /// and returns the size of each call the publisher saw.
+    async fn publish_all(
+        p: &Scripted,
+        tx: &mpsc::UnboundedSender<Pending>,
+        lines: impl Iterator<Item = String>,
+    ) -> Vec<usize> {
         let mut waits = Vec::new();
-        for i in 0..13 {
-            let (pending, done) = pending(&format!("t{i}"));
+        for line in lines {
+            let (pending, done) = pending(&line);
             tx.send(pending).unwrap();
             waits.push(done);
         }
         for w in waits {
             assert_eq!(w.await, Ok(true));
         }
-        let sizes: Vec<usize> = p.calls.lock().unwrap().iter().map(Vec::len).collect();
+        p.calls.lock().unwrap().iter().map(Vec::len).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_sent_together_share_a_call_and_a_lone_one_waits_only_the_linger() {
+        let (p, tx) = batcher();
+        let sizes = publish_all(&p, &tx, (0..13).map(|i| format!("t{i}"))).await;
         assert_eq!(sizes, vec![10, 3]);
         let started = tokio::time::Instant::now();
         let (lone, done) = pending("lone");
@@ -320,9 +336,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_event_of_the_machine_going_away_leaves_at_once_with_what_is_queued() {
-        let p = Arc::new(Scripted::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(p.clone(), rx));
+        let (p, tx) = batcher();
         let started = tokio::time::Instant::now();
         let (output, _) = pending("last words");
         let (done, gone) = oneshot::channel();
@@ -350,20 +364,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_batch_stays_under_the_size_limit() {
-        let p = Arc::new(Scripted::default());
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(p.clone(), rx));
+        let (p, tx) = batcher();
         let big = "x".repeat(100 * 1024);
-        let mut waits = Vec::new();
-        for i in 0..5 {
-            let (pending, done) = pending(&format!("{i}{big}"));
-            tx.send(pending).unwrap();
-            waits.push(done);
-        }
-        for w in waits {
-            assert_eq!(w.await, Ok(true));
-        }
-        let sizes: Vec<usize> = p.calls.lock().unwrap().iter().map(Vec::len).collect();
+        let sizes = publish_all(&p, &tx, (0..5).map(|i| format!("{i}{big}"))).await;
         assert_eq!(sizes, vec![2, 2, 1]);
     }
 }

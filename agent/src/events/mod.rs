@@ -133,11 +133,7 @@ impl Emitter {
 
     /// Publishes in the background, with retries.
     pub fn send(&self, kind: EventKind) -> Published {
-        self.publish(self.event(kind))
-    }
-
-    /// Publishes an event made with [`Emitter::event`].
-    pub fn publish(&self, event: Event) -> Published {
+        let event = self.event(kind);
         let (done, published) = oneshot::channel();
         if let Err(mpsc::error::SendError(p)) = self.to_batcher.send(batch::Pending { event, done })
         {

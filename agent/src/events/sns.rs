@@ -21,16 +21,12 @@ impl SnsPublisher {
         Self { client, topic_arn }
     }
 
-    fn type_attribute(
-        &self,
-        events: &[Event],
-        i: usize,
-    ) -> Result<MessageAttributeValue, PublishError> {
+    fn type_attribute(&self, event: &Event) -> Result<MessageAttributeValue, PublishError> {
         MessageAttributeValue::builder()
             .data_type("String")
-            .string_value(events[i].type_name())
+            .string_value(event.type_name())
             .build()
-            .map_err(|e| self.failed(&events[i..=i], e.to_string()))
+            .map_err(|e| self.failed(std::slice::from_ref(event), e.to_string()))
     }
 
     fn failed(&self, events: &[Event], reason: String) -> PublishError {
@@ -47,19 +43,28 @@ fn entry_id(i: usize) -> String {
     format!("e{i}")
 }
 
+/// The index an entry id names, if it is one of ours.
+fn entry_index(id: &str) -> Option<usize> {
+    id.strip_prefix('e')?.parse().ok()
+}
+
 impl Publisher for SnsPublisher {
     fn publish<'a>(&'a self, event: &'a Event) -> BoxFuture<'a, Result<(), PublishError>> {
         Box::pin(async move {
-            let one = std::slice::from_ref(event);
             self.client
                 .publish()
                 .topic_arn(&self.topic_arn)
                 .message(event.to_json())
-                .message_attributes("type", self.type_attribute(one, 0)?)
+                .message_attributes("type", self.type_attribute(event)?)
                 .send()
                 .await
                 .map(|_| ())
-                .map_err(|e| self.failed(one, DisplayErrorContext(&e).to_string()))
+                .map_err(|e| {
+                    self.failed(
+                        std::slice::from_ref(event),
+                        DisplayErrorContext(&e).to_string(),
+                    )
+                })
         })
     }
 
@@ -76,7 +81,7 @@ impl Publisher for SnsPublisher {
                 let entry = PublishBatchRequestEntry::builder()
                     .id(entry_id(i))
                     .message(event.to_json())
-                    .message_attributes("type", self.type_attribute(events, i)?)
+                    .message_attributes("type", self.type_attribute(event)?)
                     .build()
                     .map_err(|e| self.failed(&events[i..=i], e.to_string()))?;
                 req = req.publish_batch_request_entries(entry);
@@ -93,15 +98,18 @@ impl Publisher for SnsPublisher {
                 });
                 events.len()
             ];
-            let index = |id: &str| (0..events.len()).find(|&i| entry_id(i) == id);
             for ok in out.successful() {
-                if let Some(i) = ok.id().and_then(index) {
-                    outcomes[i] = Ok(());
+                if let Some(o) = ok
+                    .id()
+                    .and_then(entry_index)
+                    .and_then(|i| outcomes.get_mut(i))
+                {
+                    *o = Ok(());
                 }
             }
             for f in out.failed() {
-                if let Some(i) = index(f.id()) {
-                    outcomes[i] = Err(Refused {
+                if let Some(o) = entry_index(f.id()).and_then(|i| outcomes.get_mut(i)) {
+                    *o = Err(Refused {
                         reason: format!("{}: {}", f.code(), f.message().unwrap_or("refused")),
                         permanent: f.sender_fault(),
                     });
