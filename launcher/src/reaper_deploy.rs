@@ -278,12 +278,13 @@ pub async fn remove(
             function::remove_function(clients, stack).await?,
         ),
     ];
+    let policy_name = policy::inline_policy(at);
     for name in [
         stack.schedules_role(),
         stack.reaper_invoke_role(),
         stack.reaper_function(),
     ] {
-        let change = roles::remove_role(clients, &name, &policy::inline_policy(at)).await?;
+        let change = roles::remove_role(clients, &name, &policy_name).await?;
         out.push(changed(ROLE, &name, change));
     }
     Ok(out)
