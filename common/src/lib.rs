@@ -9,6 +9,7 @@ pub mod layout;
 pub mod manifest;
 pub mod messages;
 pub mod records;
+pub mod session;
 pub mod stack;
 pub mod tags;
 

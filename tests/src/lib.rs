@@ -13,6 +13,7 @@ pub mod lambda_api;
 pub mod moto;
 pub mod nspawn;
 pub mod plane;
+pub mod procfs;
 pub mod recorder;
 pub mod s3;
 pub mod sshd;

@@ -12,6 +12,7 @@ use lease_common::messages::{Event, EventKind};
 use lease_common::tags;
 use lease_tests::agent::{Agent, POLL};
 use lease_tests::plane::{Plane, shell};
+use lease_tests::procfs::{self, cpu_seconds};
 use lease_tests::recorder::Recorder;
 use lease_tests::{Cmd, FakeImds, Moto, wait_until};
 use serde_json::json;
@@ -33,15 +34,6 @@ fn binary_name() -> String {
         .map(|p| p.to_string_lossy().into_owned())
         .unwrap_or_default();
     format!("{profile}/leased")
-}
-
-/// CPU time (user + system) a process has used so far, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // USER_HZ is 100 on Linux.
-    (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
 }
 
 /// Nearest-rank percentile of `xs` (sorted here), p in 0..=100.
@@ -157,16 +149,7 @@ async fn idle_footprint() {
     agent.ready().await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pid = agent.child.id();
-    let status_kb = |field: &str| -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        status
-            .lines()
-            .find(|l| l.starts_with(field))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
+    let status_kb = |field: &str| procfs::status_kb(&pid.to_string(), field).unwrap();
     let rss_kb = || status_kb("VmRSS:");
     // Resident memory with shared pages shared out (PSS) and left out (USS).
     let rollup_kb = |fields: &[&str]| -> u64 {

@@ -36,7 +36,7 @@ const POLL_EVERY: Duration = Duration::from_millis(25);
 
 /// The tmux session of a task.
 pub fn session_name(task_id: &str) -> String {
-    format!("lease-{task_id}")
+    lease_common::session::task_session(task_id)
 }
 
 /// Runs each task in tmux session `lease-<task-id>`.

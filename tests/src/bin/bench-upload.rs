@@ -74,14 +74,7 @@ async fn run(dir: &str, bucket: &str, prefix: &str, out: &str) -> Result<(), Str
         "concurrency": DEFAULT_CONCURRENCY,
         "part_size": MIN_PART_SIZE,
         // The bound on parts held at once shows here.
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": lease_tests::procfs::status_kb("self", "VmHWM:"),
     });
     std::fs::write(out, figures.to_string()).map_err(|e| format!("writing '{out}': {e}"))
-}
-
-/// VmHWM of this process, in KiB.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
