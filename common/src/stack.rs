@@ -181,6 +181,33 @@ impl Stack {
     pub fn schedules_role(&self) -> String {
         self.named("schedules")
     }
+
+    /// The stack's Systems Manager parameters live under this path (`/lease/<stack>/`),
+    /// and the agents' role may read only there.
+    pub fn parameter_path(&self) -> String {
+        format!("/lease/{}/", self.name)
+    }
+
+    /// The SecureString parameter holding the Anthropic API key that Claude Code tasks
+    /// use when the stack's [`ClaudeAuth`] is `api-key`: kept in Parameter Store, read by
+    /// the agent with the instance role, never written into user-data or tags.
+    pub fn anthropic_key_parameter(&self) -> String {
+        format!("{}anthropic-api-key", self.parameter_path())
+    }
+}
+
+/// How Claude Code tasks on a stack's nodes authenticate, chosen once per stack (`lease
+/// setup --claude-auth`); the agents' role gets exactly what the choice needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClaudeAuth {
+    /// No Claude tasks: no Bedrock and no parameter grant.
+    #[default]
+    None,
+    /// Amazon Bedrock with the instance role (`CLAUDE_CODE_USE_BEDROCK=1`).
+    Bedrock,
+    /// An Anthropic API key in the stack's parameter [`Stack::anthropic_key_parameter`].
+    ApiKey,
 }
 
 /// The reaper's schedule in the stack's group; `lease schedule` refuses the name.
