@@ -107,6 +107,25 @@ impl Action {
             Action::Hibernate => "hibernate",
         }
     }
+
+    /// The action to carry out on an instance of `market` (EC2's `instance-life-cycle`:
+    /// `spot`, `on-demand`, …) in place of `self`. A one-time spot instance — the only
+    /// spot kind lease launches — cannot be stopped or hibernated: EC2 refuses both, so
+    /// on spot every end is a terminate. (A persistent spot request could stop, but it
+    /// launches a replacement whenever its instance is terminated, which is how every
+    /// lease ends; `lease launch` refuses stop and hibernate on spot for that reason.)
+    pub fn on_market(self, market: &str) -> Action {
+        if market == "spot" {
+            Action::Terminate
+        } else {
+            self
+        }
+    }
+
+    /// Whether this action needs an instance that can be stopped (not one-time spot).
+    pub fn keeps_instance(self) -> bool {
+        self != Action::Terminate
+    }
 }
 
 impl fmt::Display for Action {
@@ -456,5 +475,15 @@ mod tests {
         assert!(parsed.no_deadline);
         assert_eq!(parsed.ttl, None);
         assert!(!LeaseTags::parse([]).unwrap().no_deadline);
+    }
+
+    #[test]
+    fn spot_ends_every_lease_with_a_terminate() {
+        for a in Action::ALL {
+            assert_eq!(a.on_market("spot"), Action::Terminate, "{a}");
+            assert_eq!(a.on_market("on-demand"), a, "{a}");
+        }
+        assert!(!Action::Terminate.keeps_instance());
+        assert!(Action::Stop.keeps_instance() && Action::Hibernate.keeps_instance());
     }
 }

@@ -30,8 +30,16 @@ pub fn render(
         "#cloud-config\n# Written by lease: the agent's config and, if needed, the agent itself.\n",
     );
     cc.push_str("write_files:\n");
+    // A task carries its command, prompt and `env` (which may hold tokens): only root,
+    // which the agent runs as, may read the file then. Without a task it holds only
+    // the stack's names, readable by anyone on the machine as a package's config is.
+    let mode = if config.task.is_some() {
+        "0600"
+    } else {
+        "0644"
+    };
     cc.push_str(&format!(
-        "  - path: {DEFAULT_CONFIG_PATH}\n    owner: root:root\n    permissions: '0644'\n    content: |\n"
+        "  - path: {DEFAULT_CONFIG_PATH}\n    owner: root:root\n    permissions: '{mode}'\n    content: |\n"
     ));
     for line in config_yaml.lines() {
         cc.push_str("      ");
@@ -198,6 +206,12 @@ mod tests {
         let parsed =
             AgentConfig::from_yaml(std::path::Path::new(DEFAULT_CONFIG_PATH), content).unwrap();
         assert_eq!(parsed.task, Some(task));
+        assert_eq!(doc["write_files"][0]["permissions"].as_str(), Some("0600"));
+        let without = cloud_config_part(&render(&AgentConfig::default(), None, None).unwrap());
+        assert_eq!(
+            without["write_files"][0]["permissions"].as_str(),
+            Some("0644")
+        );
 
         let huge = AgentConfig {
             task: Some(Task::new(

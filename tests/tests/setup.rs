@@ -1081,7 +1081,10 @@ async fn the_command_topic_routes_each_task_to_its_pools_queue_only() {
 #[tokio::test]
 async fn launch_into_the_stack_uses_its_profile_queue_and_tag() {
     let w = world().await;
-    w.setup(&["--pool", "gpu"]).await;
+    // With the agent package for the type's architecture: without it lease refuses.
+    let deb = w.deb();
+    w.setup(&["--pool", "gpu", "--agent-deb", deb.to_str().unwrap()])
+        .await;
     let id = w
         .lease()
         .args(["launch", "-t", "t3.micro", "--pool", "gpu"])
