@@ -41,6 +41,8 @@ pub struct FakeCloud {
     /// RunInstances returns at most this many.
     pub launch_limit: Option<usize>,
     pub launched: Mutex<Vec<LaunchPlan>>,
+    /// Agent packages in buckets: (bucket, key) to the sha256 recorded with it.
+    pub agent_packages: BTreeMap<(String, String), String>,
 }
 
 impl FakeCloud {
@@ -154,5 +156,13 @@ impl Cloud for FakeCloud {
             }
         }
         Ok(out)
+    }
+
+    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        self.check()?;
+        Ok(self
+            .agent_packages
+            .get(&(bucket.to_string(), key.to_string()))
+            .cloned())
     }
 }

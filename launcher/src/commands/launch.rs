@@ -130,17 +130,13 @@ pub(crate) fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
 fn plans(
     args: &LaunchArgs,
     local: &LocalInputs,
-    arch: &str,
+    agent: Option<&AgentSource>,
     image_id: &str,
     owner: &str,
     ctx: &Ctx,
 ) -> Result<Vec<(LaunchPlan, Option<String>)>> {
     let one = |args: &LaunchArgs, config: &AgentConfig| -> Result<LaunchPlan> {
-        let user_data = userdata::render(
-            config,
-            agent_source(args, arch).as_ref(),
-            local.extra_user_data.as_deref(),
-        )?;
+        let user_data = userdata::render(config, agent, local.extra_user_data.as_deref())?;
         plan::build(
             args,
             &local.terms,
@@ -173,13 +169,55 @@ fn plans(
         .collect()
 }
 
-pub(crate) fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
+/// The agent package for `arch` in `--agent-bucket` (or the stack's bucket), with the
+/// digest `lease setup` recorded beside it. When there is none, a launch on the default
+/// AMI is refused (exit 4): the instance would boot without an agent and nothing but
+/// the reaper would end it.
+pub(crate) async fn agent_source<C: Cloud>(
+    cloud: &C,
+    args: &LaunchArgs,
+    arch: &str,
+) -> Result<Option<AgentSource>> {
+    let Some(bucket) = args.agent_bucket.as_ref() else {
+        return Ok(None);
+    };
+    let deb_arch = lease_common::layout::deb_arch(arch);
+    let key = lease_common::layout::agent_deb_key(lease_common::VERSION, deb_arch);
+    match cloud.agent_package_sha256(bucket, &key).await? {
+        Some(sha256) => Ok(Some(AgentSource {
+            bucket: bucket.clone(),
+            key,
+            sha256,
+            arch: deb_arch.to_string(),
+        })),
+        // An image of the user's own may carry the agent (ami/ bakes one); the
+        // user-data then only starts it.
+        None if args.ami.is_some() => {
+            eprintln!(
+                "No agent package at s3://{bucket}/{key}: the instances start the agent only if \
+                 --ami carries it"
+            );
+            Ok(None)
+        }
+        None => Err(Error::Refused(format!(
+            "no agent package for {arch} ({deb_arch}) at s3://{bucket}/{key}: an instance of \
+             type {} would boot without an agent. Run `lease setup` from a checkout of this \
+             lease version (it builds and uploads the package), or pass --ami with an image \
+             that carries leased",
+            args.instance_type
+        ))),
+    }
+}
+
+/// What [`agent_source`] gives in a dry run, which calls nothing: the digest is read
+/// from the bucket at launch.
+fn dry_run_agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
+    let deb_arch = lease_common::layout::deb_arch(arch);
     args.agent_bucket.as_ref().map(|bucket| AgentSource {
         bucket: bucket.clone(),
-        key: lease_common::layout::agent_deb_key(
-            lease_common::VERSION,
-            lease_common::layout::deb_arch(arch),
-        ),
+        key: lease_common::layout::agent_deb_key(lease_common::VERSION, deb_arch),
+        sha256: "<the sha256 recorded with the package, read at launch>".into(),
+        arch: deb_arch.to_string(),
     })
 }
 
@@ -270,7 +308,8 @@ pub async fn run_in_stack<C: Cloud>(
             .owner
             .clone()
             .unwrap_or_else(|| "<your AWS identity>".into());
-        let mut plans = plans(args, &local, arch, &image_id, &owner, ctx)?;
+        let agent = dry_run_agent_source(args, arch);
+        let mut plans = plans(args, &local, agent.as_ref(), &image_id, &owner, ctx)?;
         stack_tag(&mut plans);
         eprintln!(
             "Dry run: this is the RunInstances request lease would send; nothing was called."
@@ -296,7 +335,8 @@ pub async fn run_in_stack<C: Cloud>(
         Some(o) => o.clone(),
         None => plan::owner_from_arn(&cloud.caller_arn().await?),
     };
-    let mut plans = plans(args, &local, &arch, &image_id, &owner, ctx)?;
+    let agent = agent_source(cloud, args, &arch).await?;
+    let mut plans = plans(args, &local, agent.as_ref(), &image_id, &owner, ctx)?;
     stack_tag(&mut plans);
 
     let mut launched: Vec<Launched> = Vec::new();
@@ -661,5 +701,49 @@ mod tests {
             .map(|t| t.value.clone());
         assert_eq!(owner.as_deref(), Some("tester"));
         assert_eq!(plans[0].image_id, "ami-fake");
+    }
+
+    #[tokio::test]
+    async fn the_agent_package_and_its_digest_go_into_the_user_data_or_the_launch_is_refused() {
+        let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
+        // No package for the architecture, default AMI: refused before RunInstances.
+        let cloud = FakeCloud::new("us-east-1");
+        let err = run(&cloud, &ctx(), &launch_args(&["--agent-bucket", "ctl"]))
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("s3://ctl/{key}")) && text.contains("lease setup"),
+            "{text}"
+        );
+        assert!(cloud.launched.lock().unwrap().is_empty());
+
+        // An AMI of the user's own may carry the agent: launched, nothing to install.
+        run(
+            &cloud,
+            &ctx(),
+            &launch_args(&["--agent-bucket", "ctl", "--ami", "ami-baked"]),
+        )
+        .await
+        .unwrap();
+        let plans = cloud.launched.lock().unwrap().clone();
+        assert!(!plans[0].user_data.contains(userdata::INSTALL_SCRIPT_PATH));
+
+        // With the package: the user-data installs it and carries its digest.
+        let digest = "0123456789abcdef".repeat(4);
+        let cloud = FakeCloud {
+            agent_packages: [(("ctl".to_string(), key.clone()), digest.clone())].into(),
+            ..FakeCloud::new("us-east-1")
+        };
+        run(&cloud, &ctx(), &launch_args(&["--agent-bucket", "ctl"]))
+            .await
+            .unwrap();
+        let plans = cloud.launched.lock().unwrap().clone();
+        let ud = &plans[0].user_data;
+        assert!(
+            ud.contains(&format!("\"ctl\", \"{key}\", \"{digest}\", \"amd64\"")),
+            "{ud}"
+        );
     }
 }
