@@ -156,10 +156,13 @@ pub enum NodeStatus {
     Failed,
     Interrupted,
     Expiring,
+    /// Set by the user-data's install step, not the agent: the agent package could not
+    /// be installed (download, digest or install failed), so no agent runs here.
+    InstallFailed,
 }
 
 impl NodeStatus {
-    pub const ALL: [NodeStatus; 8] = [
+    pub const ALL: [NodeStatus; 9] = [
         NodeStatus::Starting,
         NodeStatus::Idle,
         NodeStatus::Running,
@@ -168,6 +171,7 @@ impl NodeStatus {
         NodeStatus::Failed,
         NodeStatus::Interrupted,
         NodeStatus::Expiring,
+        NodeStatus::InstallFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -180,6 +184,7 @@ impl NodeStatus {
             NodeStatus::Failed => "failed",
             NodeStatus::Interrupted => "interrupted",
             NodeStatus::Expiring => "expiring",
+            NodeStatus::InstallFailed => "install-failed",
         }
     }
 }

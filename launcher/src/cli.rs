@@ -565,9 +565,14 @@ pub struct SetupArgs {
     #[arg(long)]
     pub agent_deb: Option<PathBuf>,
     /// The backstop reaper's Lambda package, as packaging/build-reaper.sh makes it
-    /// (default: target/lambda/lease-reaper.zip, when there is one).
+    /// (default: target/lambda/lease-reaper.zip, built first when run from a checkout).
     #[arg(long)]
     pub reaper_zip: Option<PathBuf>,
+    /// Accept a stack without the backstop reaper: an instance whose agent is gone
+    /// then runs (and costs) until you end it. Without this flag setup fails when it
+    /// cannot deploy the reaper.
+    #[arg(long)]
+    pub no_backstop: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -135,6 +135,13 @@ pub trait Cloud: Sync {
         ids: &[String],
         action: Action,
     ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+    /// The sha256 `lease setup` recorded with the agent package at `s3://bucket/key`
+    /// (HeadObject: read-only), or `None` when there is no such object.
+    fn agent_package_sha256(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 }
 
 /// The SDK implementation, one region per value.
@@ -144,6 +151,7 @@ pub struct AwsCloud {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
     sts: aws_sdk_sts::Client,
+    s3: aws_sdk_s3::Client,
 }
 
 impl AwsCloud {
@@ -153,6 +161,7 @@ impl AwsCloud {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
+            s3: lease_common::aws::s3_client(config),
         }
     }
 
@@ -593,5 +602,24 @@ impl Cloud for AwsCloud {
                 )
             })
             .collect())
+    }
+
+    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(head) => head
+                .metadata()
+                .and_then(|m| m.get(lease_common::layout::AGENT_SHA256_METADATA))
+                .map(|sha| Some(sha.clone()))
+                .ok_or_else(|| Error::Aws {
+                    what: format!("Agent package s3://{bucket}/{key}"),
+                    message: format!(
+                        "it carries no '{}' metadata, so its digest cannot be checked at boot; \
+                         upload it with `lease setup`",
+                        lease_common::layout::AGENT_SHA256_METADATA
+                    ),
+                }),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(Error::aws(format!("Failed to read s3://{bucket}/{key}"), e)),
+        }
     }
 }

@@ -53,6 +53,8 @@ pub struct FakeCloud {
     /// How many DescribeInstances calls by id answer InvalidInstanceID.NotFound, as EC2
     /// does for a few seconds after RunInstances.
     pub describe_misses: Mutex<u32>,
+    /// Agent packages in buckets: (bucket, key) to the sha256 recorded with it.
+    pub agent_packages: BTreeMap<(String, String), String>,
 }
 
 /// A plain x86_64 type with 1 GiB of RAM, no GPU, hibernation supported.
@@ -79,9 +81,21 @@ pub fn al2023_image(id: &str) -> ImageInfo {
 }
 
 impl FakeCloud {
+    /// A region whose bucket `agents` holds the agent package for both architectures
+    /// (what tests pass as `--agent-bucket` when the agent is not their subject).
     pub fn new(region: &str) -> Self {
+        let package = |arch: &str| {
+            (
+                (
+                    "agents".to_string(),
+                    lease_common::layout::agent_deb_key(lease_common::VERSION, arch),
+                ),
+                "ab".repeat(32),
+            )
+        };
         Self {
             region: region.into(),
+            agent_packages: [package("amd64"), package("arm64")].into(),
             ..Default::default()
         }
     }
@@ -234,5 +248,13 @@ impl Cloud for FakeCloud {
             }
         }
         Ok(out)
+    }
+
+    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        self.check()?;
+        Ok(self
+            .agent_packages
+            .get(&(bucket.to_string(), key.to_string()))
+            .cloned())
     }
 }

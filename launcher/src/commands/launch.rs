@@ -169,12 +169,7 @@ pub struct Chosen {
 /// one, sizes its root volume, and finds the agent package for its architecture:
 /// refused (exit 4) before anything launches when neither the image nor a package can
 /// provide the agent, since an instance without one is never ended but by the reaper.
-pub async fn choose<C: Cloud>(
-    cloud: &C,
-    args: &LaunchArgs,
-    terms: &LeaseTerms,
-    stack: Option<&StackOutputs>,
-) -> Result<Chosen> {
+pub async fn choose<C: Cloud>(cloud: &C, args: &LaunchArgs, terms: &LeaseTerms) -> Result<Chosen> {
     let info = cloud.type_info(&args.instance_type).await?;
     let choice = plan::default_image(&info);
     let (image_id, source) = match &args.ami {
@@ -198,7 +193,7 @@ pub async fn choose<C: Cloud>(
         None => choice.arch.clone(),
     };
     let root_volume = plan::root_volume(args, terms, &info, &image, choice.root_gib)?;
-    let agent = agent_for(args, stack, &arch, &image)?;
+    let agent = agent_for(cloud, args, &arch, &image).await?;
     Ok(Chosen {
         arch,
         image,
@@ -209,46 +204,62 @@ pub async fn choose<C: Cloud>(
 }
 
 /// Where the agent comes from: nowhere when the image carries it; else the package for
-/// `arch` in the bucket named (by `--agent-bucket`, or the stack's when it recorded the
-/// package); else a refusal that says what to do.
-fn agent_for(
+/// `arch` in the bucket named (by `--agent-bucket`, or the stack's), with the digest
+/// `lease setup` recorded beside it; else a refusal that says what to do.
+async fn agent_for<C: Cloud>(
+    cloud: &C,
     args: &LaunchArgs,
-    stack: Option<&StackOutputs>,
     arch: &str,
     image: &ImageInfo,
 ) -> Result<Option<AgentSource>> {
     if image.carries_agent() {
         return Ok(None);
     }
-    let source = agent_source(args, arch);
-    let available = match (&source, stack) {
-        // The stack's own bucket: only what `lease setup` recorded uploading is there.
-        (Some(src), Some(s)) if src.bucket == s.bucket => s.agent_packages.contains(&src.key),
-        // A bucket the user named: they put the package there.
-        (Some(_), _) => true,
-        (None, _) => false,
-    };
-    if available {
-        return Ok(source);
+    if let Some(source) = package(cloud, args, arch).await? {
+        return Ok(Some(source));
     }
     let deb_arch = lease_common::layout::deb_arch(arch);
     let wanted = lease_common::layout::agent_deb_key(lease_common::VERSION, deb_arch);
-    let place = match stack {
-        Some(s) => format!("stack '{}' has no agent package {wanted}", s.stack),
-        None => "no stack or --agent-bucket names an agent package".to_string(),
+    let place = match &args.agent_bucket {
+        Some(bucket) => format!("no agent package for {arch} at s3://{bucket}/{wanted}"),
+        None => format!("no agent package for {arch}: no stack or --agent-bucket names a bucket"),
     };
     Err(Error::Refused(format!(
-        "No agent for this {arch} instance: {place}, and image {} ({}) does not carry leased. \
-         Nothing was launched. Run `lease setup` to upload the {deb_arch} package (or pass \
-         --agent-bucket with a bucket holding {wanted}), or launch an image with leased baked \
-         in (see ami/) with --ami",
+        "{place}, and image {} ({}) does not carry leased: an instance of type {} would boot \
+         without an agent, so nothing was launched. Run `lease setup` (it builds and uploads \
+         the {deb_arch} package), pass --agent-bucket with a bucket holding {wanted}, or launch \
+         an image with leased baked in (see ami/) with --ami",
         image.id,
         if image.name.is_empty() {
             "no name"
         } else {
             image.name.as_str()
         },
+        args.instance_type,
     )))
+}
+
+/// The agent package for `arch` in `--agent-bucket` (or the stack's bucket) and its
+/// recorded digest, when it is there.
+async fn package<C: Cloud>(
+    cloud: &C,
+    args: &LaunchArgs,
+    arch: &str,
+) -> Result<Option<AgentSource>> {
+    let Some(bucket) = args.agent_bucket.as_ref() else {
+        return Ok(None);
+    };
+    let deb_arch = lease_common::layout::deb_arch(arch);
+    let key = lease_common::layout::agent_deb_key(lease_common::VERSION, deb_arch);
+    Ok(cloud
+        .agent_package_sha256(bucket, &key)
+        .await?
+        .map(|sha256| AgentSource {
+            bucket: bucket.clone(),
+            key,
+            sha256,
+            arch: deb_arch.to_string(),
+        }))
 }
 
 /// The RunInstances requests: one for the whole count, or one per instance with its
@@ -299,14 +310,39 @@ fn plans(
         .collect()
 }
 
-pub(crate) fn agent_source(args: &LaunchArgs, arch: &str) -> Option<AgentSource> {
-    args.agent_bucket.as_ref().map(|bucket| AgentSource {
-        bucket: bucket.clone(),
-        key: lease_common::layout::agent_deb_key(
-            lease_common::VERSION,
-            lease_common::layout::deb_arch(arch),
-        ),
-    })
+/// The agent for a scheduled launch, whose image EC2 resolves at each run so it cannot
+/// be checked for a baked agent: the package for `arch` with its digest. Without one, a
+/// launch on the default AMI is refused (exit 4): the instance would boot without an
+/// agent and nothing but the reaper would end it.
+pub(crate) async fn agent_source<C: Cloud>(
+    cloud: &C,
+    args: &LaunchArgs,
+    arch: &str,
+) -> Result<Option<AgentSource>> {
+    let Some(bucket) = args.agent_bucket.as_ref() else {
+        return Ok(None);
+    };
+    if let Some(source) = package(cloud, args, arch).await? {
+        return Ok(Some(source));
+    }
+    let deb_arch = lease_common::layout::deb_arch(arch);
+    let key = lease_common::layout::agent_deb_key(lease_common::VERSION, deb_arch);
+    if args.ami.is_some() {
+        // An image of the user's own may carry the agent (ami/ bakes one); the
+        // user-data then only starts it.
+        eprintln!(
+            "No agent package at s3://{bucket}/{key}: the instances start the agent only if \
+             --ami carries it"
+        );
+        return Ok(None);
+    }
+    Err(Error::Refused(format!(
+        "no agent package for {arch} ({deb_arch}) at s3://{bucket}/{key}: an instance of \
+         type {} would boot without an agent. Run `lease setup` from a checkout of this \
+         lease version (it builds and uploads the package), or pass --ami with an image \
+         that carries leased",
+        args.instance_type
+    )))
 }
 
 /// What a stack from `lease setup` supplies that the flags and `--agent-config` left
@@ -399,7 +435,7 @@ pub async fn run_prepared<C: Cloud>(
 
     // Read-only calls from here until RunInstances, so a dry run makes them too and
     // shows the image, volume and agent a launch would really get.
-    let chosen = choose(cloud, args, &local.terms, stack).await?;
+    let chosen = choose(cloud, args, &local.terms).await?;
     eprintln!(
         "Image {} ({}, {}; {}), root volume {} GiB {}{}.",
         chosen.image.id,
@@ -872,9 +908,8 @@ mod tests {
             .as_sequence()
             .unwrap()
             .iter()
-            .filter_map(|c| c[2].as_str())
-            .find(|c| c.contains("s3://"))
-            .map(str::to_string)
+            .find(|c| c[1].as_str() == Some(userdata::INSTALL_SCRIPT_PATH))
+            .map(|c| format!("s3://{}/{}", c[2].as_str().unwrap(), c[3].as_str().unwrap()))
     }
 
     #[tokio::test]
@@ -890,18 +925,21 @@ mod tests {
         );
 
         // A stack without the package for this architecture: refused, naming it.
-        let mut s = stack();
-        s.agent_packages = vec![lease_common::layout::agent_deb_key(
-            lease_common::VERSION,
-            "arm64",
-        )];
+        let s = stack();
+        let arm64 = lease_common::layout::agent_deb_key(lease_common::VERSION, "arm64");
+        let mut cloud = FakeCloud {
+            agent_packages: [((s.bucket.clone(), arm64), "ab".repeat(32))].into(),
+            ..FakeCloud::new("us-east-1")
+        };
         let err = run_in_stack(&cloud, &ctx(), &bare_args(&[]), Some(&s))
             .await
             .unwrap_err();
         assert_eq!(err.exit_code(), 4);
         assert!(
-            err.to_string()
-                .contains("stack 'main' has no agent package agent/"),
+            err.to_string().contains(&format!(
+                "no agent package for x86_64 at s3://{}/agent/",
+                s.bucket
+            )),
             "{err}"
         );
         assert!(err.to_string().contains("_amd64.deb"), "{err}");
@@ -914,7 +952,9 @@ mod tests {
 
         // With the package recorded, the install step fetches exactly that key.
         let amd64 = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
-        s.agent_packages.push(amd64.clone());
+        cloud
+            .agent_packages
+            .insert((s.bucket.clone(), amd64.clone()), "ab".repeat(32));
         run_in_stack(&cloud, &ctx(), &bare_args(&[]), Some(&s))
             .await
             .unwrap();
@@ -1107,6 +1147,53 @@ mod tests {
             "three misses were read and waited out"
         );
     }
+
+    #[tokio::test]
+    async fn the_agent_package_and_its_digest_go_into_the_user_data_or_the_launch_is_refused() {
+        let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
+        // No package for the architecture, default AMI: refused before RunInstances.
+        let cloud = FakeCloud::new("us-east-1");
+        let err = run(
+            &cloud,
+            &ctx(),
+            &LaunchArgs {
+                agent_bucket: Some("ctl".into()),
+                ..bare_args(&[])
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 4, "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("s3://ctl/{key}")) && text.contains("lease setup"),
+            "{text}"
+        );
+        assert!(cloud.launched.lock().unwrap().is_empty());
+
+        // With the package: the user-data installs it and carries its digest.
+        let digest = "0123456789abcdef".repeat(4);
+        let cloud = FakeCloud {
+            agent_packages: [(("ctl".to_string(), key.clone()), digest.clone())].into(),
+            ..FakeCloud::new("us-east-1")
+        };
+        run(
+            &cloud,
+            &ctx(),
+            &LaunchArgs {
+                agent_bucket: Some("ctl".into()),
+                ..bare_args(&[])
+            },
+        )
+        .await
+        .unwrap();
+        let plans = cloud.launched.lock().unwrap().clone();
+        let ud = &plans[0].user_data;
+        assert!(
+            ud.contains(&format!("\"ctl\", \"{key}\", \"{digest}\", \"amd64\"")),
+            "{ud}"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -1126,7 +1213,14 @@ mod slots_tests {
     }
 
     fn parse(extra: &[&str]) -> std::result::Result<LaunchArgs, clap::Error> {
-        let mut argv = vec!["lease", "launch", "-t", "t3.micro"];
+        let mut argv = vec![
+            "lease",
+            "launch",
+            "-t",
+            "t3.micro",
+            "--agent-bucket",
+            "agents",
+        ];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv)?.command {
             crate::cli::Command::Launch(a) => Ok(*a),

@@ -170,6 +170,7 @@ async fn create<C: Cloud, S: Schedules>(
             let (a, local) = *launch;
             let choice = plan::default_image(&cloud.type_info(&a.instance_type).await?);
             let arch = choice.arch.clone();
+            let agent = agent_source(cloud, &a, &arch).await?;
             let resolved = Resolved {
                 root_volume: None,
                 // Resolved by EC2 at each run, so every run gets the latest AMI.
@@ -183,7 +184,7 @@ async fn create<C: Cloud, S: Schedules>(
                     .unwrap_or_else(|| plan::owner_from_arn(&caller)),
                 user_data: userdata::render(
                     &local.agent_config,
-                    agent_source(&a, &arch).as_ref(),
+                    agent.as_ref(),
                     local.extra_user_data.as_deref(),
                 )?,
                 client_token: String::new(),
