@@ -80,14 +80,13 @@ pub fn render(
         cc.push('\n');
     }
     if let Some(src) = agent {
+        // Compressed: the script is most of the user-data's 16 KB otherwise, and a
+        // task travels in the same 16 KB.
         cc.push_str(&format!(
-            "  - path: {INSTALL_SCRIPT_PATH}\n    owner: root:root\n    permissions: '0700'\n    content: |\n"
+            "  - path: {INSTALL_SCRIPT_PATH}\n    owner: root:root\n    permissions: '0700'\n    \
+             encoding: gz+b64\n    content: {}\n",
+            gzip_base64(install_script().as_bytes())?
         ));
-        for line in install_script().lines() {
-            cc.push_str("      ");
-            cc.push_str(line);
-            cc.push('\n');
-        }
         cc.push_str("runcmd:\n");
         // An argument list, not a shell line: nothing in it is interpreted.
         cc.push_str(&format!(
@@ -142,6 +141,16 @@ pub fn render(
         )));
     }
     Ok(out)
+}
+
+/// gzip, then base64: cloud-init's `gz+b64` file encoding.
+fn gzip_base64(data: &[u8]) -> Result<String> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data)
+        .and_then(|()| gz.finish())
+        .map(aws_smithy_types::base64::encode)
+        .map_err(|e| Error::io("Failed to compress the agent's install script", e))
 }
 
 /// A double-quoted YAML scalar.
@@ -202,7 +211,12 @@ mod tests {
         let script = &doc["write_files"][1];
         assert_eq!(script["path"].as_str(), Some(INSTALL_SCRIPT_PATH));
         assert_eq!(script["permissions"].as_str(), Some("0700"));
-        assert_eq!(script["content"].as_str(), Some(install_script().as_str()));
+        assert_eq!(script["encoding"].as_str(), Some("gz+b64"));
+        let gz = aws_smithy_types::base64::decode(script["content"].as_str().unwrap()).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+            .unwrap();
+        assert_eq!(text, install_script());
         let run: Vec<&str> = doc["runcmd"][0]
             .as_sequence()
             .unwrap()
@@ -236,7 +250,7 @@ mod tests {
         assert!(script.contains("FAILED = \"install-failed\""));
         assert!(!script.contains('@'), "a placeholder was left unfilled");
         // The whole config plus the script leave most of the 16 KB for a task.
-        assert!(ud.len() < 10 * 1024, "{} bytes", ud.len());
+        assert!(ud.len() < 6 * 1024, "{} bytes", ud.len());
     }
 
     #[test]

@@ -91,10 +91,11 @@ impl NetNs {
         let started = Instant::now();
         loop {
             let up = sock.exists()
+                // Connects, sends nothing (reads /dev/null) and closes: a probe
+                // that never waits for the service to speak.
                 && Command::new("ip")
-                    .args(["netns", "exec", &self.name, "socat", "-u"])
+                    .args(["netns", "exec", &self.name, "socat", "-u", "OPEN:/dev/null"])
                     .arg(format!("TCP:{ip}:{port},connect-timeout=1"))
-                    .arg("OPEN:/dev/null")
                     .stdin(Stdio::null())
                     .stderr(Stdio::null())
                     .status()
