@@ -775,6 +775,16 @@ impl DecisionLoop {
     /// seconds to finish.
     async fn end(&mut self, reason: EndReason, action: Action) -> Outcome {
         let _pinging = self.keep_watchdog_fed();
+        // EC2 refuses to stop or hibernate a one-time spot instance: asking would only
+        // burn the retries before the poweroff fallback, so spot ends with a terminate.
+        let wanted = action;
+        let action = wanted.on_market(&self.identity.market);
+        if action != wanted {
+            tracing::warn!(
+                "{wanted} is not possible on a {} instance; terminating instead",
+                self.identity.market
+            );
+        }
         let now = self.deps.clock.now();
         if reason == EndReason::Expired || reason == EndReason::Idle {
             self.status = NodeStatus::Expiring;
@@ -1120,6 +1130,7 @@ mod tests {
         publisher: Arc<RecordingPublisher>,
         worker: Arc<RecordingWorker>,
         state_dir: tempfile::TempDir,
+        market: &'static str,
     }
 
     fn tags(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
@@ -1131,12 +1142,18 @@ mod tests {
         )
     }
 
+    /// An on-demand instance unless a test says otherwise: on spot every end is a
+    /// terminate, which would hide the stop and hibernate paths.
     fn identity() -> InstanceIdentity {
+        identity_on("on-demand")
+    }
+
+    fn identity_on(market: &str) -> InstanceIdentity {
         InstanceIdentity {
             instance_id: "i-0abc".into(),
             region: "us-east-1".into(),
             instance_type: "t3.micro".into(),
-            market: "spot".into(),
+            market: market.into(),
             launched_at: Some(t0()),
         }
     }
@@ -1157,6 +1174,7 @@ mod tests {
                 publisher: Arc::new(RecordingPublisher::default()),
                 worker: Arc::new(RecordingWorker::new(clock.clone())),
                 state_dir: tempfile::tempdir().unwrap(),
+                market: "on-demand",
             }
         }
 
@@ -1184,7 +1202,7 @@ mod tests {
             DecisionLoop::new(
                 deps,
                 settings,
-                identity(),
+                identity_on(self.market),
                 "node-1".into(),
                 "i-0abc".into(),
                 initial,
@@ -1638,5 +1656,28 @@ mod tests {
         l.run(rx, never()).await;
         assert_eq!(rig.acts()[0].0, Action::Stop);
         assert_eq!(*power.0.lock().unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_spot_a_stop_becomes_a_terminate() {
+        let mut rig = Rig::new(tags(&[
+            (tags::EXPIRES_AT, "2026-11-23T12:00:10Z"),
+            (tags::ON_EXPIRY, "stop"),
+        ]));
+        rig.market = "spot";
+        let (l, _snap) = rig.build(None);
+        let (_tx, rx) = mpsc::channel(8);
+        let outcome = l.run(rx, never()).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Ended {
+                    action: Action::Terminate,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(rig.acts()[0].0, Action::Terminate);
     }
 }

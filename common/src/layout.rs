@@ -53,6 +53,11 @@ pub fn agent_deb_key(version: &str, deb_arch: &str) -> String {
     format!("agent/{version}/leased_{version}_{deb_arch}.deb")
 }
 
+/// The S3 object metadata key holding an agent package's sha256 (hex): written by
+/// `lease setup` with the package, read by `lease launch` into the user-data, which
+/// refuses a download that differs.
+pub const AGENT_SHA256_METADATA: &str = "sha256";
+
 /// Debian's name for an EC2 architecture (`x86_64` → `amd64`, `arm64` stays).
 pub fn deb_arch(ec2_arch: &str) -> &str {
     match ec2_arch {

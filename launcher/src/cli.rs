@@ -147,9 +147,21 @@ pub struct LaunchArgs {
     /// Owner (default: your AWS identity).
     #[arg(long)]
     pub owner: Option<String>,
-    /// AMI id (default: latest Amazon Linux 2023 for the type's architecture).
+    /// AMI id (default: for NVIDIA GPU types the AWS Deep Learning Base AMI, else
+    /// Amazon Linux 2023; each the latest, for the type's architecture).
     #[arg(long)]
     pub ami: Option<String>,
+    /// Root volume size in GiB (default: 30, 100 on GPU types, or the image's own size
+    /// when larger; with hibernation at least the image plus RAM).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=16384))]
+    pub volume_size: Option<i32>,
+    /// Root volume type.
+    #[arg(long, default_value = "gp3", value_parser = ["gp3", "gp2", "io1", "io2", "standard"])]
+    pub volume_type: String,
+    /// Leave the root volume unencrypted (default: encrypted with the account's EBS key;
+    /// hibernation needs encryption).
+    #[arg(long)]
+    pub unencrypted: bool,
     #[arg(long)]
     pub key_name: Option<String>,
     #[arg(long)]
@@ -239,15 +251,20 @@ pub struct ActionArgs {
 pub struct AttachArgs {
     /// Instance id or Name tag.
     pub target: String,
-    /// Over SSM Session Manager (default).
-    #[arg(long, conflicts_with = "ssh")]
+    /// Over SSM Session Manager (default). With --ssh: SSH tunnelled through SSM, with
+    /// your key pushed by EC2 Instance Connect, so no inbound port or key pair is needed.
+    #[arg(long)]
     pub ssm: bool,
     /// Over SSH; honours your ssh config. LEASE_SSH_COMMAND overrides `ssh`.
     #[arg(long)]
     pub ssh: bool,
-    /// Login user for SSH.
-    #[arg(long, default_value = "ec2-user")]
-    pub user: String,
+    /// Login user for SSH (default: the image's: ec2-user, ubuntu or admin).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Private key for --ssh --ssm; its .pub is pushed (default: ~/.ssh/id_ed25519,
+    /// id_ecdsa or id_rsa).
+    #[arg(long, requires = "ssh")]
+    pub identity: Option<PathBuf>,
     /// tmux session to attach to (default: the one running the instance's task, else `lease`).
     #[arg(long)]
     pub session: Option<String>,
@@ -548,9 +565,14 @@ pub struct SetupArgs {
     #[arg(long)]
     pub agent_deb: Option<PathBuf>,
     /// The backstop reaper's Lambda package, as packaging/build-reaper.sh makes it
-    /// (default: target/lambda/lease-reaper.zip, when there is one).
+    /// (default: target/lambda/lease-reaper.zip, built first when run from a checkout).
     #[arg(long)]
     pub reaper_zip: Option<PathBuf>,
+    /// Accept a stack without the backstop reaper: an instance whose agent is gone
+    /// then runs (and costs) until you end it. Without this flag setup fails when it
+    /// cannot deploy the reaper.
+    #[arg(long)]
+    pub no_backstop: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -11,6 +11,7 @@ pub mod bins;
 pub mod imds;
 pub mod lambda_api;
 pub mod moto;
+pub mod netns;
 pub mod nspawn;
 pub mod plane;
 pub mod procfs;

@@ -27,6 +27,9 @@ const POLL: Duration = Duration::from_millis(50);
 async fn launch(moto: &Moto, args: &[&str]) -> String {
     let out = Cmd::new("lease", &moto.env())
         .args(["launch", "--instance-type", "t3.micro", "--yes"])
+        // Where the agent package is, as `lease setup` records it: without one lease
+        // refuses to launch an image that does not carry the agent.
+        .args(["--agent-bucket", "agents"])
         .args(args)
         .ok()
         .await;

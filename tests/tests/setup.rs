@@ -104,12 +104,16 @@ impl World {
         path
     }
 
+    /// Setup, accepting a stack without the reaper unless `extra` deploys one (the
+    /// reaper's own tests pass `--reaper-zip`).
     async fn setup(&self, extra: &[&str]) -> Value {
+        let no_backstop = (!extra.contains(&"--reaper-zip")).then_some("--no-backstop");
         json(
             &self
                 .lease()
                 .args(["setup", "-o", "json"])
                 .args(extra)
+                .args(no_backstop)
                 .ok()
                 .await,
         )
@@ -1082,6 +1086,30 @@ async fn the_command_topic_routes_each_task_to_its_pools_queue_only() {
 async fn launch_into_the_stack_uses_its_profile_queue_and_tag() {
     let w = world().await;
     w.setup(&["--pool", "gpu"]).await;
+    // No agent package in the stack's bucket: an instance of the default AMI would
+    // have no agent, so the launch is refused before RunInstances.
+    let (code, err) = w
+        .lease()
+        .args(["launch", "-t", "t3.micro", "--pool", "gpu"])
+        .fails()
+        .await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("no agent package for x86_64") && err.contains("lease setup"),
+        "{err}"
+    );
+    let none = w
+        .moto
+        .ec2()
+        .await
+        .describe_instances()
+        .send()
+        .await
+        .unwrap();
+    assert!(none.reservations().is_empty(), "{none:?}");
+    let deb = w.deb();
+    w.setup(&["--agent-deb", deb.to_str().unwrap()]).await;
+    let digest = lease_common::manifest::sha256_bytes(&std::fs::read(&deb).unwrap());
     let id = w
         .lease()
         .args(["launch", "-t", "t3.micro", "--pool", "gpu"])
@@ -1122,6 +1150,23 @@ async fn launch_into_the_stack_uses_its_profile_queue_and_tag() {
     let config =
         lease_common::config::AgentConfig::from_yaml(std::path::Path::new("ud"), content).unwrap();
     assert_eq!(config.queue_url, w.queue_url("lease-main-pool-gpu").await);
+    // The install step names the package setup uploaded and the digest it recorded.
+    let install: Vec<&str> = doc["runcmd"][0]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
+    assert_eq!(
+        &install[2..],
+        [
+            config.log_bucket.as_deref().unwrap(),
+            &key,
+            &digest,
+            "amd64"
+        ]
+    );
     assert_eq!(
         config.topic_arn.as_deref(),
         Some(format!("arn:aws:sns:us-east-1:{ACCOUNT}:lease-main-bus").as_str())
@@ -1295,6 +1340,40 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
         };
         assert_eq!(outcome, expected, "{kind} {name}");
     }
+}
+
+/// A stack that could lose instances does not report success: with no reaper package
+/// given, found or buildable (the test runs outside a checkout's root), setup sets up
+/// everything else, records it, and exits 4 naming the missing backstop; with
+/// `--no-backstop` the same stack is accepted.
+#[tokio::test]
+async fn a_stack_without_a_backstop_is_not_reported_as_set_up() {
+    let w = world().await;
+    let (code, err) = w.lease().args(["setup"]).fails().await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("no backstop")
+            && err.contains("--reaper-zip")
+            && err.contains("--no-backstop"),
+        "{err}"
+    );
+    assert!(!err.contains("is set up"), "{err}");
+    // Everything else exists, so a second run only adds the reaper.
+    let topics = w.sns.list_topics().send().await.unwrap();
+    assert_eq!(topics.topics().len(), 2, "{topics:?}");
+    let settings = std::fs::read_to_string(w.settings_path()).unwrap();
+    assert!(!settings.contains("reaper-function-arn"), "{settings}");
+    let out = w.lease().args(["setup", "--no-backstop"]).output().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no backstop reaper (--no-backstop)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

@@ -60,6 +60,10 @@ pub struct Row<'a> {
     pub job: Option<&'a str>,
     pub owner: Option<&'a str>,
     pub status: Option<&'a str>,
+    /// Seconds since launch of a running instance whose agent never reported (see
+    /// [`Instance::agent_missing_for`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_missing_secs: Option<i64>,
 }
 
 pub fn row<'a>(i: &'a Instance, now: DateTime<Utc>) -> Row<'a> {
@@ -77,6 +81,7 @@ pub fn row<'a>(i: &'a Instance, now: DateTime<Utc>) -> Row<'a> {
         job: i.tags.get(JOB).map(String::as_str),
         owner: i.tags.get(OWNER).map(String::as_str),
         status: status_of(i),
+        agent_missing_secs: i.agent_missing_for(now).map(|d| d.num_seconds()),
     }
 }
 
@@ -135,7 +140,10 @@ pub fn table(instances: &[Instance], now: DateTime<Utc>, show_region: bool) -> T
             },
             dash(r.job),
             dash(r.owner),
-            dash(r.status),
+            match i.agent_missing_for(now) {
+                Some(d) => Cell::from(format!("no agent after {}", short_duration(d))),
+                None => dash(r.status),
+            },
         ];
         if show_region {
             cells.insert(1, Cell::from(r.region));
@@ -181,6 +189,18 @@ pub async fn run<C: Cloud>(
                 );
             } else {
                 output::print(&t.render(ctx.color))?;
+            }
+            let stuck: Vec<&str> = instances
+                .iter()
+                .filter(|i| i.agent_missing_for(ctx.now).is_some())
+                .map(|i| i.id.as_str())
+                .collect();
+            if !stuck.is_empty() {
+                eprintln!(
+                    "{} still starting with no agent, longer than a boot takes: `lease status ID` \
+                     shows the end of its console output.",
+                    stuck.join(", ")
+                );
             }
         }
     }
@@ -352,5 +372,22 @@ mod region_tests {
         assert!(text.contains("ap-south-1"), "{text}");
         assert!(!text.contains("eu-west-1"), "{text}");
         assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn an_instance_starting_too_long_is_flagged() {
+        let now = Utc::now();
+        let mut i = crate::fake::instance("i-1", &[("lease:status", "starting")]);
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(12));
+        let r = row(&i, now);
+        assert_eq!(r.agent_missing_secs, Some(12 * 60));
+        let t = table(std::slice::from_ref(&i), now, false).render(false);
+        assert!(t.contains("no agent after 12m"), "{t}");
+        // Within a boot's time, or once the agent reported, nothing is flagged.
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(3));
+        assert_eq!(row(&i, now).agent_missing_secs, None);
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(12));
+        i.tags.insert("lease:status".into(), "idle".into());
+        assert_eq!(row(&i, now).agent_missing_secs, None);
     }
 }

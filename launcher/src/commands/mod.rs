@@ -81,6 +81,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             "--region may be given more than once only for `lease list`",
         ));
     }
+    // Every flag and local file a launch needs is checked before any AWS configuration
+    // is loaded: a bad --ttl is reported as such, not after "no region configured".
+    let launch_inputs = match &cli.command {
+        Command::Launch(a) => Some(launch::read_local(a, &ctx)?),
+        _ => None,
+    };
     let opts = AwsOptions {
         profile: g.profile.clone(),
         region: g.regions.first().cloned(),
@@ -91,7 +97,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Launch(a) => {
             let stack = stack_in(cloud.region())?;
-            launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await
+            match launch_inputs {
+                Some(local) => launch::run_prepared(&cloud, &ctx, a, stack.as_ref(), local).await,
+                None => launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await,
+            }
         }
         Command::List(a) => {
             let regions: Vec<String> = if a.all_regions {

@@ -168,21 +168,23 @@ async fn create<C: Cloud, S: Schedules>(
         }
         Prepared::Launch(launch) => {
             let (a, local) = *launch;
-            let archs = cloud.architectures(&a.instance_type).await?;
-            let arch = plan::pick_arch(&archs).to_string();
+            let choice = plan::default_image(&cloud.type_info(&a.instance_type).await?);
+            let arch = choice.arch.clone();
+            let agent = agent_source(cloud, &a, &arch).await?;
             let resolved = Resolved {
+                root_volume: None,
                 // Resolved by EC2 at each run, so every run gets the latest AMI.
                 image_id: a
                     .ami
                     .clone()
-                    .unwrap_or_else(|| format!("resolve:ssm:{}", plan::al2023_parameter(&arch))),
+                    .unwrap_or_else(|| format!("resolve:ssm:{}", choice.parameter)),
                 owner: a
                     .owner
                     .clone()
                     .unwrap_or_else(|| plan::owner_from_arn(&caller)),
                 user_data: userdata::render(
                     &local.agent_config,
-                    agent_source(&a, &arch).as_ref(),
+                    agent.as_ref(),
                     local.extra_user_data.as_deref(),
                 )?,
                 client_token: String::new(),

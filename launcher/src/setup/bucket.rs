@@ -25,7 +25,7 @@ const NOT_SET: [&str; 4] = [
 
 /// Object metadata holding the package's sha256, so a second setup can tell an
 /// identical upload from a rebuilt package without downloading it.
-const SHA256_METADATA: &str = "sha256";
+const SHA256_METADATA: &str = lease_common::layout::AGENT_SHA256_METADATA;
 
 fn build_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::usage(format!("{what}: {e}"))
