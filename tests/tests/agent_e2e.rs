@@ -129,6 +129,20 @@ async fn a_5s_ttl_is_terminated_at_its_deadline() {
         "{}",
         agent.logs()
     );
+    // How it ended, beside the status it passed through; `lease list` shows that.
+    assert_eq!(tag_map(&moto, &id).await[tags::END_REASON], "expired");
+    let listed = Cmd::new("lease", &moto.env())
+        .args(["list", "--all", "--state", "terminated", "-o", "json"])
+        .ok()
+        .await;
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(row["status"], "expired", "{listed}");
 }
 
 /// On an instance the credentials are the instance profile's, from IMDS: with none in

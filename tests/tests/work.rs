@@ -1018,16 +1018,24 @@ async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over()
     let tmp = tempfile::tempdir().unwrap();
     // Claims of 6 s instead of 2 min, so the freeze outlasts one in seconds.
     let claim = [("LEASED_TEST_TASK_CLAIM".to_string(), "6s".to_string())];
+    let marker = tmp.path().join("first-copy-started");
     let mut task = shell(
         "frozen-1",
-        "mkdir -p out; echo started > out/started.txt; sleep 25; echo finished > out/finished.txt",
+        &format!(
+            "mkdir -p out; echo started > out/started.txt; touch '{}'; sleep 25; \
+             echo finished > out/finished.txt",
+            marker.display()
+        ),
     );
     task.bundle = Some("out".into());
     let agent1 = plane.agent_with(&imds1, &tmp.path().join("a1"), "", &claim);
     plane.send(&task.to_json()).await;
-    plane
-        .wait_for_state("frozen-1", "running", LIMIT, &agent1)
-        .await;
+    // Frozen once its copy runs (the record says `running` from the claim on, a moment
+    // before the program starts).
+    wait_until("the first copy to start", LIMIT, POLL, || async {
+        marker.exists().then_some(())
+    })
+    .await;
     agent1.signal("-STOP");
     let agent2 = plane.agent_with(&imds2, &tmp.path().join("a2"), "", &claim);
     let node_of = |item: &BTreeMap<String, AttributeValue>| {

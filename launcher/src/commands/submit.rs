@@ -425,6 +425,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_larger_than_an_agent_reads_is_refused_before_anything_is_sent() {
+        let q = RacingQueue::default();
+        let huge = Task::new(
+            "huge-1",
+            lease_common::messages::TaskSpec::Shell(lease_common::messages::ShellSpec {
+                command: "x".repeat(MAX_TASK_SPEC),
+            }),
+        );
+        let err = body_for(&q, Some("ctl"), &huge).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("huge-1")
+                && err.to_string().contains("more than a task may be"),
+            "{err}"
+        );
+        assert!(q.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_record_that_cannot_be_written_fails_the_command_after_sending() {
         let tables = FakeTables {
             broken: true,
