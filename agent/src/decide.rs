@@ -70,6 +70,18 @@ pub enum EndReason {
     Failed,
 }
 
+impl EndReason {
+    /// The `NodeDeregistered` reason and the `lease:end-reason` tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Idle => "idle",
+            EndReason::Complete => "complete",
+            EndReason::Failed => "failed",
+        }
+    }
+}
+
 /// How the loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -743,10 +755,13 @@ impl DecisionLoop {
     }
 
     fn set_status_tag(&self, status: NodeStatus) -> tokio::task::JoinHandle<()> {
+        self.write_tags(vec![(tags::STATUS.to_string(), status.to_string())])
+    }
+
+    fn write_tags(&self, tags: Vec<(String, String)>) -> tokio::task::JoinHandle<()> {
         let ec2 = self.deps.ec2.clone();
         let id = self.identity.instance_id.clone();
         tokio::spawn(async move {
-            let tags = vec![(tags::STATUS.to_string(), status.to_string())];
             match tokio::time::timeout(ACT_TIMEOUT, ec2.create_tags(&id, tags)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("{e}"),
@@ -801,9 +816,14 @@ impl DecisionLoop {
             pending.push(self.deps.emitter.send(kind));
         }
         pending.push(self.deps.emitter.send(EventKind::NodeDeregistered {
-            reason: format!("{reason:?}").to_lowercase(),
+            reason: reason.as_str().to_string(),
         }));
-        let tagged = self.set_status_tag(self.status);
+        // The reason beside the status, in one call: once the instance is gone,
+        // `lease list` shows how it ended rather than the `expiring` it passed through.
+        let tagged = self.write_tags(vec![
+            (tags::STATUS.to_string(), self.status.to_string()),
+            (tags::END_REASON.to_string(), reason.as_str().to_string()),
+        ]);
         let all = futures::future::join_all(pending);
         tokio::pin!(all);
         let early = tokio::time::timeout(PUBLISH_WAIT, &mut all).await.is_ok();
@@ -1267,6 +1287,13 @@ mod tests {
                 .lock()
                 .unwrap()
                 .contains(&(tags::STATUS.into(), "expiring".into()))
+        );
+        assert!(
+            rig.ec2
+                .tagged
+                .lock()
+                .unwrap()
+                .contains(&(tags::END_REASON.into(), "expired".into()))
         );
     }
 

@@ -21,6 +21,11 @@ pub const ON_EXPIRY: &str = "lease:on-expiry";
 pub const ON_COMPLETE: &str = "lease:on-complete";
 pub const STATUS: &str = "lease:status";
 pub const TASK: &str = "lease:task";
+/// How the lease ended, written by the agent with its last `lease:status` when it ends
+/// the lease itself: `expired`, `idle`, `complete` or `failed` (the `NodeDeregistered`
+/// reason). `lease list` shows it once the instance has stopped or gone, since
+/// `lease:status` then still says what the agent was doing (`expiring`).
+pub const END_REASON: &str = "lease:end-reason";
 /// EC2's own display-name tag; not ours, but `lease launch --name` sets it.
 pub const NAME: &str = "Name";
 

@@ -107,6 +107,11 @@ pub enum Command {
     },
 }
 
+/// The most `--slots` takes: one instance running more tasks than this at once is
+/// better served by more instances (SQS hands out at most 10 messages a receive, and
+/// every task has its own tmux session and log uploads).
+pub const MAX_SLOTS: u32 = 64;
+
 #[derive(Debug, Args, Clone)]
 pub struct LaunchArgs {
     /// EC2 instance type, e.g. t3.micro or g5.xlarge.
@@ -180,6 +185,10 @@ pub struct LaunchArgs {
     /// Extra lines for the agent's config file (YAML), e.g. queue and topic.
     #[arg(long)]
     pub agent_config: Option<PathBuf>,
+    /// Tasks each instance's agent runs at once (agent config `max-concurrent-tasks`;
+    /// default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
+    pub slots: Option<u32>,
     /// Wait until the instances are running, showing progress.
     #[arg(long)]
     pub wait: bool,

@@ -61,6 +61,7 @@ struct World {
     iam: aws_sdk_iam::Client,
     lambda: aws_sdk_lambda::Client,
     scheduler: aws_sdk_scheduler::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
 }
 
 async fn world() -> World {
@@ -74,6 +75,7 @@ async fn world() -> World {
         iam: aws_sdk_iam::Client::new(&config),
         lambda: aws_sdk_lambda::Client::new(&config),
         scheduler: aws_sdk_scheduler::Client::new(&config),
+        logs: aws_sdk_cloudwatchlogs::Client::new(&config),
         dir: tempfile::tempdir().unwrap(),
         moto,
     }
@@ -451,7 +453,58 @@ impl World {
         for sc in schedules.schedules() {
             left.push(format!("schedule {:?}/{:?}", sc.group_name(), sc.name()));
         }
+        let groups = self
+            .logs
+            .describe_log_groups()
+            .log_group_name_prefix("/aws/lambda/lease-")
+            .send()
+            .await
+            .unwrap();
+        for g in groups.log_groups() {
+            left.push(format!("log group {:?}", g.log_group_name()));
+        }
         left
+    }
+
+    /// What Lambda does on a function's first run: a log group named after it, with a
+    /// stream and an event in it.
+    async fn lambda_log_group(&self, function: &str) {
+        let group = format!("/aws/lambda/{function}");
+        self.logs
+            .create_log_group()
+            .log_group_name(&group)
+            .send()
+            .await
+            .unwrap();
+        self.logs
+            .create_log_stream()
+            .log_group_name(&group)
+            .log_stream_name("2026/12/07/[$LATEST]0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        let event = aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(chrono::Utc::now().timestamp_millis())
+            .message("reaper: nothing to do")
+            .build()
+            .unwrap();
+        self.logs
+            .put_log_events()
+            .log_group_name(&group)
+            .log_stream_name("2026/12/07/[$LATEST]0123456789abcdef")
+            .log_events(event)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn log_group_names(&self) -> Vec<String> {
+        let groups = self.logs.describe_log_groups().send().await.unwrap();
+        groups
+            .log_groups()
+            .iter()
+            .filter_map(|g| g.log_group_name().map(str::to_string))
+            .collect()
     }
 
     /// The parts of stack `main` (default pool only) another stack's teardown must not
@@ -1113,6 +1166,9 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
         .send()
         .await
         .unwrap();
+    // The reaper has run (its log group exists); so has somebody else's function.
+    w.lambda_log_group(REAPER).await;
+    w.lambda_log_group("someone-elses-function").await;
     let instance = w
         .moto
         .run_instance(&[("lease:managed", "true"), ("lease:stack", "main")])
@@ -1157,7 +1213,7 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
     );
     // The reaper went first, all of it deleted.
     let rows = outcomes(&report);
-    let reaper_rows: Vec<(String, String)> = rows[..7]
+    let reaper_rows: Vec<(String, String)> = rows[..8]
         .iter()
         .map(|(k, n, o)| (format!("{k} {n}"), o.clone()))
         .collect();
@@ -1167,6 +1223,7 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
             ("schedule lease-main/reaper", "deleted"),
             ("schedule group lease-main", "deleted"),
             ("lambda function lease-main-reaper", "deleted"),
+            ("log group /aws/lambda/lease-main-reaper", "deleted"),
             ("iam role lease-main-schedules", "deleted"),
             ("iam role lease-main-reaper-invoke", "deleted"),
             ("iam role lease-main-reaper", "deleted"),
@@ -1217,6 +1274,10 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
     let profiles = w.iam.list_instance_profiles().send().await.unwrap();
     assert!(profiles.instance_profiles().is_empty());
     assert_eq!(w.reaper_leftovers().await, Vec::<String>::new());
+    assert_eq!(
+        w.log_group_names().await,
+        ["/aws/lambda/someone-elses-function"]
+    );
     let settings: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(w.settings_path()).unwrap()).unwrap();
     assert_eq!(settings["stacks"].as_sequence().map(Vec::len), Some(0));

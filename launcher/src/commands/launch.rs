@@ -100,6 +100,16 @@ pub fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
     {
         return Err(Error::usage("--job must not be empty"));
     }
+    if let Some(slots) = args.slots {
+        // The config's default is 1: a file that says anything else said it on purpose.
+        let in_file = agent_config.max_concurrent_tasks;
+        if in_file != AgentConfig::default().max_concurrent_tasks && in_file != slots {
+            return Err(Error::usage(format!(
+                "--slots {slots} disagrees with 'max-concurrent-tasks: {in_file}' in --agent-config; give one"
+            )));
+        }
+        agent_config.max_concurrent_tasks = slots;
+    }
     let from_file = agent_config.task.take();
     if from_file.is_some() && args.task.is_given() {
         return Err(Error::usage(
@@ -1120,5 +1130,84 @@ mod tests {
             0,
             "three misses were read and waited out"
         );
+    }
+}
+
+#[cfg(test)]
+mod slots_tests {
+    use super::*;
+    use crate::cli::Cli;
+    use crate::fake::FakeCloud;
+    use clap::Parser;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            output: OutputFormat::Json,
+            yes: false,
+            color: false,
+            now: chrono::Utc::now(),
+        }
+    }
+
+    fn parse(extra: &[&str]) -> std::result::Result<LaunchArgs, clap::Error> {
+        let mut argv = vec!["lease", "launch", "-t", "t3.micro"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv)?.command {
+            crate::cli::Command::Launch(a) => Ok(*a),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The agent config a launch wrote into its user-data.
+    async fn launched_config(args: &LaunchArgs) -> Result<AgentConfig> {
+        let cloud = FakeCloud::new("us-east-1");
+        run(&cloud, &ctx(), args).await?;
+        let plans = cloud.launched.lock().unwrap();
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&plans[0].user_data).unwrap();
+        let content = doc["write_files"][0]["content"].as_str().unwrap();
+        Ok(AgentConfig::from_yaml(std::path::Path::new("user-data"), content).unwrap())
+    }
+
+    #[tokio::test]
+    async fn slots_become_the_agents_max_concurrent_tasks() {
+        let config = launched_config(&parse(&["--slots", "4"]).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(config.max_concurrent_tasks, 4);
+        let config = launched_config(&parse(&[]).unwrap()).await.unwrap();
+        assert_eq!(config.max_concurrent_tasks, 1, "one slot by default");
+    }
+
+    #[test]
+    fn slots_out_of_range_are_refused_naming_the_flag() {
+        for bad in ["0", "65", "many"] {
+            let err = parse(&["--slots", bad]).unwrap_err().to_string();
+            assert!(err.contains("--slots"), "{bad}: {err}");
+        }
+        assert!(parse(&["--slots", "64"]).is_ok());
+    }
+
+    #[tokio::test]
+    async fn slots_and_an_agent_config_that_disagree_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, "max-concurrent-tasks: 3\n").unwrap();
+        let file = path.to_str().unwrap();
+        let err = launched_config(&parse(&["--slots", "2", "--agent-config", file]).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("--slots 2")
+                && err.to_string().contains("max-concurrent-tasks: 3"),
+            "{err}"
+        );
+        // Agreeing, or the file alone, is fine.
+        for extra in [&["--slots", "3"][..], &[]] {
+            let mut argv = extra.to_vec();
+            argv.extend(["--agent-config", file]);
+            let config = launched_config(&parse(&argv).unwrap()).await.unwrap();
+            assert_eq!(config.max_concurrent_tasks, 3);
+        }
     }
 }

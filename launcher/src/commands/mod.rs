@@ -185,7 +185,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 (a.tasks_table, _) = crate::profile::tables(None, None, stack.as_ref());
             }
             let tables = AwsTables::new(&sdk);
-            logs::run(&AwsBucket::new(&sdk), &tables, &a, &mut std::io::stdout()).await
+            logs::run(
+                &AwsBucket::new(&sdk),
+                &tables,
+                &a,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .await
         }
         Command::Download(a) => {
             let mut a = a.clone();

@@ -9,7 +9,7 @@
 //! the send and the write keeps its newer state.
 
 use lease_common::layout::task_spec_key;
-use lease_common::messages::{MAX_SQS_BODY, MESSAGE_VERSION, Task, TaskPointer};
+use lease_common::messages::{MAX_SQS_BODY, MAX_TASK_SPEC, MESSAGE_VERSION, Task, TaskPointer};
 use serde::Serialize;
 
 use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
@@ -48,6 +48,14 @@ async fn body_for<Q: TaskQueue>(
     let json = task.to_json();
     if json.len() <= MAX_SQS_BODY {
         return Ok((json, None));
+    }
+    if json.len() > MAX_TASK_SPEC {
+        // An agent would dead-letter it unread: refuse it here, before anything is sent.
+        return Err(Error::usage(format!(
+            "task '{}' is {} bytes, more than a task may be ({MAX_TASK_SPEC}); put large inputs in S3 and have the task fetch them",
+            task.id,
+            json.len()
+        )));
     }
     let bucket = bucket.ok_or_else(|| {
         Error::usage(format!(

@@ -338,6 +338,7 @@ fn reaper_kind(resource: &str) -> &'static str {
         "Lambda function" => "lambda function",
         "schedule group" => "schedule group",
         "schedule" => "schedule",
+        "log group" => "log group",
         _ => "reaper",
     }
 }
