@@ -1150,7 +1150,16 @@ mod slots_tests {
     }
 
     fn parse(extra: &[&str]) -> std::result::Result<LaunchArgs, clap::Error> {
-        let mut argv = vec!["lease", "launch", "-t", "t3.micro"];
+        // With an agent package: without one, and on an image that does not carry the
+        // agent, a launch is refused.
+        let mut argv = vec![
+            "lease",
+            "launch",
+            "-t",
+            "t3.micro",
+            "--agent-bucket",
+            "agents",
+        ];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv)?.command {
             crate::cli::Command::Launch(a) => Ok(*a),
