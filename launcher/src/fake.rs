@@ -45,6 +45,8 @@ pub struct FakeCloud {
     pub types: BTreeMap<String, TypeInfo>,
     /// Images by id; any other is an Amazon Linux image with an 8 GiB root.
     pub images: BTreeMap<String, ImageInfo>,
+    /// SSM parameters by name; others answer as described at `parameter`.
+    pub params: BTreeMap<String, String>,
     /// SSM parameters read, in order.
     pub parameters_read: Mutex<Vec<String>>,
     /// Errors ("Code: message") RunInstances returns, first to last, before it
@@ -147,6 +149,9 @@ impl Cloud for FakeCloud {
     async fn parameter(&self, name: &str) -> Result<String> {
         self.check()?;
         self.parameters_read.lock().unwrap().push(name.to_string());
+        if let Some(v) = self.params.get(name) {
+            return Ok(v.clone());
+        }
         Ok(if name.contains("/deeplearning/") {
             "ami-dlami".into()
         } else {

@@ -85,6 +85,8 @@ async fn each_instance_carries_exactly_its_own_shell_task() {
             "lease-main-tasks",
             "--on-complete",
             "stop",
+            // Stop needs on-demand: EC2 cannot stop a one-time spot instance.
+            "--on-demand",
         ])
         .ok()
         .await;

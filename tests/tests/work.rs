@@ -935,8 +935,10 @@ async fn a_node_launched_with_two_slots_runs_two_tasks_at_once() {
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("--slots"), "{err}");
     }
+    // With an agent package to name: without one lease refuses to launch.
     let out = lease()
         .args(["launch", "-t", "t3.micro", "--slots", "2"])
+        .args(["--agent-bucket", "agents"])
         .ok()
         .await;
     let instance = out.trim().to_string();

@@ -173,6 +173,15 @@ pub async fn choose<C: Cloud>(cloud: &C, args: &LaunchArgs, terms: &LeaseTerms) 
     let info = cloud.type_info(&args.instance_type).await?;
     let choice = plan::default_image(&info);
     let (image_id, source) = match &args.ami {
+        // EC2's own placeholder for a parameter, resolved here so the image can be
+        // looked at (architecture, root device, whether it carries the agent).
+        Some(ami) if ami.starts_with("resolve:ssm:") => {
+            let param = &ami["resolve:ssm:".len()..];
+            (
+                cloud.parameter(param).await?,
+                format!("--ami, from {param}"),
+            )
+        }
         Some(ami) => (ami.clone(), "--ami".to_string()),
         None => {
             let ami = cloud.parameter(&choice.parameter).await?;
@@ -977,13 +986,28 @@ mod tests {
         run(&cloud, &ctx(), &bare_args(&["--ami", "ami-baked"]))
             .await
             .unwrap();
-        let plans = cloud.launched.lock().unwrap();
-        assert_eq!(plans[0].image_id, "ami-baked");
-        assert_eq!(install_step(&plans[0]), None);
+        let first = cloud.launched.lock().unwrap()[0].clone();
+        assert_eq!(first.image_id, "ami-baked");
+        assert_eq!(install_step(&first), None);
         assert!(
             cloud.parameters_read.lock().unwrap().is_empty(),
             "--ami reads no parameter"
         );
+        // EC2's placeholder for a parameter is resolved, so the image can be looked at.
+        let cloud = FakeCloud {
+            params: [("/team/leased-ami".to_string(), "ami-baked".to_string())].into(),
+            ..cloud
+        };
+        run(
+            &cloud,
+            &ctx(),
+            &bare_args(&["--ami", "resolve:ssm:/team/leased-ami"]),
+        )
+        .await
+        .unwrap();
+        let plans = cloud.launched.lock().unwrap();
+        assert_eq!(plans.last().unwrap().image_id, "ami-baked");
+        assert_eq!(install_step(plans.last().unwrap()), None);
     }
 
     #[tokio::test]
@@ -1213,6 +1237,8 @@ mod slots_tests {
     }
 
     fn parse(extra: &[&str]) -> std::result::Result<LaunchArgs, clap::Error> {
+        // With an agent package: without one, and on an image that does not carry the
+        // agent, a launch is refused.
         let mut argv = vec![
             "lease",
             "launch",
