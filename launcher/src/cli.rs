@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use lease_common::stack::ClaudeAuth;
 use lease_common::tags::Action;
 
 pub const EXIT_CODES: &str = "\
@@ -470,6 +471,12 @@ pub enum PolicyKind {
     Agent,
     /// Whoever runs `lease` (a person, or CI).
     Launcher,
+    /// The backstop reaper's Lambda execution role.
+    Reaper,
+    /// The role EventBridge Scheduler invokes the reaper with.
+    ReaperInvoke,
+    /// The role the targets of `lease schedule` run with.
+    Schedules,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -489,6 +496,10 @@ pub struct IamPolicyArgs {
     /// Limit the agent to these pools' queues (repeatable; default: every pool of the stack).
     #[arg(long = "pool")]
     pub pools: Vec<String>,
+    /// How Claude Code tasks authenticate (none, bedrock, api-key): what the agent's
+    /// policy adds for it (default: the stack's choice in your settings, else none).
+    #[arg(long, value_parser = parse_claude_auth)]
+    pub claude_auth: Option<ClaudeAuth>,
 }
 
 /// The stack whose schedule group holds the schedules.
@@ -573,6 +584,12 @@ pub struct SetupArgs {
     /// cannot deploy the reaper.
     #[arg(long)]
     pub no_backstop: bool,
+    /// How Claude Code tasks on the stack's nodes authenticate: none, bedrock (the
+    /// agents' role may invoke Anthropic models on Bedrock) or api-key (it may read the
+    /// key parameter `/lease/<stack>/anthropic-api-key`). Default: what the stack
+    /// was set up with, else none.
+    #[arg(long, value_parser = parse_claude_auth)]
+    pub claude_auth: Option<ClaudeAuth>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -583,6 +600,10 @@ pub struct TeardownArgs {
     /// Tear down even while managed instances of the stack still run.
     #[arg(long)]
     pub force: bool,
+}
+
+fn parse_claude_auth(s: &str) -> Result<ClaudeAuth, String> {
+    s.parse()
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

@@ -467,8 +467,11 @@ pub fn build(
         },
         // A `poweroff` from the agent's fallback path then ends the bill too.
         instance_initiated_shutdown_behavior: "terminate".into(),
-        tag_specifications: ["instance", "volume"]
+        // The spot request is tagged too: the launcher's policy lets RunInstances
+        // create it only with `lease:managed=true` in the request, like the instance.
+        tag_specifications: ["instance", "volume", "spot-instances-request"]
             .into_iter()
+            .filter(|r| !(args.on_demand && *r == "spot-instances-request"))
             .map(|r| TagSpec {
                 resource_type: r.into(),
                 tags: tags.clone(),
@@ -564,7 +567,7 @@ mod tests {
             .iter()
             .map(|t| t.resource_type.as_str())
             .collect();
-        assert_eq!(kinds, ["instance", "volume"]);
+        assert_eq!(kinds, ["instance", "volume", "spot-instances-request"]);
         assert_eq!(
             plan.tag_specifications[0],
             TagSpec {
@@ -589,6 +592,13 @@ mod tests {
         let terms = LeaseTerms::from_args(&a, false).unwrap();
         let plan = build(&a, &terms, resolved(), now()).unwrap();
         assert!(plan.instance_market_options.is_none());
+        // No spot request to tag.
+        let kinds: Vec<_> = plan
+            .tag_specifications
+            .iter()
+            .map(|t| t.resource_type.as_str())
+            .collect();
+        assert_eq!(kinds, ["instance", "volume"]);
         assert_eq!(
             plan.hibernation_options,
             Some(HibernationOptions { configured: true })

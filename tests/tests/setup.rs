@@ -119,6 +119,22 @@ impl World {
         )
     }
 
+    /// The bucket's lifecycle rule that aborts incomplete multipart uploads, read
+    /// through S3.
+    async fn abort_rule(&self) -> Option<aws_sdk_s3::types::LifecycleRule> {
+        let out = self
+            .s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .ok()?;
+        out.rules()
+            .iter()
+            .find(|r| r.id() == Some("lease-abort-incomplete-multipart-uploads"))
+            .cloned()
+    }
+
     async fn queue_url(&self, name: &str) -> Option<String> {
         self.sqs
             .get_queue_url()
@@ -252,6 +268,14 @@ impl World {
             .await
             .unwrap();
         s.insert("s3 tags".into(), format!("{:?}", tags.tag_set()));
+        let lifecycle = self
+            .s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap();
+        s.insert("s3 lifecycle".into(), format!("{:?}", lifecycle.rules()));
         let objects = self
             .s3
             .list_objects_v2()
@@ -726,6 +750,23 @@ async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
             .as_str(),
         "BucketOwnerEnforced"
     );
+    // Incomplete multipart uploads (an agent killed mid-upload) are aborted, not billed
+    // for ever.
+    let lifecycle = w.abort_rule().await.expect("the abort-multipart rule");
+    assert_eq!(lifecycle.status().as_str(), "Enabled");
+    assert_eq!(
+        lifecycle
+            .abort_incomplete_multipart_upload()
+            .unwrap()
+            .days_after_initiation(),
+        Some(2)
+    );
+    assert!(
+        lifecycle
+            .filter()
+            .is_none_or(|f| f.prefix().unwrap_or_default().is_empty()),
+        "{lifecycle:?}"
+    );
     let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
     let obj =
         w.s3.get_object()
@@ -1007,6 +1048,70 @@ async fn setup_corrects_what_differs_and_says_updated() {
     assert_eq!(
         w.queue_attributes("lease-main-pool-default").await["VisibilityTimeout"],
         "300"
+    );
+}
+
+/// The lifecycle rule is put back when removed, and the stack's Claude auth is
+/// recorded in the settings, granted on the agents' role, kept by a later setup that
+/// does not name it, and what `lease iam-policy agent` prints.
+#[tokio::test]
+async fn setup_restores_the_lifecycle_rule_and_grants_the_claude_auth() {
+    let w = world().await;
+    w.setup(&["--claude-auth", "bedrock"]).await;
+    let inline = || async {
+        document(
+            w.iam
+                .get_role_policy()
+                .role_name("lease-main-agent")
+                .policy_name("lease-agent-us-east-1")
+                .send()
+                .await
+                .unwrap()
+                .policy_document(),
+        )
+    };
+    let policy = inline().await;
+    assert!(
+        policy.to_string().contains("bedrock:InvokeModel"),
+        "{policy}"
+    );
+    let settings = std::fs::read_to_string(w.settings_path()).unwrap();
+    assert!(settings.contains("claude-auth: bedrock"), "{settings}");
+    let printed = json(&w.lease().args(["iam-policy", "agent"]).ok().await);
+    assert_eq!(policy, printed);
+
+    w.s3.delete_bucket_lifecycle()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    assert!(w.abort_rule().await.is_none());
+    let report = w.setup(&[]).await;
+    assert!(
+        outcomes(&report).contains(&("s3 bucket".into(), BUCKET.into(), "updated".into())),
+        "{report}"
+    );
+    assert!(w.abort_rule().await.is_some());
+    // Not named again: still bedrock.
+    assert_eq!(inline().await, policy);
+
+    w.setup(&["--claude-auth", "api-key"]).await;
+    let policy = inline().await.to_string();
+    assert!(!policy.contains("bedrock:"), "{policy}");
+    assert!(
+        policy.contains(":parameter/lease/main/anthropic-api-key"),
+        "{policy}"
+    );
+    let err = w
+        .lease()
+        .args(["setup", "--claude-auth", "openai"])
+        .output()
+        .await;
+    assert_eq!(err.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("'openai'"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
     );
 }
 

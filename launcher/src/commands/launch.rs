@@ -735,6 +735,7 @@ mod tests {
             instance_profile: "lease-main-agent".into(),
             agent_packages: vec![],
             reaper_function_arn: None,
+            claude_auth: Default::default(),
         }
     }
 

@@ -201,7 +201,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             download::run(&AwsBucket::new(&sdk), &ctx, &a).await
         }
-        Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
+        Command::IamPolicy(a) => iam_policy::run(&cloud, a, &crate::profile::default_path()?).await,
         Command::Schedule(a) => {
             schedule::run(&cloud, &crate::scheduler::AwsSchedules::new(&sdk), &ctx, a).await
         }

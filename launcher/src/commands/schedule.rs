@@ -19,7 +19,7 @@ use crate::commands::launch::{LocalInputs, agent_source, read_local};
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
 use crate::plan::{self, Resolved};
-use crate::schedule::{self, PUBLISH_TARGET, RUN_INSTANCES_TARGET};
+use crate::schedule;
 use crate::scheduler::{NewSchedule, Schedules};
 use crate::{submit, userdata};
 
@@ -164,7 +164,7 @@ async fn create<C: Cloud, S: Schedules>(
                     input.len()
                 )));
             }
-            ("submit", PUBLISH_TARGET.to_string(), input)
+            ("submit", schedule::publish_target(&at.partition), input)
         }
         Prepared::Launch(launch) => {
             let (a, local) = *launch;
@@ -192,7 +192,11 @@ async fn create<C: Cloud, S: Schedules>(
             let plan = plan::build(&a, &local.terms, resolved, ctx.now)?;
             let token = schedule::client_token(&group, &args.name);
             let input = schedule::run_instances_input(&plan, &token)?.to_string();
-            ("launch", RUN_INSTANCES_TARGET.to_string(), input)
+            (
+                "launch",
+                schedule::run_instances_target(&at.partition),
+                input,
+            )
         }
     };
     if !schedules.group_exists(&group).await? {

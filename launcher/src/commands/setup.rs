@@ -207,8 +207,14 @@ pub async fn run<C: Cloud>(
         .as_ref()
         .map(|s| s.pools.keys().cloned().collect())
         .unwrap_or_default();
+    // The choice stays what an earlier setup made unless the flag changes it.
+    let claude_auth = args
+        .claude_auth
+        .or_else(|| previous.as_ref().map(|p| p.claude_auth))
+        .unwrap_or_default();
     let wanted = Wanted {
         pools: plan::pools(&args.pools, &existing_pools),
+        claude_auth,
         stack,
         at,
     };

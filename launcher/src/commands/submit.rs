@@ -492,6 +492,7 @@ mod destination_tests {
             instance_profile: "lease-main-agent".into(),
             agent_packages: vec![],
             reaper_function_arn: None,
+            claude_auth: Default::default(),
         }
     }
 
