@@ -50,9 +50,13 @@ fn record_or_check(
     fake: &FakeAnthropic,
 ) -> String {
     let port = fake.endpoint.rsplit(':').next().unwrap().to_string();
+    // Claude Code also names the directory in its project folder, '/' and '.' as '-'.
+    let encoded = |p: &str| p.replace(['/', '.'], "-");
+    let here = workdir.display().to_string();
     let normal = session
         .stdout
-        .replace(&workdir.display().to_string(), FIXTURE_WORKDIR)
+        .replace(&here, FIXTURE_WORKDIR)
+        .replace(&encoded(&here), &encoded(FIXTURE_WORKDIR))
         .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:8080");
     let path = fixture(name);
     if std::env::var_os("LEASE_RECORD_CLAUDE").is_some() {
