@@ -116,11 +116,28 @@ async fn mock_mode_runs_the_same_pipeline() {
     plane.wait_queue_empty(LIMIT, &agent).await;
 }
 
-/// Appends a line to `runs` each time it starts, so the test counts runs on disk.
+/// Appends a line to `runs` each time it starts, so the test counts runs on disk. The
+/// task runs as the task user, so the file is made writable for it beforehand.
 fn counted(id: &str, runs: &Path, rest: &str) -> Task {
+    use std::os::unix::fs::PermissionsExt;
+    if !runs.exists() {
+        std::fs::write(runs, "").unwrap();
+        std::fs::set_permissions(runs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let mut t = shell(id, &format!("echo run >> '{}'; {rest}", runs.display()));
     t.bundle = Some("out".into());
     t
+}
+
+/// A directory in `tmp` every user may write to (with the sticky bit, as /tmp), for
+/// files a task (running as the task user) leaves for the test.
+fn shared_dir(tmp: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    lease_tests::agent::let_task_user_in(tmp);
+    let dir = tmp.join("shared");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
 }
 
 fn lines(path: &Path) -> usize {
@@ -327,7 +344,7 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
     let (first, imds1) = plane.instance().await;
     let (second, imds2) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let marker = tmp.path().join("first-attempt-ran");
+    let marker = shared_dir(tmp.path()).join("first-attempt-ran");
     let mut task = shell(
         "spot-1",
         &format!(
@@ -756,4 +773,79 @@ async fn a_docker_task_runs_through_the_worker() {
         })
         .await;
     plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+/// Shell and Docker tasks see who they are in `LEASE_*` variables, and run as the task
+/// user; read back from their bundles in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_know_who_they_are_from_their_environment() {
+    let plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let agent = plane.agent(
+        &imds,
+        &dir,
+        "max-concurrent-tasks: 2\nnode-id: node-7\ntask-env:\n  FROM_THE_STACK: yes please\n",
+    );
+    let shell_task = shell(
+        "env-shell",
+        "env | grep -E '^(LEASE_|FROM_THE_STACK=)' | sort > env.txt; id -un > user.txt",
+    );
+    let docker_task = Task::new(
+        "env-docker",
+        TaskSpec::Docker(lease_common::messages::DockerSpec {
+            image: probe_image(),
+            args: vec!["env".into()],
+            env: BTreeMap::new(),
+            gpus: None,
+        }),
+    );
+    plane.send(&shell_task.to_json()).await;
+    plane.send(&docker_task.to_json()).await;
+    let read = |files: &BTreeMap<String, Vec<u8>>, name: &str| {
+        String::from_utf8(files.get(name).cloned().unwrap_or_default()).unwrap()
+    };
+    for (id, bundle_dir) in [
+        (
+            "env-shell",
+            leased::work::statefile::workdir(&dir.join("state"), "env-shell")
+                .display()
+                .to_string(),
+        ),
+        ("env-docker", "/out".to_string()),
+    ] {
+        plane.wait_for_state(id, "complete", LIMIT, &agent).await;
+        let files = plane
+            .bundle(
+                &layout::bundle_prefix(&instance, id),
+                &layout::manifest_key(&instance, id),
+            )
+            .await;
+        let env = read(&files, "env.txt");
+        let mut want = vec![
+            format!("LEASE_ATTEMPT=1"),
+            format!("LEASE_BUNDLE_DIR={bundle_dir}"),
+            format!("LEASE_INSTANCE_ID={instance}"),
+            format!("LEASE_NODE_ID=node-7"),
+            format!("LEASE_TASK_ID={id}"),
+        ];
+        if id == "env-shell" {
+            want.insert(0, "FROM_THE_STACK=yes please".to_string());
+        }
+        let mut got: Vec<&str> = env.lines().collect();
+        got.sort_unstable();
+        want.sort();
+        assert_eq!(got, want, "{id}: {env}\n{}", agent.logs());
+    }
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "env-shell"),
+            &layout::manifest_key(&instance, "env-shell"),
+        )
+        .await;
+    assert_eq!(
+        read(&files, "user.txt").trim(),
+        lease_common::session::DEFAULT_TASK_USER
+    );
 }
