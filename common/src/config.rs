@@ -389,6 +389,28 @@ mod tests {
     }
 
     #[test]
+    fn the_task_user_socket_and_environment_are_checked() {
+        let c = parse("task-user: builder\ntmux-socket: /run/leased/t/s\ntask-env:\n  A_1: x y\n")
+            .unwrap();
+        assert_eq!(c.task_user, "builder");
+        assert_eq!(c.task_env.get("A_1").map(String::as_str), Some("x y"));
+        for (yaml, key, why) in [
+            ("task-user: '-u root'\n", "task-user", "user name"),
+            ("task-user: ''\n", "task-user", "user name"),
+            ("tmux-socket: run/s\n", "tmux-socket", "absolute"),
+            ("task-env:\n  A-B: x\n", "task-env", "\"A-B\""),
+            (
+                "task-env:\n  LEASE_TASK_ID: x\n",
+                "task-env",
+                "LEASE_TASK_ID",
+            ),
+        ] {
+            let err = parse(yaml).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
     fn nonsense_values_name_the_key() {
         let err = parse("heartbeat-interval: 0s\n").unwrap_err().to_string();
         assert!(err.contains("heartbeat-interval"), "{err}");
