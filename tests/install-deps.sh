@@ -6,7 +6,8 @@
 #   - socat: the boot test's forwarders into the guest's network namespace;
 #   - lintian and dpkg-dev: checking the .deb and its shared-library dependencies;
 #   - zip, unzip and binutils: the reaper's Lambda package and its glibc check;
-#   - cargo-deb, pinned, built from source with its lockfile: the .deb itself.
+#   - cargo-deb, pinned, built from source with its lockfile: the .deb itself;
+#   - the task user `lease`, which the agent runs tasks as.
 #
 #   tests/install-deps.sh        (as root, or with sudo available)
 set -eu
@@ -39,6 +40,19 @@ else
 fi
 # Installing openssh-server starts sshd on a machine that runs systemd; the tests run
 # their own sshd on a free port and need nothing from the system one.
+
+# The unprivileged user the agent runs tasks as (lease-common's DEFAULT_TASK_USER), as
+# the agent's package creates it; in the docker group (when Docker is installed) so
+# its Docker tasks reach the engine.
+task_user=lease
+if ! getent passwd "$task_user" >/dev/null; then
+	log "creating the task user $task_user"
+	$sudo useradd --system --create-home --shell /bin/bash "$task_user"
+fi
+if getent group docker >/dev/null && ! id -nG "$task_user" | tr ' ' '\n' | grep -qx docker; then
+	log "adding $task_user to the docker group"
+	$sudo usermod -aG docker "$task_user"
+fi
 
 if cargo deb --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
 	log "cargo-deb $CARGO_DEB_VERSION present"

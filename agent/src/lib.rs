@@ -70,9 +70,9 @@ pub struct RunOptions {
     pub config_file: Option<PathBuf>,
     /// The command-line layer, applied again on reload.
     pub overrides: config::Overrides,
-    /// Test-only: run tasks on this private tmux server (`tmux -L`) instead of the
-    /// default one, so tests running side by side do not see each other's sessions.
-    pub tmux_socket: Option<String>,
+    /// `LEASED_TMUX_SOCKET`: the tmux server's socket path over the config's
+    /// `tmux-socket` (tests running side by side each use their own).
+    pub tmux_socket: Option<PathBuf>,
 }
 
 /// Runs the daemon until the lease ends or `shutdown` resolves.

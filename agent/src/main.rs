@@ -157,8 +157,7 @@ async fn run(cli: Cli) -> ExitCode {
                 config,
                 config_file: file,
                 overrides,
-                // Test-only override, see RunOptions::tmux_socket.
-                tmux_socket: std::env::var("LEASED_TMUX_SOCKET").ok(),
+                tmux_socket: std::env::var_os("LEASED_TMUX_SOCKET").map(PathBuf::from),
             };
             match leased::run(opts, signals()).await {
                 Ok(Outcome::Stopped(_)) => ExitCode::SUCCESS,

@@ -100,6 +100,20 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// The control socket lives here.
     pub runtime_dir: PathBuf,
+    /// The unprivileged user every task runs as (its tmux server too). Claude Code
+    /// refuses `bypassPermissions` as root, and a task should not hold root's power
+    /// over the machine. Used when the agent runs as root; an agent running as any
+    /// other user runs tasks as itself.
+    pub task_user: String,
+    /// The tmux server's socket (`tmux -S`), so the agent never shares a server with
+    /// a tmux someone else started and `lease attach` finds it by path. Its directory
+    /// is created for the task user.
+    pub tmux_socket: PathBuf,
+    /// Variables set for every task, over the explicit environment the agent gives it
+    /// (`PATH`, `HOME`, `USER`, `LANG`, the `LEASE_*` variables). Tasks never inherit
+    /// the agent's or the tmux server's environment.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub task_env: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for AgentConfig {
@@ -128,6 +142,9 @@ impl Default for AgentConfig {
             claude: ClaudeConfig::default(),
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             runtime_dir: PathBuf::from(DEFAULT_RUNTIME_DIR),
+            task_user: crate::session::DEFAULT_TASK_USER.to_string(),
+            tmux_socket: PathBuf::from(crate::session::DEFAULT_TMUX_SOCKET),
+            task_env: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -247,6 +264,29 @@ impl AgentConfig {
         if self.max_concurrent_tasks == 0 {
             return bad("max-concurrent-tasks", "must be at least 1");
         }
+        if !is_user_name(&self.task_user) {
+            return bad(
+                "task-user",
+                "must be a user name: letters, digits, '_', '-' or '.', not starting with '-'",
+            );
+        }
+        if !self.tmux_socket.is_absolute() {
+            return bad("tmux-socket", "must be an absolute path");
+        }
+        if let Some(name) = self.task_env.keys().find(|k| !is_variable_name(k)) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "task-env",
+                reason: format!("{name:?} is not a variable name (letters, digits, '_')"),
+            });
+        }
+        if let Some(name) = self.task_env.keys().find(|k| k.starts_with("LEASE_")) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: "task-env",
+                reason: format!("{name:?}: the LEASE_* variables are the agent's to set"),
+            });
+        }
         for (key, v) in [
             ("idle.cpu-percent", self.idle.cpu_percent),
             ("idle.gpu-percent", self.idle.gpu_percent),
@@ -285,6 +325,22 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+/// A name `useradd` accepts: no shell or option metacharacters reach `runuser`.
+pub fn is_user_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// A name a POSIX shell can `export`.
+pub fn is_variable_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    matches!(bytes.next(), Some(b) if b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 #[cfg(test)]
@@ -330,6 +386,28 @@ mod tests {
         assert!(err.contains("/etc/leased/config.yaml"), "{err}");
         let err = parse("idle:\n  cpu: 3\n").unwrap_err().to_string();
         assert!(err.contains("cpu"), "{err}");
+    }
+
+    #[test]
+    fn the_task_user_socket_and_environment_are_checked() {
+        let c = parse("task-user: builder\ntmux-socket: /run/leased/t/s\ntask-env:\n  A_1: x y\n")
+            .unwrap();
+        assert_eq!(c.task_user, "builder");
+        assert_eq!(c.task_env.get("A_1").map(String::as_str), Some("x y"));
+        for (yaml, key, why) in [
+            ("task-user: '-u root'\n", "task-user", "user name"),
+            ("task-user: ''\n", "task-user", "user name"),
+            ("tmux-socket: run/s\n", "tmux-socket", "absolute"),
+            ("task-env:\n  A-B: x\n", "task-env", "\"A-B\""),
+            (
+                "task-env:\n  LEASE_TASK_ID: x\n",
+                "task-env",
+                "LEASE_TASK_ID",
+            ),
+        ] {
+            let err = parse(yaml).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(why), "{yaml}: {err}");
+        }
     }
 
     #[test]

@@ -299,6 +299,9 @@ pub enum EventKind {
         cost_usd: Option<f64>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         turns: Option<u32>,
+        /// Tools a Claude task asked for and was refused, by name.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        permission_denials: Vec<String>,
     },
     TaskFailed {
         #[serde(default, skip_serializing_if = "Option::is_none")]

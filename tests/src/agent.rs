@@ -22,7 +22,7 @@ pub struct Agent {
     pub dir: PathBuf,
     pub env: Vec<(String, String)>,
     pub config: PathBuf,
-    socket: String,
+    socket: PathBuf,
     runs: u32,
 }
 
@@ -70,12 +70,13 @@ impl Agent {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("config.yaml");
         std::fs::write(&config, yaml).unwrap();
-        let socket = format!("lease-test-{}", socket_name(dir));
+        let_task_user_in(dir);
+        let socket = dir.join("tmux").join("socket");
         let mut env = moto.env();
         env.extend(imds.env());
         // Belt and braces: the agent refuses a poweroff outside systemd anyway.
         env.push(("LEASED_NEVER_POWER_OFF".into(), "1".into()));
-        env.push(("LEASED_TMUX_SOCKET".into(), socket.clone()));
+        env.push(("LEASED_TMUX_SOCKET".into(), socket.display().to_string()));
         // The call log's component, and the instance the agent's calls come from (what
         // `ec2:SourceInstanceARN` would be on EC2).
         env.push((
@@ -184,7 +185,9 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::process::Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
@@ -195,17 +198,17 @@ impl Drop for Agent {
     }
 }
 
-/// A tmux socket name unique to the agent's directory.
-fn socket_name(dir: &Path) -> String {
-    dir.display()
-        .to_string()
-        .chars()
-        .filter(char::is_ascii_alphanumeric)
-        .collect::<String>()
-        .chars()
-        .rev()
-        .take(16)
-        .collect()
+/// Tasks run as the task user, which must reach the agent's directories: a test's
+/// temporary directory is private to root, so its folders from the system's
+/// temporary directory down are opened for traversal (not listing).
+pub fn let_task_user_in(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).unwrap();
+    let tmp = std::env::temp_dir();
+    for folder in dir.ancestors().filter(|a| a.starts_with(&tmp) && *a != tmp) {
+        let mode = std::fs::metadata(folder).unwrap().permissions().mode();
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(mode | 0o711)).unwrap();
+    }
 }
 
 fn spawn(env: &[(String, String)], config: &Path, dir: &Path, run: u32) -> Child {

@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 pub mod agent;
+pub mod anthropic;
 pub mod bins;
+pub mod claude;
 pub mod imds;
 pub mod lambda_api;
 pub mod moto;

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -15,33 +15,49 @@ use lease_common::config::AgentConfig;
 use lease_common::messages::{ClaudeSpec, DockerSpec, ShellSpec, Task, TaskSpec};
 use lease_tests::{Moto, wait_until};
 use leased::run::{
-    Exit, Launch, LogTail, OutputParser, RunError, Runner, SdkEcr, Summary, TmuxRunner, runner_dir,
+    Exit, Launch, LogTail, OutputParser, RunError, Runner, SdkEcr, TmuxRunner, runner_dir,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
 const EVERY: Duration = Duration::from_millis(20);
 const REGION: &str = "eu-west-1";
-/// Replayed by the stand-in `claude`; the parser's unit test reads the same file.
+/// Replayed by the stand-in `claude`: a session recorded from the real CLI
+/// (tests/tests/claude_cli.rs); the parser's unit tests read the same file.
 const CLAUDE_SESSION: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../agent/src/run/testdata/claude-stream.jsonl"
+    "/../agent/src/run/testdata/claude/write.jsonl"
 );
 
-/// A private tmux server for one test (`tmux -L`), killed at the end with its panes.
+/// A private tmux server for one test (`tmux -S`, in a directory of its own that
+/// the runner creates), killed at the end with its panes.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
+    /// A server the test may start itself (its directory exists, the test's own).
     fn new(test: &str) -> Self {
+        let tmux = Self::for_the_runner(test);
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(tmux.socket.parent().unwrap())
+            .unwrap();
+        tmux
+    }
+
+    /// A server whose directory the runner creates (for the task user).
+    fn for_the_runner(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("lease-test-{}-{test}", std::process::id()));
         Self {
-            socket: format!("lease-test-{}-{test}", std::process::id()),
+            socket: dir.join("tmux"),
         }
     }
 
     fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("tmux");
-        c.arg("-L").arg(&self.socket).args(args).env_remove("TMUX");
+        c.arg("-S").arg(&self.socket).args(args).env_remove("TMUX");
         c
     }
 
@@ -80,6 +96,9 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.output(&["kill-server"]);
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -101,11 +120,20 @@ async fn ecr_at(endpoint: &str) -> SdkEcr {
 }
 
 /// `bash -l` reads the login profile from HOME; the test's own (an empty directory)
-/// keeps the developer's profile out of the task's output.
+/// keeps the developer's profile out of the task's output. These tests are about
+/// tmux and the wrapper, so tasks run as the test's own user; the task user has
+/// tests of its own (and every task of the agent's end-to-end tests runs as it).
 async fn runner(tmux: &Tmux, config: &AgentConfig, home: &Path) -> TmuxRunner {
     TmuxRunner::new(config, REGION.into(), Arc::new(unused_ecr().await))
         .with_socket(&tmux.socket)
+        .with_task_user(own_user())
         .with_env("HOME", home.display().to_string())
+}
+
+/// The user the tests run as.
+fn own_user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 fn launch(dir: &Path, id: &str, spec: TaskSpec) -> Launch {
@@ -115,6 +143,7 @@ fn launch(dir: &Path, id: &str, spec: TaskSpec) -> Launch {
         task: Task::new(id, spec),
         workdir,
         log_path: dir.join("logs").join(format!("{id}.log")),
+        env: Vec::new(),
     }
 }
 
@@ -199,6 +228,94 @@ async fn a_shell_task_keeps_its_first_line_and_exit_status() {
     assert!(!runner_dir(&l.workdir).exists());
     assert!(tmux.has_session("bystander"));
     assert!(r.live_sessions().await.unwrap().is_empty());
+}
+
+/// As root, the runner runs the task (and its tmux server) as the task user, with
+/// only the environment it gives: the server's own variables, set when it started,
+/// never reach the task.
+#[tokio::test]
+async fn a_task_runs_as_the_task_user_with_only_the_environment_it_is_given() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmux = Tmux::for_the_runner("user");
+    let tmp = tempfile::tempdir().unwrap();
+    // The task user must be able to reach its workdir and log.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let passwd = Command::new("getent")
+        .args(["passwd", lease_common::session::DEFAULT_TASK_USER])
+        .output()
+        .unwrap();
+    let passwd = String::from_utf8(passwd.stdout).unwrap();
+    let fields: Vec<&str> = passwd.trim().split(':').collect();
+    assert_eq!(
+        fields.len(),
+        7,
+        "the task user is missing: run tests/install-deps.sh"
+    );
+    let (uid, home) = (fields[2], fields[5]);
+
+    let mut config = AgentConfig::default();
+    config
+        .task_env
+        .insert("STACK_SETTING".into(), "from the stack".into());
+    let r = TmuxRunner::new(&config, REGION.into(), Arc::new(unused_ecr().await))
+        .with_socket(&tmux.socket);
+    let mut l = launch(
+        tmp.path(),
+        "who",
+        shell("id -u > whoami; env | sort > env; echo written"),
+    );
+    l.env = vec![("LEASE_TASK_ID".into(), "who".into())];
+    r.start(&l).await.unwrap();
+    assert_eq!(wait_exit(&r, &l).await, Exit::Code(0));
+    // A later task on the same server, started while a stale variable is in the
+    // server's environment, still gets only what the runner gives.
+    let set = tmux.output(&["set-environment", "-g", "STALE", "left over"]);
+    assert!(set.status.success(), "{set:?}");
+    let mut l2 = launch(tmp.path(), "who2", shell("env | sort > env"));
+    l2.env = vec![("LEASE_TASK_ID".into(), "who2".into())];
+    r.start(&l2).await.unwrap();
+    assert_eq!(wait_exit(&r, &l2).await, Exit::Code(0));
+
+    assert_eq!(
+        std::fs::read_to_string(l.workdir.join("whoami"))
+            .unwrap()
+            .trim(),
+        uid
+    );
+    // Read back through the file system: the files the task made are the user's.
+    assert_eq!(
+        std::fs::metadata(l.workdir.join("env"))
+            .unwrap()
+            .uid()
+            .to_string(),
+        uid
+    );
+    let server = Command::new("stat")
+        .args(["-c", "%u"])
+        .arg(&tmux.socket)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(server.stdout).unwrap().trim(), uid);
+    for (task, env_file) in [("who", &l.workdir), ("who2", &l2.workdir)] {
+        let env = std::fs::read_to_string(env_file.join("env")).unwrap();
+        let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+        assert_eq!(vars.get("LEASE_TASK_ID"), Some(&task), "{env}");
+        assert_eq!(vars.get("HOME"), Some(&home), "{env}");
+        assert_eq!(
+            vars.get("USER"),
+            Some(&lease_common::session::DEFAULT_TASK_USER)
+        );
+        assert_eq!(vars.get("STACK_SETTING"), Some(&"from the stack"), "{env}");
+        assert!(
+            vars["PATH"].starts_with(&format!("{home}/.local/bin:")),
+            "{env}"
+        );
+        for absent in ["STALE", "TMUX", "LEASE_MOTO_SERVER", "CARGO"] {
+            assert!(!vars.contains_key(absent), "{absent} leaked: {env}");
+        }
+    }
+    r.cleanup("who", &l.workdir).await.unwrap();
+    r.cleanup("who2", &l2.workdir).await.unwrap();
 }
 
 #[tokio::test]
@@ -392,35 +509,21 @@ async fn a_claude_task_runs_with_its_options_and_parses_into_lines_and_a_summary
 
     let mut parser = OutputParser::for_spec(&spec);
     let lines: Vec<String> = log_lines(&l).iter().flat_map(|x| parser.push(x)).collect();
-    let cwd = "/var/lib/leased/tasks/fix-readme/work";
+    let cwd = "/var/lib/leased/tasks/t1/work";
     assert_eq!(
-        lines,
-        vec![
-            format!(
-                "[claude] session 7f9c1e52-3b1a-4c8e-9d2f-5a6b7c8d9e0f started: model claude-sonnet-4-5-20250929, in {cwd}"
-            ),
-            "I'll look at the README first.".into(),
-            "[tool] Bash: ls -la".into(),
-            format!("[tool] Read: {cwd}/README.md"),
-            "[tool error] File does not exist.".into(),
-            "There is no README yet; I'll write one.".into(),
-            "".into(),
-            "It will describe the project in two lines.".into(),
-            format!("[tool] Write: {cwd}/README.md"),
-            "Done: README.md now describes the project.".into(),
-            "[result] success, 4 turns, $0.0421".into(),
+        lines[1..],
+        [
+            format!("[tool] Write: {cwd}/hello.txt"),
+            "I wrote hello.txt.".into(),
+            "[result] success, 2 turns, $0.0016".into(),
             "[lease] task ended: exit status 0".into(),
         ]
     );
-    assert_eq!(
-        parser.summary(),
-        Summary {
-            result: Some("Done: README.md now describes the project.".into()),
-            cost_usd: Some(0.042_135_5),
-            turns: Some(4),
-            is_error: false,
-        }
-    );
+    assert!(lines[0].starts_with("[claude] session "), "{lines:?}");
+    let summary = parser.summary();
+    assert_eq!(summary.result.as_deref(), Some("I wrote hello.txt."));
+    assert_eq!(summary.turns, Some(2));
+    assert!(!summary.failed());
 }
 
 /// A FROM-scratch image holding one static program (tests/fixtures/docker-probe.c),
@@ -562,7 +665,8 @@ async fn bad_launches_are_refused_by_name_and_start_nothing() {
         REGION.into(),
         Arc::new(ecr_at(&refused).await),
     )
-    .with_socket(&tmux.socket);
+    .with_socket(&tmux.socket)
+    .with_task_user(own_user());
     let mut spec = DockerSpec {
         image: "123456789012.dkr.ecr.us-east-1.amazonaws.com/trainer:1".into(),
         args: Vec::new(),

@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -90,116 +90,6 @@ async fn a_shell_task_leaves_its_bundle_log_and_record_and_its_message_goes() {
     assert!(node.item().is_some(), "{}", agent.logs());
 }
 
-/// A stand-in `claude` on PATH: it reads the prompt and replays a recorded session.
-fn fake_claude(dir: &Path) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../agent/src/run/testdata/claude-stream.jsonl")
-        .canonicalize()
-        .unwrap();
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    let script = bin.join("claude");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\ncat > /dev/null\necho '# fix-readme' > README.md\ncat '{}'\n",
-            fixture.display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    bin
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claude_task_reports_its_output_and_its_result() {
-    let mut plane = Plane::new().await;
-    let (_instance, imds) = plane.instance().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let bin = fake_claude(tmp.path());
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let agent = plane.agent_with(
-        &imds,
-        &tmp.path().join("agent"),
-        "",
-        &[("PATH".into(), path)],
-    );
-    plane
-        .send(r#"{"v":1,"id":"claude-1","kind":"claude","prompt":"Write a README"}"#)
-        .await;
-    let done = plane
-        .wait_event("TaskCompleted", LIMIT, |e| {
-            matches!(&e.kind, EventKind::TaskCompleted { task_id, .. } if task_id == "claude-1")
-        })
-        .await;
-    match done.kind {
-        EventKind::TaskCompleted {
-            exit_code,
-            result,
-            cost_usd,
-            turns,
-            ..
-        } => {
-            assert_eq!(exit_code, 0);
-            assert_eq!(
-                result.as_deref(),
-                Some("Done: README.md now describes the project.")
-            );
-            assert_eq!(cost_usd, Some(0.0421355));
-            assert_eq!(turns, Some(4));
-        }
-        other => panic!("{other:?}"),
-    }
-    // Every output line reaches the bus (events may land in any order).
-    plane
-        .wait_event("the session's last text", LIMIT, |e| {
-            matches!(&e.kind, EventKind::TaskOutput { task_id, lines, .. }
-                if task_id == "claude-1"
-                    && lines.iter().any(|l| l.contains("Done: README.md now describes the project.")))
-        })
-        .await;
-    plane.drain_events().await;
-    let events = plane.events_of("claude-1");
-    assert!(
-        events
-            .iter()
-            .any(|e| matches!(e.kind, EventKind::TaskStarted { attempt: 1, .. })),
-        "{events:?}"
-    );
-    let output: Vec<String> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::TaskOutput { lines, .. } => Some(lines.clone()),
-            _ => None,
-        })
-        .flatten()
-        .collect();
-    let text = output.join("\n");
-    assert!(text.contains("I'll look at the README first."), "{text}");
-    assert!(
-        text.contains("Done: README.md now describes the project."),
-        "{text}"
-    );
-    let mut seqs: Vec<u64> = events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::TaskOutput { seq, .. } => Some(*seq),
-            _ => None,
-        })
-        .collect();
-    // The bus may reorder; `seq` puts them back: 0, 1, 2, … without gaps or repeats.
-    seqs.sort_unstable();
-    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
-    plane
-        .wait_for_state("claude-1", "complete", LIMIT, &agent)
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mock_mode_runs_the_same_pipeline() {
     let mut plane = Plane::new().await;
@@ -226,11 +116,28 @@ async fn mock_mode_runs_the_same_pipeline() {
     plane.wait_queue_empty(LIMIT, &agent).await;
 }
 
-/// Appends a line to `runs` each time it starts, so the test counts runs on disk.
+/// Appends a line to `runs` each time it starts, so the test counts runs on disk. The
+/// task runs as the task user, so the file is made writable for it beforehand.
 fn counted(id: &str, runs: &Path, rest: &str) -> Task {
+    use std::os::unix::fs::PermissionsExt;
+    if !runs.exists() {
+        std::fs::write(runs, "").unwrap();
+        std::fs::set_permissions(runs, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
     let mut t = shell(id, &format!("echo run >> '{}'; {rest}", runs.display()));
     t.bundle = Some("out".into());
     t
+}
+
+/// A directory in `tmp` every user may write to (with the sticky bit, as /tmp), for
+/// files a task (running as the task user) leaves for the test.
+fn shared_dir(tmp: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    lease_tests::agent::let_task_user_in(tmp);
+    let dir = tmp.join("shared");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    dir
 }
 
 fn lines(path: &Path) -> usize {
@@ -437,7 +344,7 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
     let (first, imds1) = plane.instance().await;
     let (second, imds2) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
-    let marker = tmp.path().join("first-attempt-ran");
+    let marker = shared_dir(tmp.path()).join("first-attempt-ran");
     let mut task = shell(
         "spot-1",
         &format!(
@@ -1113,4 +1020,77 @@ async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over()
         .map(|e| e.instance_id.as_str())
         .collect();
     assert_eq!(ends, [second.as_str()], "only the holder reports an end");
+/// Shell and Docker tasks see who they are in `LEASE_*` variables, and run as the task
+/// user; read back from their bundles in S3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_know_who_they_are_from_their_environment() {
+    let plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let agent = plane.agent(
+        &imds,
+        &dir,
+        "max-concurrent-tasks: 2\nnode-id: node-7\ntask-env:\n  FROM_THE_STACK: yes please\n",
+    );
+    let shell_task = shell(
+        "env-shell",
+        "env | grep -E '^(LEASE_|FROM_THE_STACK=)' | sort > env.txt; id -un > user.txt",
+    );
+    let docker_task = Task::new(
+        "env-docker",
+        TaskSpec::Docker(lease_common::messages::DockerSpec {
+            image: probe_image(),
+            args: vec!["env".into()],
+            env: BTreeMap::new(),
+            gpus: None,
+        }),
+    );
+    plane.send(&shell_task.to_json()).await;
+    plane.send(&docker_task.to_json()).await;
+    let read = |files: &BTreeMap<String, Vec<u8>>, name: &str| {
+        String::from_utf8(files.get(name).cloned().unwrap_or_default()).unwrap()
+    };
+    for (id, bundle_dir) in [
+        (
+            "env-shell",
+            leased::work::statefile::workdir(&dir.join("state"), "env-shell")
+                .display()
+                .to_string(),
+        ),
+        ("env-docker", "/out".to_string()),
+    ] {
+        plane.wait_for_state(id, "complete", LIMIT, &agent).await;
+        let files = plane
+            .bundle(
+                &layout::bundle_prefix(&instance, id),
+                &layout::manifest_key(&instance, id),
+            )
+            .await;
+        let env = read(&files, "env.txt");
+        let mut want = vec![
+            format!("LEASE_ATTEMPT=1"),
+            format!("LEASE_BUNDLE_DIR={bundle_dir}"),
+            format!("LEASE_INSTANCE_ID={instance}"),
+            format!("LEASE_NODE_ID=node-7"),
+            format!("LEASE_TASK_ID={id}"),
+        ];
+        if id == "env-shell" {
+            want.insert(0, "FROM_THE_STACK=yes please".to_string());
+        }
+        let mut got: Vec<&str> = env.lines().collect();
+        got.sort_unstable();
+        want.sort();
+        assert_eq!(got, want, "{id}: {env}\n{}", agent.logs());
+    }
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "env-shell"),
+            &layout::manifest_key(&instance, "env-shell"),
+        )
+        .await;
+    assert_eq!(
+        read(&files, "user.txt").trim(),
+        lease_common::session::DEFAULT_TASK_USER
+    );
 }

@@ -120,7 +120,7 @@ fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String>
         "--name".into(),
         name.clone(),
         "-v".into(),
-        format!("{}:/out", workdir.display()),
+        format!("{}:{DOCKER_BUNDLE_DIR}", workdir.display()),
     ];
     for (k, v) in &d.env {
         if k.is_empty() || k.contains('=') {
@@ -139,6 +139,41 @@ fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String>
         argv,
         stdin: None,
     })
+}
+
+/// The directory a Docker task's bundle is mounted at inside its container.
+pub const DOCKER_BUNDLE_DIR: &str = "/out";
+
+/// Gives the task the variables that say who it is (`LEASE_*`): in the script's
+/// environment for a process, as `-e` options for a container (with the bundle
+/// directory as the container sees it). The task's own `env` comes after them, so
+/// `docker run` lets a task's explicit value win, as it does for a process.
+pub fn with_task_vars(mut plan: Plan, spec: &TaskSpec, vars: &[(String, String)]) -> Plan {
+    match spec {
+        TaskSpec::Docker(_) => {
+            // Right after the mount (`-v`, `<dir>:/out`), before the task's own `-e`.
+            let at = plan
+                .argv
+                .iter()
+                .position(|a| a == "-v")
+                .map_or(plan.argv.len(), |i| i + 2);
+            let options = vars.iter().flat_map(|(k, v)| {
+                let v = if k == "LEASE_BUNDLE_DIR" {
+                    DOCKER_BUNDLE_DIR
+                } else {
+                    v.as_str()
+                };
+                ["-e".to_string(), format!("{k}={v}")]
+            });
+            plan.argv.splice(at..at, options);
+        }
+        _ => {
+            let mut env = vars.to_vec();
+            env.append(&mut plan.env);
+            plan.env = env;
+        }
+    }
+    plan
 }
 
 /// The registry of an ECR image (`<account>.dkr.ecr.<region>.amazonaws.com[.cn]`),
@@ -284,6 +319,46 @@ mod tests {
             ]
         );
         assert_eq!(p.preamble, [["docker", "rm", "-f", "lease-d1"]]);
+    }
+
+    #[test]
+    fn task_vars_go_into_the_environment_or_the_container() {
+        let vars = vec![
+            ("LEASE_TASK_ID".to_string(), "d1".to_string()),
+            ("LEASE_BUNDLE_DIR".to_string(), "/tasks/d1/work".to_string()),
+        ];
+        let t = Task::new(
+            "d1",
+            TaskSpec::Docker(DockerSpec {
+                image: "img:1".into(),
+                args: Vec::new(),
+                env: BTreeMap::from([("A".into(), "1".into())]),
+                gpus: None,
+            }),
+        );
+        let p = plan(&t, Path::new("/tasks/d1/work"), &settings(false)).unwrap();
+        let p = with_task_vars(p, &t.spec, &vars);
+        assert_eq!(
+            p.argv[6..],
+            [
+                "-v",
+                "/tasks/d1/work:/out",
+                "-e",
+                "LEASE_TASK_ID=d1",
+                "-e",
+                "LEASE_BUNDLE_DIR=/out",
+                "-e",
+                "A=1",
+                "img:1"
+            ]
+        );
+        assert!(p.env.is_empty());
+
+        let t = claude_task(spec("hi"));
+        let p = plan(&t, Path::new("/w"), &settings(true)).unwrap();
+        let p = with_task_vars(p, &t.spec, &vars);
+        assert_eq!(p.env[..2], vars[..]);
+        assert_eq!(p.env[2].0, "CLAUDE_CODE_USE_BEDROCK");
     }
 
     #[test]

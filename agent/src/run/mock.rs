@@ -285,6 +285,7 @@ mod tests {
             task: Task::new("m1", spec),
             workdir,
             log_path: dir.join("logs/m1.log"),
+            env: Vec::new(),
         }
     }
 

@@ -32,6 +32,7 @@ mod parse;
 mod process;
 mod tail;
 mod tmux;
+mod user;
 mod wrapper;
 
 pub use batch::{OUTPUT_BATCH_BYTES, batch_lines};
@@ -41,6 +42,7 @@ pub use mock::{DEFAULT_MOCK_DURATION, MOCK_RESULT_FILE, MockRunner};
 pub use parse::{OutputParser, Summary};
 pub use tail::LogTail;
 pub use tmux::{TmuxRunner, session_name};
+pub use user::TaskUser;
 pub use wrapper::runner_dir;
 
 /// What the worker hands the runner to start a task.
@@ -53,6 +55,9 @@ pub struct Launch {
     pub workdir: PathBuf,
     /// Everything the program writes to its terminal is appended here.
     pub log_path: PathBuf,
+    /// Variables that tell the task who it is (`LEASE_TASK_ID`, …), set over the
+    /// runner's own.
+    pub env: Vec<(String, String)>,
 }
 
 /// How the program ended.

@@ -2,7 +2,7 @@
 
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
 use super::process::{self, Finished};
+use super::user::{TaskUser, merge_env};
 use super::wrapper::{
     self, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, log_complete, read_exit, runner_dir,
 };
@@ -44,10 +45,11 @@ pub fn session_name(task_id: &str) -> String {
 pub struct TmuxRunner {
     settings: Settings,
     ecr: Arc<dyn EcrLogin>,
-    /// `tmux -L <socket>`: a private server (tests). `None` is the default server, the
-    /// one `tmux attach` as root finds.
-    socket: Option<String>,
-    /// Set for every task on top of the agent's own environment.
+    /// `tmux -S <socket>`: the agent's own server, run as the task user.
+    socket: PathBuf,
+    /// Who tasks run as (when the agent is root).
+    user: String,
+    /// Set for every task over the base environment (the config's `task-env`).
     env: Vec<(String, String)>,
 }
 
@@ -73,8 +75,13 @@ impl TmuxRunner {
                 claude_program: "claude".into(),
             },
             ecr,
-            socket: None,
-            env: Vec::new(),
+            socket: config.tmux_socket.clone(),
+            user: config.task_user.clone(),
+            env: config
+                .task_env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
     }
 
@@ -85,26 +92,79 @@ impl TmuxRunner {
         self
     }
 
-    /// Sets `key=value` for every task, over the agent's environment (which a task
-    /// otherwise inherits): e.g. `HOME` for a unit that runs without one.
+    /// Sets `key=value` for every task, over the base environment (as `task-env` does).
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
         self
     }
 
-    /// Uses the tmux server on socket `name` (`tmux -L name`) instead of the default.
-    pub fn with_socket(mut self, name: impl Into<String>) -> Self {
-        self.socket = Some(name.into());
+    /// Uses the tmux server on socket `path` (`tmux -S path`) instead of the config's.
+    pub fn with_socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket = path.into();
         self
     }
 
+    async fn task_user(&self, session: &str) -> Result<TaskUser, RunError> {
+        TaskUser::resolve(&self.user)
+            .await
+            .map_err(|message| RunError::Command {
+                command: "getent passwd".into(),
+                session: session.to_string(),
+                message,
+            })
+    }
+
+    /// A tmux command on the agent's server, run as the task user: the server a
+    /// `new-session` starts is then that user's, and so is every task in it.
     async fn tmux(&self, session: &str, args: &[&str]) -> Result<Finished, RunError> {
-        let mut all: Vec<String> = Vec::new();
-        if let Some(socket) = &self.socket {
-            all.extend(["-L".to_string(), socket.clone()]);
-        }
+        let user = self.task_user(session).await?;
+        let mut all: Vec<String> = vec!["-S".into(), self.socket.display().to_string()];
         all.extend(args.iter().map(|a| a.to_string()));
-        process::run("tmux", &all, session, None, TMUX_LIMIT).await
+        let (program, all) = user.command("tmux", &all);
+        process::run(&program, &all, session, None, TMUX_LIMIT).await
+    }
+
+    /// The socket's directory, private to the task user (tmux refuses a socket
+    /// others can reach). Only a directory the agent creates is given to the user: a
+    /// socket configured in a shared directory such as `/tmp` must not hand it over.
+    fn prepare_socket_dir(&self, user: &TaskUser, task_id: &str) -> Result<(), RunError> {
+        let Some(dir) = self.socket.parent() else {
+            return Ok(());
+        };
+        let fail = |source| RunError::File {
+            task_id: task_id.to_string(),
+            path: dir.to_path_buf(),
+            source,
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if user.switch && m.uid() != user.uid => Err(RunError::NotStarted {
+                task_id: task_id.to_string(),
+                reason: format!(
+                    "the tmux socket's directory '{}' belongs to uid {}, not to the task \
+                     user '{}': give tmux-socket a directory of its own",
+                    dir.display(),
+                    m.uid(),
+                    user.name
+                ),
+            }),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                if let Some(parent) = dir.parent() {
+                    std::fs::create_dir_all(parent).map_err(fail)?;
+                }
+                std::fs::create_dir(dir).map_err(fail)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(fail)?;
+                user.give(dir).map_err(fail)
+            }
+            Err(e) => Err(fail(e)),
+        }
+    }
+
+    /// Runs tasks as `name` instead of the config's `task-user`.
+    pub fn with_task_user(mut self, name: impl Into<String>) -> Self {
+        self.user = name.into();
+        self
     }
 
     async fn has_session(&self, session: &str) -> Result<bool, RunError> {
@@ -197,8 +257,12 @@ impl TmuxRunner {
         ]
         .map(String::from)
         .to_vec();
+        // As the task user, whose `docker run` then finds the login in its own
+        // ~/.docker/config.json.
+        let user = self.task_user(&session_name(task_id)).await?;
+        let (program, args) = user.command("docker", &args);
         let out = process::run(
-            "docker",
+            &program,
             &args,
             &session_name(task_id),
             Some(&creds.password),
@@ -221,7 +285,13 @@ impl TmuxRunner {
         };
         let plan =
             command::plan(&launch.task, &launch.workdir, &self.settings).map_err(not_started)?;
-        if let Some((bad, _)) = self.env.iter().find(|(k, _)| !is_shell_name(k)) {
+        let plan = command::with_task_vars(plan, &launch.task.spec, &launch.env);
+        if let Some((bad, _)) = self
+            .env
+            .iter()
+            .chain(&launch.env)
+            .find(|(k, _)| !is_shell_name(k))
+        {
             return Err(not_started(format!(
                 "the runner's environment has an invalid variable name {bad:?}"
             )));
@@ -253,6 +323,20 @@ impl TmuxRunner {
         if let Some(parent) = launch.log_path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| prepare(parent, e))?;
         }
+        // The task user's tmux writes the log, and the task its workdir and the
+        // runner's files (its pid and exit status).
+        let user = self.task_user(&session).await?;
+        self.prepare_socket_dir(&user, task_id)?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&launch.log_path)
+            .map_err(|e| prepare(&launch.log_path, e))?;
+        user.give(&launch.log_path)
+            .map_err(|e| prepare(&launch.log_path, e))?;
+        user.give_tree(&launch.workdir)
+            .map_err(|e| prepare(&launch.workdir, e))?;
+        user.give(&dir).map_err(|e| prepare(&dir, e))?;
 
         if let TaskSpec::Docker(d) = &launch.task.spec
             && let Some(registry) = ecr_registry(&d.image)
@@ -264,6 +348,7 @@ impl TmuxRunner {
             Some(text) => {
                 let path = dir.join(PROMPT);
                 write_private(&path, text).map_err(|e| prepare(&path, e))?;
+                user.give(&path).map_err(|e| prepare(&path, e))?;
                 Some(path)
             }
             None => None,
@@ -272,13 +357,15 @@ impl TmuxRunner {
             task_id: task_id.to_string(),
             dir: dir.clone(),
             workdir: launch.workdir.clone(),
-            env: self.env.iter().cloned().chain(plan.env).collect(),
+            env: merge_env(&[&user.base_env(), &self.env, &plan.env]),
             preamble: plan.preamble,
             argv: plan.argv,
             stdin,
         };
         let script_path = dir.join(SCRIPT);
         write_private(&script_path, &script.render()).map_err(|e| prepare(&script_path, e))?;
+        user.give(&script_path)
+            .map_err(|e| prepare(&script_path, e))?;
         let log_path = dir.join(LOG);
         std::fs::write(&log_path, launch.log_path.as_os_str().as_bytes())
             .map_err(|e| prepare(&log_path, e))?;
@@ -309,6 +396,10 @@ impl TmuxRunner {
                     "200",
                     "-y",
                     "50",
+                    // Nothing of the server's environment reaches the task: the script
+                    // exports all it gets.
+                    "env",
+                    "-i",
                     "sh",
                     &script_arg,
                     ";",
@@ -556,7 +647,8 @@ fn is_missing(stderr: &str) -> bool {
     .any(|m| stderr.contains(m))
 }
 
-/// Writes a file only root can read: a prompt or a script may hold secrets.
+/// Writes a file only its owner can read (root, then the task user it is given to):
+/// a prompt or a script may hold secrets.
 fn write_private(path: &PathBuf, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()

@@ -77,17 +77,16 @@ impl Running {
             .as_ref()
             .map(|s| s.uri(&layout::log_key(self.id())));
         let summary: Summary = self.parser.summary();
+        let failure = summary.failure();
         let (state, exit_code, reason) = match &end {
-            End::Exited(exit) if exit.success() && !summary.is_error => {
+            End::Exited(exit) if exit.success() && !summary.failed() => {
                 (TaskState::Complete, Some(exit.code()), None)
             }
-            End::Exited(exit) if exit.success() => (
+            // A Claude session that said why it failed: its words, not the exit status.
+            End::Exited(exit) if failure.is_some() => (
                 TaskState::Failed,
                 Some(exit.code()),
-                Some(format!(
-                    "claude reported an error: {}",
-                    summary.result.clone().unwrap_or_default()
-                )),
+                failure.as_ref().map(|why| format!("claude: {why}")),
             ),
             End::Exited(exit) => (
                 TaskState::Failed,
@@ -118,6 +117,7 @@ impl Running {
                 result: summary.result.clone(),
                 cost_usd: summary.cost_usd,
                 turns: summary.turns,
+                permission_denials: summary.permission_denials.clone(),
             }
         } else {
             EventKind::TaskFailed {

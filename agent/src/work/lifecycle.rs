@@ -187,6 +187,12 @@ impl Running {
             task: self.file.task.clone(),
             workdir: self.workdir(),
             log_path: self.log_path(),
+            env: task_env(
+                &self.file.task,
+                &self.workdir(),
+                &self.shared.settings.instance_id,
+                &self.shared.settings.node_id,
+            ),
         };
         if start == Start::Adopted {
             self.hide_message().await;
@@ -501,4 +507,22 @@ impl Running {
     pub(super) fn duration_secs(&self) -> f64 {
         (self.now() - self.file.started_at).num_milliseconds() as f64 / 1000.0
     }
+}
+
+/// The variables that tell a task who it is: its id and attempt, where its bundle is,
+/// and the instance and node running it, so a script can name its outputs, find its
+/// own checkpoint and log with its id.
+pub(super) fn task_env(
+    task: &lease_common::messages::Task,
+    workdir: &std::path::Path,
+    instance_id: &str,
+    node_id: &str,
+) -> Vec<(String, String)> {
+    vec![
+        ("LEASE_TASK_ID".into(), task.id.clone()),
+        ("LEASE_ATTEMPT".into(), task.attempt.to_string()),
+        ("LEASE_BUNDLE_DIR".into(), workdir.display().to_string()),
+        ("LEASE_INSTANCE_ID".into(), instance_id.to_string()),
+        ("LEASE_NODE_ID".into(), node_id.to_string()),
+    ]
 }
