@@ -32,6 +32,7 @@ use chrono::Utc;
 use lease_common::layout;
 use lease_common::messages::EventKind;
 use lease_common::tags;
+use lease_tests::imds::assume_role;
 use lease_tests::netns::NetNs;
 use lease_tests::nspawn::{self, Machine};
 use lease_tests::plane::{BUCKET, NODES_TABLE, Plane, TASKS_TABLE, shell};
@@ -236,7 +237,10 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
         "the user-data does not carry the package's digest"
     );
     let imds = FakeImds::for_instance(ec2.clone(), &instance).await;
-    imds.set_role("lease-agent", "AKIAIOSFODNN7EXAMPLE");
+    imds.set_role(
+        "lease-agent",
+        assume_role(&plane.moto, "lease-agent", &instance).await,
+    );
     eprintln!(
         "boot: instance {instance}, moto {moto_endpoint}, IMDS {}",
         imds.endpoint
@@ -376,7 +380,10 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let second = launch(&plane, dir.path()).await;
     let user_data = stored_user_data(&ec2, &second).await;
     let imds2 = FakeImds::for_instance(ec2.clone(), &second).await;
-    imds2.set_role("lease-agent", "AKIAIOSFODNN7EXAMPLE");
+    imds2.set_role(
+        "lease-agent",
+        assume_role(&plane.moto, "lease-agent", &second).await,
+    );
     let (mut m2, _ns2) = seeded_machine(&base, &second, &user_data, &imds2, &moto_endpoint);
     tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
     let status = cloud_init_status(&m2);

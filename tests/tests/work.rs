@@ -1020,6 +1020,8 @@ async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over()
         .map(|e| e.instance_id.as_str())
         .collect();
     assert_eq!(ends, [second.as_str()], "only the holder reports an end");
+}
+
 /// Shell and Docker tasks see who they are in `LEASE_*` variables, and run as the task
 /// user; read back from their bundles in S3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
