@@ -132,6 +132,32 @@ impl Moto {
         aws_sdk_ec2::Client::new(&self.sdk_config().await)
     }
 
+    /// Puts a stand-in agent package for both architectures, with the digest `lease
+    /// setup` records beside it, into `bucket` (created if missing): what `lease
+    /// launch --agent-bucket` needs when the test starts the instance's agent itself and
+    /// nothing boots to install it.
+    pub async fn stage_agent_packages(&self, bucket: &str) {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&self.sdk_config().await)
+                .force_path_style(true)
+                .build(),
+        );
+        // An existing bucket (another test's staging) is fine.
+        let _ = s3.create_bucket().bucket(bucket).send().await;
+        for arch in ["amd64", "arm64"] {
+            let body = format!("stand-in agent package for {arch}").into_bytes();
+            let digest = lease_common::manifest::sha256_bytes(&body);
+            s3.put_object()
+                .bucket(bucket)
+                .key(lease_common::layout::agent_deb_key(lease_common::VERSION, arch))
+                .metadata(lease_common::layout::AGENT_SHA256_METADATA, digest)
+                .body(body.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("PutObject to {bucket}: {e:?}"));
+        }
+    }
+
     /// Launches one instance directly through EC2 (not through lease), with these tags set
     /// by RunInstances itself; no tags makes an instance lease does not manage.
     pub async fn run_instance(&self, tags: &[(&str, &str)]) -> String {

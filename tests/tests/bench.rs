@@ -45,6 +45,7 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 async fn launch(moto: &Moto, ttl: &str) -> String {
+    moto.stage_agent_packages("agents").await;
     let out = Cmd::new("lease", &moto.env())
         .args([
             "launch",

@@ -67,6 +67,7 @@ fn pairs(stdout: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn each_instance_carries_exactly_its_own_shell_task() {
     let moto = Moto::start();
+    moto.stage_agent_packages("agents").await;
     let out = lease(&moto)
         .args(["launch", "-t", "t3.micro"])
         .args(AGENT)
@@ -125,6 +126,7 @@ async fn each_instance_carries_exactly_its_own_shell_task() {
 #[tokio::test]
 async fn a_docker_task_keeps_image_gpus_env_and_args_and_json_names_the_task() {
     let moto = Moto::start();
+    moto.stage_agent_packages("agents").await;
     // moto has no Deep Learning AMI parameter: the Amazon Linux image stands in.
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk_config().await);
     let ami = ssm
@@ -173,6 +175,7 @@ async fn a_docker_task_keeps_image_gpus_env_and_args_and_json_names_the_task() {
 #[tokio::test]
 async fn a_task_launch_without_a_bucket_or_too_large_launches_nothing() {
     let moto = Moto::start();
+    moto.stage_agent_packages("agents").await;
     let (code, err) = lease(&moto)
         .args(["launch", "-t", "t3.micro", "--shell", "make"])
         .fails()
