@@ -206,6 +206,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     if let Some(why) = nspawn::missing_prerequisites() {
         panic!("{why}");
     }
+    assert!(
+        std::process::Command::new("socat")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "socat is missing: run tests/install-deps.sh"
+    );
     let deb = deb_under_test();
     let deb_bytes = std::fs::read(&deb).unwrap();
     let mut plane = Plane::new().await;
