@@ -254,7 +254,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let (mut m, _ns) = seeded_machine(&base, &instance, &user_data, &imds, &moto_endpoint);
     let ready = tokio::task::block_in_place(|| {
         let started = Instant::now();
-        m.boot(BOOT_LIMIT);
+        let state = m.boot(BOOT_LIMIT);
+        assert_eq!(
+            state,
+            "running",
+            "failed units: {}",
+            m.text(&["systemctl", "--failed", "--no-legend"])
+        );
         poll("leased.service to become active", LIMIT, || {
             let s = m.unit_property("leased", "ActiveState");
             (s == "active").then_some(())
@@ -385,7 +391,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let imds2 = FakeImds::for_instance(ec2.clone(), &second).await;
     imds2.set_role("lease-agent", "AKIAIOSFODNN7EXAMPLE");
     let (mut m2, _ns2) = seeded_machine(&base, &second, &user_data, &imds2, &moto_endpoint);
-    tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
+    let state = tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
+    // cloud-final fails with the install, and says so to systemd too.
+    assert_eq!(state, "degraded");
+    assert_eq!(
+        m2.text(&["systemctl", "is-failed", "cloud-final"]),
+        "failed"
+    );
     let status = cloud_init_status(&m2);
     assert!(
         status.contains("status: error"),
