@@ -494,6 +494,48 @@ except subprocess.CalledProcessError:
         );
     }
 
+    /// A fresh instance profile or role can take seconds to work: transient failures
+    /// are retried a bounded number of times, a wrong digest never.
+    #[test]
+    fn transient_failures_are_retried_a_few_times_and_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(&python(
+            Path::new("python3"),
+            dir.path(),
+            r#"
+ia.time.sleep = lambda s: print("slept", s)
+tries = []
+def flaky():
+    tries.append(1)
+    if len(tries) < 3:
+        raise ia.Transient("HTTP 403")
+    return "ok"
+print(ia.retrying(flaky))
+def never():
+    raise ia.Transient("HTTP 503")
+try:
+    ia.retrying(never, attempts=2)
+except ia.Transient as e:
+    print("gave up:", e)
+def wrong():
+    tries.append(1)
+    raise ia.Failure("sha256 differs")
+tries = []
+try:
+    ia.retrying(wrong)
+except ia.Failure as e:
+    print("refused after", len(tries), "try:", e)
+"#,
+        ));
+        assert_eq!(
+            out,
+            "install-agent: HTTP 403; trying again in 5s\nslept 5\n\
+             install-agent: HTTP 403; trying again in 10s\nslept 10\nok\n\
+             install-agent: HTTP 503; trying again in 5s\nslept 5\ngave up: HTTP 503\n\
+             refused after 1 try: sha256 differs\n"
+        );
+    }
+
     #[test]
     fn the_architecture_is_named_as_debian_names_it() {
         let dir = tempfile::tempdir().unwrap();
