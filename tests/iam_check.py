@@ -8,8 +8,8 @@ The emulator enforces no IAM, so this is the proof that the policies cover the c
 1. The call log (tests/src/recorder.rs, one JSON line a call, written when the tests ran
    with LEASE_AWS_CALL_LOG) names each call's component by the SDK's `app/<name>`
    user-agent token, which the harness sets to the binary (and `lease`'s subcommand):
-   `lease.<command>` is the launcher (`lease.setup` and `lease.teardown` are an
-   administrator's and not checked), `leased.<instance-id>` the agent on that instance,
+   `lease.<command>` is the launcher (`lease.setup`, `lease.teardown` and the
+   diagnostic `lease.doctor` are not part of its policy and not checked), `leased.<instance-id>` the agent on that instance,
    `bootstrap` the reaper. The test's own reads carry no token and are not checked.
 2. Each call becomes the IAM action(s) it needs and the resource ARN(s) it acts on:
    the action is the API's own name, except the few documented exceptions in
@@ -77,7 +77,10 @@ NO_PERMISSION = {"sts:GetCallerIdentity"}
 ASSUMED_KEY_PREFIXES = ("aws:resourcetag/", "ssm:resourcetag/")
 
 # The component of each app token, and the policy `lease iam-policy` prints for it.
-ADMIN_COMMANDS = {"lease.setup", "lease.teardown"}
+# `setup` and `teardown` are an administrator's; `doctor` reads what it diagnoses
+# (queue attributes, the role's policy, the reaper) with whatever the caller holds,
+# and says which checks it could not make: none is part of the launcher's policy.
+ADMIN_COMMANDS = {"lease.setup", "lease.teardown", "lease.doctor"}
 
 
 def component(app):
