@@ -750,10 +750,12 @@ async fn iam_policy_names_the_callers_account_and_confines_the_agent() {
         !mutating.is_empty(),
         "the agent must be able to end its instance"
     );
+    // The signing instance's ARN must equal the target's (`${ec2:InstanceID}` is the
+    // target instance's id).
     for s in mutating {
         assert_eq!(
-            s["Resource"],
-            serde_json::json!(["arn:aws:ec2:us-east-1:123456789012:instance/${ec2:InstanceID}"]),
+            s["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"],
+            "arn:aws:ec2:us-east-1:123456789012:instance/${ec2:InstanceID}",
             "{s}"
         );
     }
