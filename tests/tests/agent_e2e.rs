@@ -29,7 +29,7 @@ async fn launch(moto: &Moto, args: &[&str]) -> String {
         .args(["launch", "--instance-type", "t3.micro", "--yes"])
         // Where the agent package is, as `lease setup` records it: without one lease
         // refuses to launch an image that does not carry the agent.
-        .args(["--agent-bucket", "agents"])
+        .args(["--agent-bucket", moto.agent_packages().await])
         .args(args)
         .ok()
         .await;

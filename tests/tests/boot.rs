@@ -236,7 +236,9 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
         "the user-data does not carry the package's digest"
     );
     let imds = FakeImds::for_instance(ec2.clone(), &instance).await;
-    imds.set_role("lease-agent", "AKIAIOSFODNN7EXAMPLE");
+    // The instance profile's credentials, as EC2 serves them: the role assumed in moto.
+    let credentials = lease_tests::imds::assume_role(&plane.moto, "lease-agent", &instance).await;
+    imds.set_role("lease-agent", credentials);
     eprintln!(
         "boot: instance {instance}, moto {moto_endpoint}, IMDS {}",
         imds.endpoint
@@ -376,7 +378,8 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let second = launch(&plane, dir.path()).await;
     let user_data = stored_user_data(&ec2, &second).await;
     let imds2 = FakeImds::for_instance(ec2.clone(), &second).await;
-    imds2.set_role("lease-agent", "AKIAIOSFODNN7EXAMPLE");
+    let credentials = lease_tests::imds::assume_role(&plane.moto, "lease-agent", &second).await;
+    imds2.set_role("lease-agent", credentials);
     let (mut m2, _ns2) = seeded_machine(&base, &second, &user_data, &imds2, &moto_endpoint);
     tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
     let status = cloud_init_status(&m2);

@@ -33,13 +33,15 @@ async fn all_instances(moto: &Moto) -> Vec<aws_sdk_ec2::types::Instance> {
 
 /// Where the agent package is, as `lease setup` would record it: without one, and on
 /// an image that does not carry the agent, lease refuses to launch.
-const AGENT: [&str; 2] = ["--agent-bucket", "agents"];
+/// (`Moto::agent_packages` puts one there.)
+const AGENT: [&str; 2] = ["--agent-bucket", lease_tests::moto::AGENT_BUCKET];
 
 fn ids(stdout: &str) -> Vec<String> {
     stdout.lines().map(str::to_string).collect()
 }
 
 async fn launch(moto: &Moto, args: &[&str]) -> Vec<String> {
+    moto.agent_packages().await;
     ids(&lease(moto)
         .args(["launch", "--instance-type", "t3.micro"])
         .args(AGENT)
@@ -178,6 +180,7 @@ fn serde_yaml_ng_to_json(text: &str) -> serde_json::Value {
 #[tokio::test]
 async fn on_demand_launch_waits_until_running() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let out = lease(&moto)
         .args([
             "launch",
@@ -259,6 +262,7 @@ async fn without_a_region_flags_come_first_and_no_sdk_warning_shows() {
 #[tokio::test]
 async fn dry_run_shows_the_real_image_and_launches_nothing() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let out = lease(&moto)
         .args(["launch", "-t", "m7g.large", "--job", "j", "--dry-run"])
         .args(AGENT)
@@ -293,7 +297,19 @@ async fn no_agent_package_refuses_before_anything_launches() {
         .await;
     assert_eq!(code, 4, "{stderr}");
     assert!(
-        stderr.contains("No agent for this x86_64 instance"),
+        stderr.contains("no agent package for x86_64") && stderr.contains("nothing was launched"),
+        "{stderr}"
+    );
+    assert!(all_instances(&moto).await.is_empty());
+    // A bucket named but without the package: refused too, naming where it looked.
+    let (code, stderr) = lease(&moto)
+        .args(["launch", "-t", "t3.micro"])
+        .args(AGENT)
+        .fails()
+        .await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("s3://{}/agent/", lease_tests::moto::AGENT_BUCKET)),
         "{stderr}"
     );
     assert!(all_instances(&moto).await.is_empty());

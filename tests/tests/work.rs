@@ -845,7 +845,7 @@ async fn a_node_launched_with_two_slots_runs_two_tasks_at_once() {
     // With an agent package to name: without one lease refuses to launch.
     let out = lease()
         .args(["launch", "-t", "t3.micro", "--slots", "2"])
-        .args(["--agent-bucket", "agents"])
+        .args(["--agent-bucket", plane.moto.agent_packages().await])
         .ok()
         .await;
     let instance = out.trim().to_string();
@@ -1020,6 +1020,8 @@ async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over()
         .map(|e| e.instance_id.as_str())
         .collect();
     assert_eq!(ends, [second.as_str()], "only the holder reports an end");
+}
+
 /// Shell and Docker tasks see who they are in `LEASE_*` variables, and run as the task
 /// user; read back from their bundles in S3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
