@@ -12,6 +12,10 @@ use crate::recorder::{CALL_LOG_ENV, CallLog};
 
 pub const REGION: &str = "us-east-1";
 
+/// The bucket tests name with `--agent-bucket`, once [`Moto::agent_packages`] has put
+/// a stand-in agent package per architecture there.
+pub const AGENT_BUCKET: &str = "lease-test-agents";
+
 /// A running `moto_server`, killed when dropped. Each test gets its own, so tests run
 /// in parallel without seeing each other's instances.
 #[derive(Debug)]
@@ -132,32 +136,6 @@ impl Moto {
         aws_sdk_ec2::Client::new(&self.sdk_config().await)
     }
 
-    /// Puts a stand-in agent package for both architectures, with the digest `lease
-    /// setup` records beside it, into `bucket` (created if missing): what `lease
-    /// launch --agent-bucket` needs when the test starts the instance's agent itself and
-    /// nothing boots to install it.
-    pub async fn stage_agent_packages(&self, bucket: &str) {
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&self.sdk_config().await)
-                .force_path_style(true)
-                .build(),
-        );
-        // An existing bucket (another test's staging) is fine.
-        let _ = s3.create_bucket().bucket(bucket).send().await;
-        for arch in ["amd64", "arm64"] {
-            let body = format!("stand-in agent package for {arch}").into_bytes();
-            let digest = lease_common::manifest::sha256_bytes(&body);
-            s3.put_object()
-                .bucket(bucket)
-                .key(lease_common::layout::agent_deb_key(lease_common::VERSION, arch))
-                .metadata(lease_common::layout::AGENT_SHA256_METADATA, digest)
-                .body(body.into())
-                .send()
-                .await
-                .unwrap_or_else(|e| panic!("PutObject to {bucket}: {e:?}"));
-        }
-    }
-
     /// Launches one instance directly through EC2 (not through lease), with these tags set
     /// by RunInstances itself; no tags makes an instance lease does not manage.
     pub async fn run_instance(&self, tags: &[(&str, &str)]) -> String {
@@ -184,6 +162,32 @@ impl Moto {
             .instance_id()
             .expect("RunInstances returns an instance id")
             .to_string()
+    }
+
+    /// A stand-in agent package per architecture in [`AGENT_BUCKET`], with its sha256
+    /// recorded as `lease setup` records it, so `lease launch --agent-bucket` finds a
+    /// package to name in the user-data (these tests never boot it; tests/tests/boot.rs
+    /// installs a real one). Returns the bucket's name.
+    pub async fn agent_packages(&self) -> &'static str {
+        let s3 = lease_common::aws::s3_client(&self.sdk_config().await);
+        // Already there is fine: a test may call this more than once.
+        let _ = s3.create_bucket().bucket(AGENT_BUCKET).send().await;
+        for arch in ["amd64", "arm64"] {
+            let body = format!("stand-in leased package for {arch}\n").into_bytes();
+            let key = lease_common::layout::agent_deb_key(lease_common::VERSION, arch);
+            s3.put_object()
+                .bucket(AGENT_BUCKET)
+                .key(&key)
+                .metadata(
+                    lease_common::layout::AGENT_SHA256_METADATA,
+                    lease_common::manifest::sha256_bytes(&body),
+                )
+                .body(body.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("PutObject {key}: {e:?}"));
+        }
+        AGENT_BUCKET
     }
 
     /// One instance as DescribeInstances shows it: what tests assert on.

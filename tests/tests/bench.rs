@@ -45,7 +45,7 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 async fn launch(moto: &Moto, ttl: &str) -> String {
-    moto.stage_agent_packages("agents").await;
+    let agents = moto.agent_packages().await;
     let out = Cmd::new("lease", &moto.env())
         .args([
             "launch",
@@ -56,7 +56,7 @@ async fn launch(moto: &Moto, ttl: &str) -> String {
             ttl,
             // Without an agent package lease refuses to launch.
             "--agent-bucket",
-            "agents",
+            agents,
         ])
         .ok()
         .await;

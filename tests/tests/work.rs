@@ -843,10 +843,9 @@ async fn a_node_launched_with_two_slots_runs_two_tasks_at_once() {
         assert!(err.contains("--slots"), "{err}");
     }
     // With an agent package to name: without one lease refuses to launch.
-    plane.moto.stage_agent_packages("agents").await;
     let out = lease()
         .args(["launch", "-t", "t3.micro", "--slots", "2"])
-        .args(["--agent-bucket", "agents"])
+        .args(["--agent-bucket", plane.moto.agent_packages().await])
         .ok()
         .await;
     let instance = out.trim().to_string();
