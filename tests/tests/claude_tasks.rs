@@ -373,3 +373,62 @@ async fn a_stalled_session_times_out_and_keeps_its_partial_output() {
     let item = plane.task_item("cl-stall").await.unwrap();
     assert_eq!(text(&item, records::task::REASON), *reason);
 }
+
+/// Bedrock mode through the agent: `claude.bedrock: true` gives the CLI
+/// `CLAUDE_CODE_USE_BEDROCK=1` and the region; it signs with SigV4 and streams from
+/// `invoke-with-response-stream` in Bedrock's event-stream framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bedrock_session_completes_through_the_agent() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let file = workdir(&dir, "cl-bedrock").join("bedrock.txt");
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool(
+            "Write",
+            json!({"file_path": file, "content": "via bedrock\n"}),
+        ),
+        Reply::text("Written through Bedrock."),
+    ])
+    .await;
+    let mut yaml = "claude:\n  bedrock: true\ntask-env:\n".to_string();
+    for (k, v) in fake.bedrock_env(2) {
+        yaml.push_str(&format!("  {k}: {v:?}\n"));
+    }
+    let agent = plane.agent(&imds, &dir, &yaml);
+    let t = task("cl-bedrock", "Write bedrock.txt", |s| {
+        s.permission_mode = Some("acceptEdits".into());
+    });
+    plane.send(&t.to_json()).await;
+    let (_, end) = outcome(&mut plane, "cl-bedrock").await;
+    plane
+        .wait_for_state("cl-bedrock", "complete", LIMIT, &agent)
+        .await;
+    let EventKind::TaskCompleted { result, .. } = &end.kind else {
+        panic!("{end:?}\n{}", agent.logs());
+    };
+    assert_eq!(result.as_deref(), Some("Written through Bedrock."));
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "cl-bedrock"),
+            &layout::manifest_key(&instance, "cl-bedrock"),
+        )
+        .await;
+    assert_eq!(
+        files.get("bedrock.txt").map(Vec::as_slice),
+        Some(&b"via bedrock\n"[..])
+    );
+    // Every conversation request went to Bedrock's streaming action, signed.
+    let sent: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.conversation)
+        .collect();
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter()
+            .all(|r| r.sigv4 && r.path.ends_with("/invoke-with-response-stream")),
+        "{sent:?}"
+    );
+}
