@@ -432,3 +432,62 @@ async fn a_bedrock_session_completes_through_the_agent() {
         "{sent:?}"
     );
 }
+
+/// `claude.api-key-parameter`: the key is read from SSM with the agent's credentials
+/// when each Claude task starts (never in the config or user-data); a parameter that
+/// cannot be read fails the task, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_comes_from_the_ssm_parameter() {
+    let mut plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    let ssm = aws_sdk_ssm::Client::new(&plane.moto.sdk_config().await);
+    let name = "/lease/test/anthropic-api-key";
+    ssm.put_parameter()
+        .name(name)
+        .value(GOOD_KEY)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeAnthropic::start(vec![Reply::text("Hello with the stored key.")]).await;
+    let mut yaml = format!("claude:\n  api-key-parameter: {name}\ntask-env:\n");
+    for (k, v) in fake.claude_env("", 2) {
+        if k != "ANTHROPIC_API_KEY" {
+            yaml.push_str(&format!("  {k}: {v:?}\n"));
+        }
+    }
+    assert!(!yaml.contains(GOOD_KEY));
+    let agent = plane.agent(&imds, &tmp.path().join("agent"), &yaml);
+    let (t, _) = claude_task("cl-ssm", "Say hello");
+    plane.send(&t.to_json()).await;
+    let (_, end) = outcome(&mut plane, "cl-ssm").await;
+    plane
+        .wait_for_state("cl-ssm", "complete", LIMIT, &agent)
+        .await;
+    assert!(
+        matches!(&end.kind, EventKind::TaskCompleted { result, .. }
+            if result.as_deref() == Some("Hello with the stored key.")),
+        "{end:?}"
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.api_key.as_deref() == Some(GOOD_KEY))
+    );
+
+    ssm.delete_parameter().name(name).send().await.unwrap();
+    let (t, _) = claude_task("cl-ssm-gone", "Say hello");
+    plane.send(&t.to_json()).await;
+    let (_, end) = outcome(&mut plane, "cl-ssm-gone").await;
+    plane
+        .wait_for_state("cl-ssm-gone", "failed", LIMIT, &agent)
+        .await;
+    let EventKind::TaskFailed { reason, .. } = &end.kind else {
+        panic!("{end:?}");
+    };
+    assert!(
+        reason.contains(name) && reason.contains("API key"),
+        "{reason}"
+    );
+}
