@@ -77,6 +77,31 @@ async fn outcome(plane: &mut Plane, id: &str) -> (Vec<String>, Event) {
     (lines, end)
 }
 
+/// Prints a scenario's final event and record (shown with `--nocapture`), for the
+/// record of what each scenario ended as.
+async fn show(plane: &Plane, id: &str, end: &Event) {
+    let item = plane.task_item(id).await.unwrap_or_default();
+    let record: BTreeMap<&str, String> = [
+        records::task::STATE,
+        records::task::EXIT_CODE,
+        records::task::REASON,
+    ]
+    .iter()
+    .filter_map(|k| {
+        item.get(*k).map(|v| {
+            (
+                *k,
+                v.as_s().or_else(|_| v.as_n()).cloned().unwrap_or_default(),
+            )
+        })
+    })
+    .collect();
+    eprintln!(
+        "scenario {id}:\n  event: {:?}\n  record: {record:?}",
+        end.kind
+    );
+}
+
 async fn log_of(plane: &Plane, id: &str) -> String {
     String::from_utf8(plane.object(&layout::log_key(id)).await.expect("log in S3")).unwrap()
 }
@@ -151,6 +176,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-write", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-write", &end).await;
     match &end.kind {
         EventKind::TaskCompleted {
             result,
@@ -211,6 +237,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-turns", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-turns", &end).await;
     let EventKind::TaskFailed {
         reason, exit_code, ..
     } = &end.kind
@@ -228,6 +255,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-500", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-500", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };
@@ -244,6 +272,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-denied", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-denied", &end).await;
     let EventKind::TaskCompleted {
         permission_denials, ..
     } = &end.kind
@@ -271,6 +300,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-bypass", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-bypass", &end).await;
     assert!(
         matches!(end.kind, EventKind::TaskCompleted { .. }),
         "{end:?}"
@@ -306,6 +336,7 @@ async fn an_invalid_key_fails_the_task_with_its_retries_in_the_log() {
     plane
         .wait_for_state("cl-401", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-401", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };
@@ -352,6 +383,7 @@ async fn a_stalled_session_times_out_and_keeps_its_partial_output() {
     plane
         .wait_for_state("cl-stall", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-stall", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };
@@ -405,6 +437,7 @@ async fn a_bedrock_session_completes_through_the_agent() {
     plane
         .wait_for_state("cl-bedrock", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-bedrock", &end).await;
     let EventKind::TaskCompleted { result, .. } = &end.kind else {
         panic!("{end:?}\n{}", agent.logs());
     };
@@ -465,6 +498,7 @@ async fn the_api_key_comes_from_the_ssm_parameter() {
     plane
         .wait_for_state("cl-ssm", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-ssm", &end).await;
     assert!(
         matches!(&end.kind, EventKind::TaskCompleted { result, .. }
             if result.as_deref() == Some("Hello with the stored key.")),
@@ -483,6 +517,7 @@ async fn the_api_key_comes_from_the_ssm_parameter() {
     plane
         .wait_for_state("cl-ssm-gone", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-ssm-gone", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };

@@ -42,7 +42,12 @@ impl SecretStore for SdkSsm {
                 .await
                 .map_err(|e| SecretError::Read {
                     name: name.to_string(),
-                    message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                    // SSM's own words when it answered (ParameterNotFound, AccessDenied);
+                    // the whole chain for a transport failure.
+                    message: e.as_service_error().map_or_else(
+                        || aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+                        ToString::to_string,
+                    ),
                 })?;
             out.parameter()
                 .and_then(|p| p.value())
