@@ -293,7 +293,6 @@ async fn dry_run_shows_the_real_image_and_launches_nothing() {
 #[tokio::test]
 async fn no_agent_package_refuses_before_anything_launches() {
     let moto = Moto::start();
-    moto.agent_packages().await;
     let (code, stderr) = lease(&moto)
         .args(["launch", "-t", "t3.micro"])
         .fails()
