@@ -842,10 +842,28 @@ async fn a_node_launched_with_two_slots_runs_two_tasks_at_once() {
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("--slots"), "{err}");
     }
-    // With an agent package to name: without one lease refuses to launch.
+    // With an agent package in the bucket (launch reads only its digest): without one
+    // lease refuses to launch an image that does not carry the agent.
+    let package = b"stands for the agent package".to_vec();
+    plane
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(layout::agent_deb_key(
+            lease_common::VERSION,
+            layout::deb_arch("x86_64"),
+        ))
+        .metadata(
+            layout::AGENT_SHA256_METADATA,
+            lease_common::manifest::sha256_bytes(&package),
+        )
+        .body(package.into())
+        .send()
+        .await
+        .unwrap();
     let out = lease()
         .args(["launch", "-t", "t3.micro", "--slots", "2"])
-        .args(["--agent-bucket", "agents"])
+        .args(["--agent-bucket", BUCKET])
         .ok()
         .await;
     let instance = out.trim().to_string();
