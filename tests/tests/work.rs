@@ -945,7 +945,8 @@ async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over()
     let tmp = tempfile::tempdir().unwrap();
     // Claims of 6 s instead of 2 min, so the freeze outlasts one in seconds.
     let claim = [("LEASED_TEST_TASK_CLAIM".to_string(), "6s".to_string())];
-    let marker = tmp.path().join("first-copy-started");
+    // Where the task (running as the task user) may leave it.
+    let marker = shared_dir(tmp.path()).join("first-copy-started");
     let mut task = shell(
         "frozen-1",
         &format!(
