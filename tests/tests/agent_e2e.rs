@@ -24,7 +24,31 @@ const ONE_SECOND: TimeDelta = TimeDelta::seconds(1);
 /// How often the tests look at moto.
 const POLL: Duration = Duration::from_millis(50);
 
+/// What `lease setup --agent-deb` leaves in the bucket: a package for the architecture
+/// with its digest as metadata (launch reads only the digest, so any bytes do).
+async fn agent_package(moto: &Moto, bucket: &str) {
+    let s3 = lease_common::aws::s3_client(&moto.sdk_config().await);
+    // A second launch in the same moto finds the bucket there already.
+    let _ = s3.create_bucket().bucket(bucket).send().await;
+    let package = b"stands for the agent package".to_vec();
+    s3.put_object()
+        .bucket(bucket)
+        .key(lease_common::layout::agent_deb_key(
+            lease_common::VERSION,
+            lease_common::layout::deb_arch("x86_64"),
+        ))
+        .metadata(
+            lease_common::layout::AGENT_SHA256_METADATA,
+            lease_common::manifest::sha256_bytes(&package),
+        )
+        .body(package.into())
+        .send()
+        .await
+        .unwrap();
+}
+
 async fn launch(moto: &Moto, args: &[&str]) -> String {
+    agent_package(moto, "agents").await;
     let out = Cmd::new("lease", &moto.env())
         .args(["launch", "--instance-type", "t3.micro", "--yes"])
         // Where the agent package is, as `lease setup` records it: without one lease
