@@ -12,6 +12,10 @@ use crate::recorder::{CALL_LOG_ENV, CallLog};
 
 pub const REGION: &str = "us-east-1";
 
+/// The bucket tests name with `--agent-bucket`, once [`Moto::agent_packages`] has put
+/// a stand-in agent package per architecture there.
+pub const AGENT_BUCKET: &str = "lease-test-agents";
+
 /// A running `moto_server`, killed when dropped. Each test gets its own, so tests run
 /// in parallel without seeing each other's instances.
 #[derive(Debug)]
@@ -158,6 +162,32 @@ impl Moto {
             .instance_id()
             .expect("RunInstances returns an instance id")
             .to_string()
+    }
+
+    /// A stand-in agent package per architecture in [`AGENT_BUCKET`], with its sha256
+    /// recorded as `lease setup` records it, so `lease launch --agent-bucket` finds a
+    /// package to name in the user-data (these tests never boot it; tests/tests/boot.rs
+    /// installs a real one). Returns the bucket's name.
+    pub async fn agent_packages(&self) -> &'static str {
+        let s3 = lease_common::aws::s3_client(&self.sdk_config().await);
+        // Already there is fine: a test may call this more than once.
+        let _ = s3.create_bucket().bucket(AGENT_BUCKET).send().await;
+        for arch in ["amd64", "arm64"] {
+            let body = format!("stand-in leased package for {arch}\n").into_bytes();
+            let key = lease_common::layout::agent_deb_key(lease_common::VERSION, arch);
+            s3.put_object()
+                .bucket(AGENT_BUCKET)
+                .key(&key)
+                .metadata(
+                    lease_common::layout::AGENT_SHA256_METADATA,
+                    lease_common::manifest::sha256_bytes(&body),
+                )
+                .body(body.into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("PutObject {key}: {e:?}"));
+        }
+        AGENT_BUCKET
     }
 
     /// One instance as DescribeInstances shows it: what tests assert on.

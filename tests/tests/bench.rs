@@ -45,6 +45,7 @@ fn percentile(xs: &[f64], p: f64) -> f64 {
 }
 
 async fn launch(moto: &Moto, ttl: &str) -> String {
+    let agents = moto.agent_packages().await;
     let out = Cmd::new("lease", &moto.env())
         .args([
             "launch",
@@ -55,7 +56,7 @@ async fn launch(moto: &Moto, ttl: &str) -> String {
             ttl,
             // Without an agent package lease refuses to launch.
             "--agent-bucket",
-            "agents",
+            agents,
         ])
         .ok()
         .await;

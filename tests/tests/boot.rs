@@ -207,6 +207,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     if let Some(why) = nspawn::missing_prerequisites() {
         panic!("{why}");
     }
+    assert!(
+        std::process::Command::new("socat")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "socat is missing: run tests/install-deps.sh"
+    );
     let deb = deb_under_test();
     let deb_bytes = std::fs::read(&deb).unwrap();
     let mut plane = Plane::new().await;
@@ -251,7 +258,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let (mut m, _ns) = seeded_machine(&base, &instance, &user_data, &imds, &moto_endpoint);
     let ready = tokio::task::block_in_place(|| {
         let started = Instant::now();
-        m.boot(BOOT_LIMIT);
+        let state = m.boot(BOOT_LIMIT);
+        assert_eq!(
+            state,
+            "running",
+            "failed units: {}",
+            m.text(&["systemctl", "--failed", "--no-legend"])
+        );
         poll("leased.service to become active", LIMIT, || {
             let s = m.unit_property("leased", "ActiveState");
             (s == "active").then_some(())
@@ -385,7 +398,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
         assume_role(&plane.moto, "lease-agent", &second).await,
     );
     let (mut m2, _ns2) = seeded_machine(&base, &second, &user_data, &imds2, &moto_endpoint);
-    tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
+    let state = tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
+    // cloud-final fails with the install, and says so to systemd too.
+    assert_eq!(state, "degraded");
+    assert_eq!(
+        m2.text(&["systemctl", "is-failed", "cloud-final"]),
+        "failed"
+    );
     let status = cloud_init_status(&m2);
     assert!(
         status.contains("status: error"),

@@ -16,7 +16,8 @@ fn lease(moto: &Moto) -> Cmd {
 
 /// Where the agent package is, as `lease setup` would record it: without one, and on
 /// an image that does not carry the agent, lease refuses to launch.
-const AGENT: [&str; 2] = ["--agent-bucket", "agents"];
+/// (`Moto::agent_packages` puts one there.)
+const AGENT: [&str; 2] = ["--agent-bucket", lease_tests::moto::AGENT_BUCKET];
 
 fn tags(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
     i.tags()
@@ -67,6 +68,7 @@ fn pairs(stdout: &str) -> Vec<(String, String)> {
 #[tokio::test]
 async fn each_instance_carries_exactly_its_own_shell_task() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let out = lease(&moto)
         .args(["launch", "-t", "t3.micro"])
         .args(AGENT)
@@ -125,6 +127,7 @@ async fn each_instance_carries_exactly_its_own_shell_task() {
 #[tokio::test]
 async fn a_docker_task_keeps_image_gpus_env_and_args_and_json_names_the_task() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     // moto has no Deep Learning AMI parameter: the Amazon Linux image stands in.
     let ssm = aws_sdk_ssm::Client::new(&moto.sdk_config().await);
     let ami = ssm
@@ -173,6 +176,7 @@ async fn a_docker_task_keeps_image_gpus_env_and_args_and_json_names_the_task() {
 #[tokio::test]
 async fn a_task_launch_without_a_bucket_or_too_large_launches_nothing() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let (code, err) = lease(&moto)
         .args(["launch", "-t", "t3.micro", "--shell", "make"])
         .fails()
