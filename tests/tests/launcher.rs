@@ -753,10 +753,17 @@ async fn iam_policy_names_the_callers_account_and_confines_the_agent() {
         !mutating.is_empty(),
         "the agent must be able to end its instance"
     );
+    // (Resource is any instance of the account and region; the condition ties the
+    // call to the instance whose role credentials signed it.)
     for s in mutating {
         assert_eq!(
             s["Resource"],
-            serde_json::json!(["arn:aws:ec2:us-east-1:123456789012:instance/${ec2:InstanceID}"]),
+            serde_json::json!(["arn:aws:ec2:us-east-1:123456789012:instance/*"]),
+            "{s}"
+        );
+        assert_eq!(
+            s["Condition"]["ArnEquals"]["ec2:SourceInstanceARN"],
+            "arn:aws:ec2:us-east-1:123456789012:instance/${ec2:InstanceID}",
             "{s}"
         );
     }
