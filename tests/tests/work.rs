@@ -927,7 +927,13 @@ async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over()
     let tmp = tempfile::tempdir().unwrap();
     // Claims of 6 s instead of 2 min, so the freeze outlasts one in seconds.
     let claim = [("LEASED_TEST_TASK_CLAIM".to_string(), "6s".to_string())];
-    let marker = tmp.path().join("first-copy-started");
+    // The task runs as the task user: the marker goes where that user may write.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    for (dir, mode) in [(tmp.path(), 0o711), (shared.as_path(), 0o777)] {
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
+    let marker = shared.join("first-copy-started");
     let mut task = shell(
         "frozen-1",
         &format!(
