@@ -316,6 +316,10 @@ fn build_worker(
         if let Some(socket) = &opts.tmux_socket {
             tmux = tmux.with_socket(socket.clone());
         }
+        if let Some(name) = &config.claude.api_key_parameter {
+            let ssm = run::SdkSsm::new(aws_sdk_ssm::Client::new(sdk));
+            tmux = tmux.with_api_key_parameter(name.clone(), Arc::new(ssm));
+        }
         Arc::new(tmux)
     };
     let deps = work::WorkDeps {

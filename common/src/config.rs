@@ -188,6 +188,11 @@ pub struct ClaudeConfig {
     /// Default model when a task names none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// The SSM parameter (a SecureString) holding the Anthropic API key: read with the
+    /// instance role when a Claude task starts and given to it as `ANTHROPIC_API_KEY`,
+    /// so the key is never in user-data, tags or this file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_parameter: Option<String>,
 }
 
 impl AgentConfig {

@@ -101,6 +101,9 @@ pub enum Command {
     Setup(SetupArgs),
     /// Delete everything `lease setup` created for a stack, bucket contents included.
     Teardown(TeardownArgs),
+    /// Check that this account and region are ready for lease: credentials, region,
+    /// network, the stack's resources, the agent package, the reaper, permissions.
+    Doctor(DoctorArgs),
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -590,6 +593,16 @@ pub struct SetupArgs {
     /// was set up with, else none.
     #[arg(long, value_parser = parse_claude_auth)]
     pub claude_auth: Option<ClaudeAuth>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// Stack name (default: LEASE_STACK, the default stack of your settings, then `main`).
+    #[arg(long, env = "LEASE_STACK", hide_env_values = true)]
+    pub stack: Option<String>,
+    /// An instance type you mean to launch (repeatable), for the vCPU quota check.
+    #[arg(long = "type")]
+    pub instance_types: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -27,6 +27,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -39,6 +41,23 @@ TIMEOUT = 30
 
 class Failure(Exception):
     pass
+
+
+class Transient(Failure):
+    # Worth another try: a fresh instance profile can take seconds to reach IMDS,
+    # and a fresh role seconds to be allowed to read the bucket.
+    pass
+
+
+def retrying(step, attempts=6, pause=5):
+    for n in range(1, attempts + 1):
+        try:
+            return step()
+        except (Transient, urllib.error.URLError, OSError) as e:
+            if n == attempts:
+                raise
+            print("install-agent: %s; trying again in %ds" % (e, pause * n), flush=True)
+            time.sleep(pause * n)
 
 
 def imds(path, token):
@@ -61,7 +80,7 @@ def identity():
     instance = imds("meta-data/instance-id", token)
     roles = imds("meta-data/iam/security-credentials/", token).split()
     if not roles:
-        raise Failure("the instance has no instance profile: cannot read the agent package")
+        raise Transient("the instance has no instance profile (yet): cannot read the agent package")
     creds = json.loads(imds("meta-data/iam/security-credentials/" + roles[0], token))
     return region, instance, creds
 
@@ -83,7 +102,7 @@ def domain(region):
 
 
 def sign(method, url, region, service, creds, body=b"", headers=None, now=None):
-    """Returns the headers of a SigV4-signed request."""
+    # Returns the headers of a SigV4-signed request.
     u = urllib.parse.urlsplit(url)
     now = now or datetime.datetime.now(datetime.timezone.utc)
     amz_date = now.strftime("%Y%m%dT%H%M%SZ")
@@ -136,7 +155,7 @@ def download(bucket, key, region, creds, dest):
                 digest.update(chunk)
                 f.write(chunk)
     except urllib.error.HTTPError as e:
-        raise Failure("GET s3://%s/%s: HTTP %d %s" % (bucket, key, e.code, e.read()[:300]))
+        raise Transient("GET s3://%s/%s: HTTP %d %s" % (bucket, key, e.code, e.read()[:300]))
     return digest.hexdigest()
 
 
@@ -155,7 +174,7 @@ def tag_failed(region, instance, creds, reason):
 
 
 def machine_arch():
-    """Debian's name for this machine's architecture, as the package is named."""
+    # Debian's name for this machine's architecture, as the package is named.
     m = platform.machine()
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(m, m)
 
@@ -166,8 +185,8 @@ def run(*args):
 
 
 def create_task_user():
-    """The unprivileged user tasks run as, in the docker group when there is one
-    (what the package's postinst does on Debian)."""
+    # The unprivileged user tasks run as, in the docker group when there is one
+    # (what the package's postinst does on Debian).
     if subprocess.run(["getent", "passwd", TASK_USER], stdout=subprocess.DEVNULL).returncode != 0:
         run("useradd", "--system", "--user-group", "--create-home", "--home-dir",
             "/home/" + TASK_USER, "--shell", "/bin/bash", TASK_USER)
@@ -176,7 +195,7 @@ def create_task_user():
 
 
 def ar_members(data):
-    """The members of an ar archive (a .deb) as {name: bytes}."""
+    # The members of an ar archive (a .deb) as {name: bytes}.
     if data[:8] != b"!<arch>\n":
         raise Failure("the package is not a .deb (no ar header)")
     out, pos = {}, 8
@@ -190,9 +209,9 @@ def ar_members(data):
 
 
 def unpack_deb(deb, root="/"):
-    """Installs the .deb's files under root without dpkg: for images without it
-    (Amazon Linux). An existing config file is kept (cloud-init wrote it first); on any
-    error every file written is removed again. Returns the files written."""
+    # Installs the .deb's files under root without dpkg: for images without it
+    # (Amazon Linux). An existing config file is kept (cloud-init wrote it first); on any
+    # error every file written is removed again. Returns the files written.
     with open(deb, "rb") as f:
         members = ar_members(f.read())
     data = next((v for k, v in members.items() if k.startswith("data.tar")), None)
@@ -278,13 +297,13 @@ def main(argv):
         return 0
     region = instance = creds = None
     try:
-        region, instance, creds = identity()
+        region, instance, creds = retrying(identity)
         if machine_arch() != arch:
             raise Failure("this machine is %s but the package is for %s" % (machine_arch(), arch))
         work = tempfile.mkdtemp(prefix="lease-install-")
         try:
             deb = os.path.join(work, os.path.basename(key))
-            got = download(bucket, key, region, creds, deb)
+            got = retrying(lambda: download(bucket, key, region, creds, deb))
             if got != want:
                 raise Failure("s3://%s/%s has sha256 %s, expected %s: refusing to install it"
                               % (bucket, key, got, want))

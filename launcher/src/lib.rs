@@ -6,6 +6,7 @@ pub mod bucket;
 pub mod cli;
 pub mod cloud;
 pub mod commands;
+pub mod doctor;
 pub mod error;
 pub mod iam;
 pub mod logging;

@@ -461,6 +461,96 @@ mod script_tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("not a .deb"));
     }
 
+    /// The rest of the Amazon Linux branch, with the machine's programs recorded
+    /// instead of run (they would change this machine): tmux from dnf when missing, the
+    /// task user created, systemd reloaded; and when a step fails, the files written
+    /// are removed again.
+    #[test]
+    fn without_dpkg_the_install_fetches_tmux_creates_the_task_user_and_undoes_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(&python(
+            Path::new("python3"),
+            dir.path(),
+            r#"
+import subprocess
+calls, removed = [], []
+ia.shutil.which = lambda name: {"dnf": "/usr/bin/dnf"}.get(name)
+ia.unpack_deb = lambda deb: ["/usr/bin/leased", "/usr/lib/systemd/system/leased.service"]
+ia.os.remove = lambda path: removed.append(path)
+class Done:
+    def __init__(self, code): self.returncode = code
+ia.subprocess.run = lambda args, **kw: Done(2)
+def run(*args):
+    calls.append(" ".join(args))
+    if fail and args[0] == "systemctl":
+        raise subprocess.CalledProcessError(1, args)
+ia.run = run
+fail = False
+ia.install("/tmp/x.deb")
+for c in calls: print("ran", c)
+fail, calls = True, []
+try:
+    ia.install("/tmp/x.deb")
+    print("no failure")
+except subprocess.CalledProcessError:
+    for r in removed: print("removed", r)
+"#,
+        ));
+        let user = lease_common::session::DEFAULT_TASK_USER;
+        assert_eq!(
+            out,
+            format!(
+                "ran /usr/bin/dnf install -y tmux\n\
+                 ran useradd --system --user-group --create-home --home-dir /home/{user} --shell /bin/bash {user}\n\
+                 ran systemctl daemon-reload\n\
+                 removed /usr/bin/leased\n\
+                 removed /usr/lib/systemd/system/leased.service\n"
+            )
+        );
+    }
+
+    /// A fresh instance profile or role can take seconds to work: transient failures
+    /// are retried a bounded number of times, a wrong digest never.
+    #[test]
+    fn transient_failures_are_retried_a_few_times_and_then_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(&python(
+            Path::new("python3"),
+            dir.path(),
+            r#"
+ia.time.sleep = lambda s: print("slept", s)
+tries = []
+def flaky():
+    tries.append(1)
+    if len(tries) < 3:
+        raise ia.Transient("HTTP 403")
+    return "ok"
+print(ia.retrying(flaky))
+def never():
+    raise ia.Transient("HTTP 503")
+try:
+    ia.retrying(never, attempts=2)
+except ia.Transient as e:
+    print("gave up:", e)
+def wrong():
+    tries.append(1)
+    raise ia.Failure("sha256 differs")
+tries = []
+try:
+    ia.retrying(wrong)
+except ia.Failure as e:
+    print("refused after", len(tries), "try:", e)
+"#,
+        ));
+        assert_eq!(
+            out,
+            "install-agent: HTTP 403; trying again in 5s\nslept 5\n\
+             install-agent: HTTP 403; trying again in 10s\nslept 10\nok\n\
+             install-agent: HTTP 503; trying again in 5s\nslept 5\ngave up: HTTP 503\n\
+             refused after 1 try: sha256 differs\n"
+        );
+    }
+
     #[test]
     fn the_architecture_is_named_as_debian_names_it() {
         let dir = tempfile::tempdir().unwrap();

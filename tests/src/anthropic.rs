@@ -16,10 +16,16 @@
 //!
 //! Claude Code reads `ANTHROPIC_BASE_URL` and sends `ANTHROPIC_API_KEY` as
 //! `x-api-key`; [`FakeAnthropic::claude_env`] gives those and the variables that keep
-//! it from calling anything else. With `CLAUDE_CODE_USE_BEDROCK` it calls
-//! `POST /model/<model>/invoke-with-response-stream` at `ANTHROPIC_BEDROCK_BASE_URL`
-//! instead, which this fake does not speak (Bedrock frames events in AWS's binary
-//! event-stream encoding); such requests are logged and answered 404.
+//! it from calling anything else.
+//!
+//! Bedrock mode (`CLAUDE_CODE_USE_BEDROCK=1`, `ANTHROPIC_BEDROCK_BASE_URL` pointing
+//! here): Claude Code 2.1.337 signs its requests with SigV4 (service `bedrock`), asks
+//! `GET /inference-profiles` (answered 404 here; it carries on), and sends
+//! `POST /model/<model id>/invoke` (a whole message) and
+//! `POST /model/<model id>/invoke-with-response-stream`, answered as Bedrock does: the
+//! same events, each a `chunk` message of AWS's binary event-stream framing whose
+//! payload is `{"bytes": base64(event JSON)}`. A SigV4-signed request counts as
+//! authenticated ([`Logged::sigv4`]).
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
@@ -113,6 +119,8 @@ pub struct Logged {
     pub method: String,
     pub path: String,
     pub api_key: Option<String>,
+    /// The request was signed with SigV4 for Bedrock (`Credential=…/bedrock/…`).
+    pub sigv4: bool,
     pub body: Value,
     /// Whether it was one of the conversation's requests (it offered tools).
     pub conversation: bool,
@@ -244,6 +252,27 @@ impl FakeAnthropic {
     }
 }
 
+impl FakeAnthropic {
+    /// The environment that points Claude Code in Bedrock mode at this fake (the agent
+    /// adds `CLAUDE_CODE_USE_BEDROCK=1` and `AWS_REGION` for `claude.bedrock: true`),
+    /// with static test credentials standing in for the instance role's.
+    pub fn bedrock_env(&self, retries: u32) -> Vec<(String, String)> {
+        [
+            ("ANTHROPIC_BEDROCK_BASE_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "testing"),
+            ("AWS_SECRET_ACCESS_KEY", "testing"),
+            ("DISABLE_TELEMETRY", "1"),
+            ("DISABLE_AUTOUPDATER", "1"),
+            ("DISABLE_ERROR_REPORTING", "1"),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+            ("CLAUDE_CODE_MAX_RETRIES", &retries.to_string()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+}
+
 type Body = BoxBody<Bytes, Infallible>;
 
 fn full(status: StatusCode, content_type: &str, body: String) -> Response<Body> {
@@ -266,6 +295,17 @@ async fn handle(
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let sigv4 = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.starts_with("AWS4-HMAC-SHA256 ") && a.contains("/bedrock/aws4_request"));
+    // Bedrock: /model/<id>/invoke[-with-response-stream]; the model is in the path.
+    let bedrock_model = path
+        .strip_prefix("/model/")
+        .and_then(|rest| rest.rsplit_once('/'))
+        .filter(|(_, action)| ["invoke", "invoke-with-response-stream"].contains(action))
+        .map(|(model, action)| (model.to_string(), action == "invoke-with-response-stream"));
     let bytes = req
         .into_body()
         .collect()
@@ -277,18 +317,33 @@ async fn handle(
         .get("tools")
         .and_then(Value::as_array)
         .is_some_and(|t| !t.is_empty());
-    let streaming = body.get("stream").and_then(Value::as_bool) == Some(true);
-    let model = body
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(MODEL)
-        .to_string();
+    let streaming = match &bedrock_model {
+        Some((_, stream)) => *stream,
+        None => body.get("stream").and_then(Value::as_bool) == Some(true),
+    };
+    let model = match &bedrock_model {
+        Some((model, _)) => model.clone(),
+        None => body
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or(MODEL)
+            .to_string(),
+    };
+    let bedrock = bedrock_model.is_some();
 
     let (reply, id) = {
         let mut s = state.lock().expect("fake Anthropic state");
         s.serial += 1;
         let id = s.serial;
-        let reply = if method != "POST" || !path.starts_with("/v1/messages") {
+        let reply = if bedrock && !sigv4 {
+            Reply::Error {
+                status: 403,
+                kind: "permission_error".into(),
+                message: "Bedrock requests must be signed with SigV4".into(),
+            }
+        } else if bedrock {
+            route_reply(&mut s.routes, &body, conversation)
+        } else if method != "POST" || !path.starts_with("/v1/messages") {
             Reply::Error {
                 status: 404,
                 kind: "not_found_error".into(),
@@ -300,20 +355,7 @@ async fn handle(
         } else if api_key.as_deref() != Some(GOOD_KEY) {
             Reply::error(401)
         } else {
-            let first = first_message(&body);
-            let route = s
-                .routes
-                .iter_mut()
-                .filter(|r| first.contains(&r.marker))
-                .max_by_key(|r| r.marker.len());
-            match route {
-                Some(r) if conversation && r.next < r.script.len() => {
-                    r.next += 1;
-                    r.script[r.next - 1].clone()
-                }
-                Some(r) => r.after.clone(),
-                None => Reply::text("ok"),
-            }
+            route_reply(&mut s.routes, &body, conversation)
         };
         let status = match &reply {
             Reply::Error { status, .. } => *status,
@@ -323,6 +365,7 @@ async fn handle(
             method,
             path,
             api_key,
+            sigv4,
             body: body.clone(),
             conversation,
             status,
@@ -345,7 +388,14 @@ async fn handle(
             stop_reason,
         } => {
             let id = format!("msg_fake{id:04}");
-            if streaming {
+            if streaming && bedrock {
+                let events = message_events(&id, &model, &blocks, &stop_reason);
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "application/vnd.amazon.eventstream")
+                    .body(Full::new(bedrock_frames(&events)).boxed())
+                    .expect("a response")
+            } else if streaming {
                 let events = message_events(&id, &model, &blocks, &stop_reason);
                 full(StatusCode::OK, "text/event-stream", events.concat())
             } else {
@@ -379,6 +429,53 @@ async fn handle(
                 .expect("a response")
         }
     })
+}
+
+/// The reply of the route whose marker the request's first message holds (the
+/// longest such marker), taking the script's next reply for a conversation request.
+fn route_reply(routes: &mut [Route], body: &Value, conversation: bool) -> Reply {
+    let first = first_message(body);
+    let route = routes
+        .iter_mut()
+        .filter(|r| first.contains(&r.marker))
+        .max_by_key(|r| r.marker.len());
+    match route {
+        Some(r) if conversation && r.next < r.script.len() => {
+            r.next += 1;
+            r.script[r.next - 1].clone()
+        }
+        Some(r) => r.after.clone(),
+        None => Reply::text("ok"),
+    }
+}
+
+/// SSE events re-framed as Bedrock streams them: one event-stream `chunk` message per
+/// event, its payload `{"bytes": base64(the event's JSON)}`.
+pub fn bedrock_frames(events: &[String]) -> Bytes {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let mut out: Vec<u8> = Vec::new();
+    for event in events {
+        let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+            continue;
+        };
+        let payload = json!({"bytes": aws_smithy_types::base64::encode(data)}).to_string();
+        let message = Message::new(Bytes::from(payload))
+            .add_header(Header::new(
+                ":event-type",
+                HeaderValue::String("chunk".into()),
+            ))
+            .add_header(Header::new(
+                ":content-type",
+                HeaderValue::String("application/json".into()),
+            ))
+            .add_header(Header::new(
+                ":message-type",
+                HeaderValue::String("event".into()),
+            ));
+        aws_smithy_eventstream::frame::write_message_to(&message, &mut out)
+            .expect("an event-stream frame");
+    }
+    Bytes::from(out)
 }
 
 /// The first message of a request, as JSON text: it holds the session's prompt.

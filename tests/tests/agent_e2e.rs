@@ -98,6 +98,7 @@ async fn assert_ended_at_the_deadline(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_5s_ttl_is_terminated_at_its_deadline() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "5s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let dir = tempfile::tempdir().unwrap();
@@ -152,6 +153,7 @@ async fn a_5s_ttl_is_terminated_at_its_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_in_the_environment_the_instance_role_signs() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "4s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let credentials = assume_role(&moto, "lease-main-agent", &id).await;
@@ -211,6 +213,7 @@ async fn without_credentials_in_the_environment_the_instance_role_signs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lease_extend_a_second_before_the_deadline_wins() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "6s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let dir = tempfile::tempdir().unwrap();
@@ -256,6 +259,7 @@ async fn lease_extend_a_second_before_the_deadline_wins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_spot_notice_reaches_the_control_bus() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let bus = Bus::new(&moto).await;
     let id = launch(&moto, &["--ttl", "1h"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
@@ -422,6 +426,7 @@ impl FakeProcfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_machine_gets_its_idle_action_and_a_busy_one_does_not() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(
         &moto,
         &[
@@ -493,6 +498,7 @@ async fn an_idle_machine_gets_its_idle_action_and_a_busy_one_does_not() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_errors_and_timeouts_do_not_stop_ttl_enforcement() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "12s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let dir = tempfile::tempdir().unwrap();
@@ -525,6 +531,7 @@ async fn imds_errors_and_timeouts_do_not_stop_ttl_enforcement() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_and_restart_keep_the_same_deadline() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "15s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let dir = tempfile::tempdir().unwrap();
@@ -553,6 +560,7 @@ async fn sigkill_and_restart_keep_the_same_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn complete_over_the_control_socket_ends_the_lease() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "1h"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let dir = tempfile::tempdir().unwrap();
@@ -645,6 +653,7 @@ async fn bad_config_exits_78_naming_the_file_and_the_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_metadata_tags_off_the_deadline_comes_from_describe_tags() {
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "5s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     imds.set_metadata_tags(false);
@@ -658,6 +667,7 @@ async fn with_metadata_tags_off_the_deadline_comes_from_describe_tags() {
 async fn systemd_hears_ready_status_and_the_watchdog() {
     use std::os::unix::net::UnixDatagram;
     let moto = Moto::start();
+    moto.agent_packages().await;
     let id = launch(&moto, &["--ttl", "1h"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
     let dir = tempfile::tempdir().unwrap();

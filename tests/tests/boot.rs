@@ -32,6 +32,7 @@ use chrono::Utc;
 use lease_common::layout;
 use lease_common::messages::EventKind;
 use lease_common::tags;
+use lease_tests::imds::assume_role;
 use lease_tests::netns::NetNs;
 use lease_tests::nspawn::{self, Machine};
 use lease_tests::plane::{BUCKET, NODES_TABLE, Plane, TASKS_TABLE, shell};
@@ -206,6 +207,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     if let Some(why) = nspawn::missing_prerequisites() {
         panic!("{why}");
     }
+    assert!(
+        std::process::Command::new("socat")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success()),
+        "socat is missing: run tests/install-deps.sh"
+    );
     let deb = deb_under_test();
     let deb_bytes = std::fs::read(&deb).unwrap();
     let mut plane = Plane::new().await;
@@ -236,9 +244,10 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
         "the user-data does not carry the package's digest"
     );
     let imds = FakeImds::for_instance(ec2.clone(), &instance).await;
-    // The instance profile's credentials, as EC2 serves them: the role assumed in moto.
-    let credentials = lease_tests::imds::assume_role(&plane.moto, "lease-agent", &instance).await;
-    imds.set_role("lease-agent", credentials);
+    imds.set_role(
+        "lease-agent",
+        assume_role(&plane.moto, "lease-agent", &instance).await,
+    );
     eprintln!(
         "boot: instance {instance}, moto {moto_endpoint}, IMDS {}",
         imds.endpoint
@@ -249,7 +258,13 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let (mut m, _ns) = seeded_machine(&base, &instance, &user_data, &imds, &moto_endpoint);
     let ready = tokio::task::block_in_place(|| {
         let started = Instant::now();
-        m.boot(BOOT_LIMIT);
+        let state = m.boot(BOOT_LIMIT);
+        assert_eq!(
+            state,
+            "running",
+            "failed units: {}",
+            m.text(&["systemctl", "--failed", "--no-legend"])
+        );
         poll("leased.service to become active", LIMIT, || {
             let s = m.unit_property("leased", "ActiveState");
             (s == "active").then_some(())
@@ -378,10 +393,18 @@ async fn the_launch_user_data_boots_a_working_node_and_refuses_a_corrupted_packa
     let second = launch(&plane, dir.path()).await;
     let user_data = stored_user_data(&ec2, &second).await;
     let imds2 = FakeImds::for_instance(ec2.clone(), &second).await;
-    let credentials = lease_tests::imds::assume_role(&plane.moto, "lease-agent", &second).await;
-    imds2.set_role("lease-agent", credentials);
+    imds2.set_role(
+        "lease-agent",
+        assume_role(&plane.moto, "lease-agent", &second).await,
+    );
     let (mut m2, _ns2) = seeded_machine(&base, &second, &user_data, &imds2, &moto_endpoint);
-    tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
+    let state = tokio::task::block_in_place(|| m2.boot(BOOT_LIMIT));
+    // cloud-final fails with the install, and says so to systemd too.
+    assert_eq!(state, "degraded");
+    assert_eq!(
+        m2.text(&["systemctl", "is-failed", "cloud-final"]),
+        "failed"
+    );
     let status = cloud_init_status(&m2);
     assert!(
         status.contains("status: error"),

@@ -77,6 +77,31 @@ async fn outcome(plane: &mut Plane, id: &str) -> (Vec<String>, Event) {
     (lines, end)
 }
 
+/// Prints a scenario's final event and record (shown with `--nocapture`), for the
+/// record of what each scenario ended as.
+async fn show(plane: &Plane, id: &str, end: &Event) {
+    let item = plane.task_item(id).await.unwrap_or_default();
+    let record: BTreeMap<&str, String> = [
+        records::task::STATE,
+        records::task::EXIT_CODE,
+        records::task::REASON,
+    ]
+    .iter()
+    .filter_map(|k| {
+        item.get(*k).map(|v| {
+            (
+                *k,
+                v.as_s().or_else(|_| v.as_n()).cloned().unwrap_or_default(),
+            )
+        })
+    })
+    .collect();
+    eprintln!(
+        "scenario {id}:\n  event: {:?}\n  record: {record:?}",
+        end.kind
+    );
+}
+
 async fn log_of(plane: &Plane, id: &str) -> String {
     String::from_utf8(plane.object(&layout::log_key(id)).await.expect("log in S3")).unwrap()
 }
@@ -151,6 +176,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-write", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-write", &end).await;
     match &end.kind {
         EventKind::TaskCompleted {
             result,
@@ -211,6 +237,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-turns", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-turns", &end).await;
     let EventKind::TaskFailed {
         reason, exit_code, ..
     } = &end.kind
@@ -228,6 +255,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-500", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-500", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };
@@ -244,6 +272,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-denied", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-denied", &end).await;
     let EventKind::TaskCompleted {
         permission_denials, ..
     } = &end.kind
@@ -271,6 +300,7 @@ async fn claude_sessions_end_as_the_cli_reports_them() {
     plane
         .wait_for_state("cl-bypass", "complete", LIMIT, &agent)
         .await;
+    show(&plane, "cl-bypass", &end).await;
     assert!(
         matches!(end.kind, EventKind::TaskCompleted { .. }),
         "{end:?}"
@@ -306,6 +336,7 @@ async fn an_invalid_key_fails_the_task_with_its_retries_in_the_log() {
     plane
         .wait_for_state("cl-401", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-401", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };
@@ -352,6 +383,7 @@ async fn a_stalled_session_times_out_and_keeps_its_partial_output() {
     plane
         .wait_for_state("cl-stall", "failed", LIMIT, &agent)
         .await;
+    show(&plane, "cl-stall", &end).await;
     let EventKind::TaskFailed { reason, .. } = &end.kind else {
         panic!("{end:?}");
     };
@@ -372,4 +404,125 @@ async fn a_stalled_session_times_out_and_keeps_its_partial_output() {
     );
     let item = plane.task_item("cl-stall").await.unwrap();
     assert_eq!(text(&item, records::task::REASON), *reason);
+}
+
+/// Bedrock mode through the agent: `claude.bedrock: true` gives the CLI
+/// `CLAUDE_CODE_USE_BEDROCK=1` and the region; it signs with SigV4 and streams from
+/// `invoke-with-response-stream` in Bedrock's event-stream framing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bedrock_session_completes_through_the_agent() {
+    let mut plane = Plane::new().await;
+    let (instance, imds) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("agent");
+    let file = workdir(&dir, "cl-bedrock").join("bedrock.txt");
+    let fake = FakeAnthropic::start(vec![
+        Reply::tool(
+            "Write",
+            json!({"file_path": file, "content": "via bedrock\n"}),
+        ),
+        Reply::text("Written through Bedrock."),
+    ])
+    .await;
+    let mut yaml = "claude:\n  bedrock: true\ntask-env:\n".to_string();
+    for (k, v) in fake.bedrock_env(2) {
+        yaml.push_str(&format!("  {k}: {v:?}\n"));
+    }
+    let agent = plane.agent(&imds, &dir, &yaml);
+    let t = task("cl-bedrock", "Write bedrock.txt", |s| {
+        s.permission_mode = Some("acceptEdits".into());
+    });
+    plane.send(&t.to_json()).await;
+    let (_, end) = outcome(&mut plane, "cl-bedrock").await;
+    plane
+        .wait_for_state("cl-bedrock", "complete", LIMIT, &agent)
+        .await;
+    show(&plane, "cl-bedrock", &end).await;
+    let EventKind::TaskCompleted { result, .. } = &end.kind else {
+        panic!("{end:?}\n{}", agent.logs());
+    };
+    assert_eq!(result.as_deref(), Some("Written through Bedrock."));
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&instance, "cl-bedrock"),
+            &layout::manifest_key(&instance, "cl-bedrock"),
+        )
+        .await;
+    assert_eq!(
+        files.get("bedrock.txt").map(Vec::as_slice),
+        Some(&b"via bedrock\n"[..])
+    );
+    // Every conversation request went to Bedrock's streaming action, signed.
+    let sent: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.conversation)
+        .collect();
+    assert!(!sent.is_empty());
+    assert!(
+        sent.iter()
+            .all(|r| r.sigv4 && r.path.ends_with("/invoke-with-response-stream")),
+        "{sent:?}"
+    );
+}
+
+/// `claude.api-key-parameter`: the key is read from SSM with the agent's credentials
+/// when each Claude task starts (never in the config or user-data); a parameter that
+/// cannot be read fails the task, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_key_comes_from_the_ssm_parameter() {
+    let mut plane = Plane::new().await;
+    let (_instance, imds) = plane.instance().await;
+    let ssm = aws_sdk_ssm::Client::new(&plane.moto.sdk_config().await);
+    let name = "/lease/test/anthropic-api-key";
+    ssm.put_parameter()
+        .name(name)
+        .value(GOOD_KEY)
+        .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
+        .send()
+        .await
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let fake = FakeAnthropic::start(vec![Reply::text("Hello with the stored key.")]).await;
+    let mut yaml = format!("claude:\n  api-key-parameter: {name}\ntask-env:\n");
+    for (k, v) in fake.claude_env("", 2) {
+        if k != "ANTHROPIC_API_KEY" {
+            yaml.push_str(&format!("  {k}: {v:?}\n"));
+        }
+    }
+    assert!(!yaml.contains(GOOD_KEY));
+    let agent = plane.agent(&imds, &tmp.path().join("agent"), &yaml);
+    let (t, _) = claude_task("cl-ssm", "Say hello");
+    plane.send(&t.to_json()).await;
+    let (_, end) = outcome(&mut plane, "cl-ssm").await;
+    plane
+        .wait_for_state("cl-ssm", "complete", LIMIT, &agent)
+        .await;
+    show(&plane, "cl-ssm", &end).await;
+    assert!(
+        matches!(&end.kind, EventKind::TaskCompleted { result, .. }
+            if result.as_deref() == Some("Hello with the stored key.")),
+        "{end:?}"
+    );
+    assert!(
+        fake.requests()
+            .iter()
+            .all(|r| r.api_key.as_deref() == Some(GOOD_KEY))
+    );
+
+    ssm.delete_parameter().name(name).send().await.unwrap();
+    let (t, _) = claude_task("cl-ssm-gone", "Say hello");
+    plane.send(&t.to_json()).await;
+    let (_, end) = outcome(&mut plane, "cl-ssm-gone").await;
+    plane
+        .wait_for_state("cl-ssm-gone", "failed", LIMIT, &agent)
+        .await;
+    show(&plane, "cl-ssm-gone", &end).await;
+    let EventKind::TaskFailed { reason, .. } = &end.kind else {
+        panic!("{end:?}");
+    };
+    assert!(
+        reason.contains(name) && reason.contains("API key"),
+        "{reason}"
+    );
 }

@@ -1737,3 +1737,131 @@ async fn other_commands_find_the_stack_and_say_what_to_do_without_one() {
     assert_eq!(stats["queued"], 1);
     assert_eq!(stats["dead_letters"], 1);
 }
+
+impl World {
+    /// `lease doctor -o json`: its exit code and its checks by name.
+    async fn doctor(&self) -> (Option<i32>, BTreeMap<String, Value>) {
+        let out = self.lease().args(["doctor", "-o", "json"]).output().await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = json(&text);
+        let checks = v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().to_string(), c.clone()))
+            .collect();
+        (out.status.code(), checks)
+    }
+}
+
+fn statuses(checks: &BTreeMap<String, Value>, status: &str) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|(_, c)| c["status"] == status)
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// `lease doctor` on a healthy stack passes; what the emulator cannot check is
+/// skipped, not passed; a drifted stack fails on exactly what drifted, with the fix,
+/// and passes again after `lease setup`.
+#[tokio::test]
+async fn doctor_passes_a_healthy_stack_and_names_what_drifted() {
+    let w = world().await;
+    let deb = w.deb();
+    w.setup(&[
+        "--agent-deb",
+        deb.to_str().unwrap(),
+        "--reaper-zip",
+        reaper_zip().to_str().unwrap(),
+    ])
+    .await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(0), "{checks:#?}");
+    assert_eq!(statuses(&checks, "fail"), Vec::<String>::new());
+    for name in [
+        "credentials",
+        "region",
+        "default VPC",
+        "stack main",
+        "sqs queue lease-main-pool-default",
+        "sqs queue lease-main-dlq-default",
+        "sqs queue lease-main-events",
+        "iam role lease-main-agent",
+        "agent package amd64",
+        "reaper function lease-main-reaper",
+        "reaper schedule lease-main/reaper",
+    ] {
+        assert_eq!(checks[name]["status"], "ok", "{name}: {checks:#?}");
+    }
+    // No arm64 package: a warning with the fix, not a failure.
+    assert_eq!(checks["agent package arm64"]["status"], "warn");
+    assert!(
+        checks["agent package arm64"]["fix"]
+            .as_str()
+            .unwrap()
+            .contains("build-deb.sh")
+    );
+    // What the emulator cannot answer is skipped, never ok.
+    for name in [
+        "your permissions",
+        "the agents' role's permissions",
+        "reaper invocations",
+    ] {
+        assert_eq!(checks[name]["status"], "skipped", "{name}: {checks:#?}");
+    }
+
+    // Drift: a queue's visibility timeout and the bucket's lifecycle rule.
+    let url = w.queue_url("lease-main-pool-default").await.unwrap();
+    w.sqs
+        .set_queue_attributes()
+        .queue_url(&url)
+        .attributes(QueueAttributeName::VisibilityTimeout, "30")
+        .send()
+        .await
+        .unwrap();
+    w.s3.delete_bucket_lifecycle()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_eq!(
+        statuses(&checks, "fail"),
+        [
+            format!("s3 bucket {BUCKET}"),
+            "sqs queue lease-main-pool-default".to_string()
+        ]
+    );
+    let queue = &checks["sqs queue lease-main-pool-default"];
+    assert!(
+        queue["detail"]
+            .as_str()
+            .unwrap()
+            .contains("VisibilityTimeout"),
+        "{queue}"
+    );
+    assert!(
+        queue["fix"].as_str().unwrap().contains("lease setup"),
+        "{queue}"
+    );
+
+    w.setup(&[]).await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(0), "{checks:#?}");
+}
+
+/// With no stack in the region, doctor fails once, on the stack, saying to set it up.
+#[tokio::test]
+async fn doctor_without_a_stack_says_to_set_it_up() {
+    let w = world().await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_eq!(statuses(&checks, "fail"), ["stack main"]);
+    assert_eq!(
+        checks["stack main"]["fix"],
+        "run `lease setup --stack main`"
+    );
+    assert_eq!(checks["credentials"]["status"], "ok");
+}

@@ -459,12 +459,18 @@ impl FaultProxy {
     }
 
     /// An S3 client through this proxy, without the SDK's own retries, so every
-    /// request the uploader makes is one request here.
+    /// request the uploader makes is one request here. Only the uploader (the agent's
+    /// code) uses it, so it names itself as the agent on [`INSTANCE`] for the call log
+    /// (the recorded-calls check then holds the aborts to the agent's policy).
     async fn s3(&self, moto: &Moto) -> aws_sdk_s3::Client {
         let conf = aws_sdk_s3::config::Builder::from(&moto.sdk_config().await)
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
             .retry_config(RetryConfig::disabled())
+            .app_name(
+                aws_types::app_name::AppName::new(format!("leased.{INSTANCE}"))
+                    .expect("a valid app name"),
+            )
             .build();
         aws_sdk_s3::Client::from_conf(conf)
     }

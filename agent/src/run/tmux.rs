@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
 use super::process::{self, Finished};
+use super::secret::SecretStore;
 use super::user::{TaskUser, merge_env};
 use super::wrapper::{
     self, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, log_complete, read_exit, runner_dir,
@@ -51,6 +52,8 @@ pub struct TmuxRunner {
     user: String,
     /// Set for every task over the base environment (the config's `task-env`).
     env: Vec<(String, String)>,
+    /// `claude.api-key-parameter` and where to read it.
+    api_key: Option<(String, Arc<dyn SecretStore>)>,
 }
 
 /// What tmux says about a session's pane.
@@ -82,7 +85,19 @@ impl TmuxRunner {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
+            api_key: None,
         }
+    }
+
+    /// Claude tasks get `ANTHROPIC_API_KEY` from the SSM parameter `name`, read from
+    /// `store` when each starts (so a rotated key reaches the next task).
+    pub fn with_api_key_parameter(
+        mut self,
+        name: impl Into<String>,
+        store: Arc<dyn SecretStore>,
+    ) -> Self {
+        self.api_key = Some((name.into(), store));
+        self
     }
 
     /// Runs Claude Code from `program` (a path, or a name looked up on PATH) instead
@@ -285,7 +300,15 @@ impl TmuxRunner {
         };
         let plan =
             command::plan(&launch.task, &launch.workdir, &self.settings).map_err(not_started)?;
-        let plan = command::with_task_vars(plan, &launch.task.spec, &launch.env);
+        let mut plan = command::with_task_vars(plan, &launch.task.spec, &launch.env);
+        if let (TaskSpec::Claude(_), Some((name, store)), false) =
+            (&launch.task.spec, &self.api_key, self.settings.bedrock)
+        {
+            let key = store.parameter(name).await.map_err(|e| {
+                not_started(format!("its Anthropic API key could not be read: {e}"))
+            })?;
+            plan.env.push(("ANTHROPIC_API_KEY".into(), key));
+        }
         if let Some((bad, _)) = self
             .env
             .iter()

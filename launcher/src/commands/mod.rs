@@ -2,6 +2,7 @@
 
 pub mod act;
 pub mod attach;
+pub mod doctor;
 pub mod download;
 pub mod extend;
 pub mod iam_policy;
@@ -208,6 +209,22 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Setup(a) => {
             let path = crate::profile::default_path()?;
             setup::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
+        }
+        Command::Doctor(a) => {
+            let path = crate::profile::default_path()?;
+            let clients = crate::doctor::Clients {
+                setup: crate::setup::Clients::new(&sdk),
+                ec2: aws_sdk_ec2::Client::new(&sdk),
+            };
+            doctor::run(
+                &cloud,
+                &clients,
+                &ctx,
+                a,
+                &path,
+                sdk.endpoint_url().is_some(),
+            )
+            .await
         }
         Command::Teardown(a) => {
             let path = crate::profile::default_path()?;

@@ -408,6 +408,45 @@ mod tests {
         zip
     }
 
+    /// What setup does with a checkout's packaging script: nothing when there is none,
+    /// the path it prints last when it succeeds, a refusal naming it otherwise.
+    #[test]
+    fn a_packaging_script_is_run_and_its_last_line_is_the_package() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p.display().to_string()
+        };
+        let missing = dir.path().join("absent.sh").display().to_string();
+        assert_eq!(build_with(&missing, "agent package").unwrap(), None);
+
+        let pkg = dir.path().join("leased.deb");
+        std::fs::write(&pkg, b"!<arch>\n").unwrap();
+        let good = script(
+            "good.sh",
+            &format!("echo building >&2\necho noise\necho {}", pkg.display()),
+        );
+        assert_eq!(build_with(&good, "agent package").unwrap(), Some(pkg));
+
+        let failing = script("failing.sh", "echo broken >&2; exit 3");
+        let err = build_with(&failing, "reaper package").unwrap_err();
+        assert_eq!(err.exit_code(), 4);
+        let err = err.to_string();
+        assert!(
+            err.contains("failing.sh") && err.contains("reaper package"),
+            "{err}"
+        );
+
+        let silent = script("silent.sh", "echo /nonexistent/leased.deb");
+        let err = build_with(&silent, "agent package")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/leased.deb"), "{err}");
+    }
+
     #[test]
     fn the_reaper_zip_must_be_of_this_version_and_is_named_when_bad() {
         let dir = tempfile::tempdir().unwrap();
