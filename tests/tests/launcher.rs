@@ -292,6 +292,7 @@ async fn dry_run_shows_the_real_image_and_launches_nothing() {
 
 #[tokio::test]
 async fn no_agent_package_refuses_before_anything_launches() {
+    // No `moto.agent_packages()`: the bucket named below does not exist.
     let moto = Moto::start();
     let (code, stderr) = lease(&moto)
         .args(["launch", "-t", "t3.micro"])
