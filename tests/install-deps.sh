@@ -3,6 +3,7 @@
 # idempotently (a machine that already has them does nothing here, without network):
 #   - tmux, openssh-server and openssh-client: the tmux and sshd tests;
 #   - systemd-container (systemd-nspawn) and debootstrap: the systemd proof;
+#   - socat: the boot test's forwarders into the guest's network namespace;
 #   - lintian and dpkg-dev: checking the .deb and its shared-library dependencies;
 #   - zip, unzip and binutils: the reaper's Lambda package and its glibc check;
 #   - cargo-deb, pinned, built from source with its lockfile: the .deb itself;
@@ -13,7 +14,7 @@ set -eu
 
 # The version packaging/ was written and checked against; bump it deliberately.
 CARGO_DEB_VERSION=3.8.0
-packages="tmux openssh-server openssh-client systemd-container debootstrap lintian dpkg-dev zip unzip binutils"
+packages="tmux openssh-server openssh-client systemd-container debootstrap socat lintian dpkg-dev zip unzip binutils"
 
 log() { echo "install-deps.sh: $*" >&2; }
 

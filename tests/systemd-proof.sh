@@ -4,7 +4,9 @@
 #      test command has already built them);
 #   2. the .deb from that build, checked with lintian and systemd-analyze verify;
 #   3. tests/tests/systemd_nspawn.rs: debootstrap (cached under .cache/nspawn), the AMI
-#      recipe's provision.sh, a boot under systemd-nspawn, and the checks.
+#      recipe's provision.sh, a boot under systemd-nspawn, and the checks;
+#   4. tests/tests/boot.rs: the user-data `lease launch` stores, booted by Debian's
+#      cloud-init (a second cached tree), installing the package from moto's S3.
 #
 #   tests/systemd-proof.sh       (as root; tests/install-deps.sh first)
 #
@@ -30,5 +32,8 @@ t2=$(now)
 echo "systemd-proof.sh: package $deb (build $((t1 - t0))s, package and checks $((t2 - t1))s)" >&2
 
 LEASE_DEB=$deb nice -n 10 cargo test --workspace --test systemd_nspawn -- --ignored --nocapture --test-threads=1
+# The boot test (issue 12): launch's user-data under Debian's cloud-init, installing
+# this package from moto's S3.
+LEASE_DEB=$deb nice -n 10 cargo test --workspace --test boot -- --ignored --nocapture --test-threads=1
 t3=$(now)
 echo "systemd-proof.sh: proof passed in $((t3 - t2))s (total $((t3 - t0))s)" >&2

@@ -70,6 +70,18 @@ pub enum EndReason {
     Failed,
 }
 
+impl EndReason {
+    /// The `NodeDeregistered` reason and the `lease:end-reason` tag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Idle => "idle",
+            EndReason::Complete => "complete",
+            EndReason::Failed => "failed",
+        }
+    }
+}
+
 /// How the loop ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -743,10 +755,13 @@ impl DecisionLoop {
     }
 
     fn set_status_tag(&self, status: NodeStatus) -> tokio::task::JoinHandle<()> {
+        self.write_tags(vec![(tags::STATUS.to_string(), status.to_string())])
+    }
+
+    fn write_tags(&self, tags: Vec<(String, String)>) -> tokio::task::JoinHandle<()> {
         let ec2 = self.deps.ec2.clone();
         let id = self.identity.instance_id.clone();
         tokio::spawn(async move {
-            let tags = vec![(tags::STATUS.to_string(), status.to_string())];
             match tokio::time::timeout(ACT_TIMEOUT, ec2.create_tags(&id, tags)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!("{e}"),
@@ -760,6 +775,16 @@ impl DecisionLoop {
     /// seconds to finish.
     async fn end(&mut self, reason: EndReason, action: Action) -> Outcome {
         let _pinging = self.keep_watchdog_fed();
+        // EC2 refuses to stop or hibernate a one-time spot instance: asking would only
+        // burn the retries before the poweroff fallback, so spot ends with a terminate.
+        let wanted = action;
+        let action = wanted.on_market(&self.identity.market);
+        if action != wanted {
+            tracing::warn!(
+                "{wanted} is not possible on a {} instance; terminating instead",
+                self.identity.market
+            );
+        }
         let now = self.deps.clock.now();
         if reason == EndReason::Expired || reason == EndReason::Idle {
             self.status = NodeStatus::Expiring;
@@ -791,9 +816,14 @@ impl DecisionLoop {
             pending.push(self.deps.emitter.send(kind));
         }
         pending.push(self.deps.emitter.send(EventKind::NodeDeregistered {
-            reason: format!("{reason:?}").to_lowercase(),
+            reason: reason.as_str().to_string(),
         }));
-        let tagged = self.set_status_tag(self.status);
+        // The reason beside the status, in one call: once the instance is gone,
+        // `lease list` shows how it ended rather than the `expiring` it passed through.
+        let tagged = self.write_tags(vec![
+            (tags::STATUS.to_string(), self.status.to_string()),
+            (tags::END_REASON.to_string(), reason.as_str().to_string()),
+        ]);
         let all = futures::future::join_all(pending);
         tokio::pin!(all);
         let early = tokio::time::timeout(PUBLISH_WAIT, &mut all).await.is_ok();
@@ -1100,6 +1130,7 @@ mod tests {
         publisher: Arc<RecordingPublisher>,
         worker: Arc<RecordingWorker>,
         state_dir: tempfile::TempDir,
+        market: &'static str,
     }
 
     fn tags(pairs: &[(&str, &str)]) -> Option<BTreeMap<String, String>> {
@@ -1111,12 +1142,18 @@ mod tests {
         )
     }
 
+    /// An on-demand instance unless a test says otherwise: on spot every end is a
+    /// terminate, which would hide the stop and hibernate paths.
     fn identity() -> InstanceIdentity {
+        identity_on("on-demand")
+    }
+
+    fn identity_on(market: &str) -> InstanceIdentity {
         InstanceIdentity {
             instance_id: "i-0abc".into(),
             region: "us-east-1".into(),
             instance_type: "t3.micro".into(),
-            market: "spot".into(),
+            market: market.into(),
             launched_at: Some(t0()),
         }
     }
@@ -1137,6 +1174,7 @@ mod tests {
                 publisher: Arc::new(RecordingPublisher::default()),
                 worker: Arc::new(RecordingWorker::new(clock.clone())),
                 state_dir: tempfile::tempdir().unwrap(),
+                market: "on-demand",
             }
         }
 
@@ -1164,7 +1202,7 @@ mod tests {
             DecisionLoop::new(
                 deps,
                 settings,
-                identity(),
+                identity_on(self.market),
                 "node-1".into(),
                 "i-0abc".into(),
                 initial,
@@ -1249,6 +1287,13 @@ mod tests {
                 .lock()
                 .unwrap()
                 .contains(&(tags::STATUS.into(), "expiring".into()))
+        );
+        assert!(
+            rig.ec2
+                .tagged
+                .lock()
+                .unwrap()
+                .contains(&(tags::END_REASON.into(), "expired".into()))
         );
     }
 
@@ -1611,5 +1656,28 @@ mod tests {
         l.run(rx, never()).await;
         assert_eq!(rig.acts()[0].0, Action::Stop);
         assert_eq!(*power.0.lock().unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_spot_a_stop_becomes_a_terminate() {
+        let mut rig = Rig::new(tags(&[
+            (tags::EXPIRES_AT, "2026-11-23T12:00:10Z"),
+            (tags::ON_EXPIRY, "stop"),
+        ]));
+        rig.market = "spot";
+        let (l, _snap) = rig.build(None);
+        let (_tx, rx) = mpsc::channel(8);
+        let outcome = l.run(rx, never()).await;
+        assert!(
+            matches!(
+                outcome,
+                Outcome::Ended {
+                    action: Action::Terminate,
+                    ..
+                }
+            ),
+            "{outcome:?}"
+        );
+        assert_eq!(rig.acts()[0].0, Action::Terminate);
     }
 }

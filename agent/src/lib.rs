@@ -254,7 +254,7 @@ pub async fn run(
             table.clone(),
             registry_snapshot.clone(),
             clock.clone(),
-            config.pool.clone(),
+            (config.pool.clone(), config.max_concurrent_tasks),
             config.heartbeat_interval.as_duration(),
         )));
     }
@@ -279,7 +279,7 @@ pub async fn run(
     if let Some(table) = &node_table {
         let last = work::nodes::NodeRecord::from_snapshot(
             &registry_snapshot.borrow(),
-            config.pool.clone(),
+            (config.pool.clone(), config.max_concurrent_tasks),
             registered_at,
             clock.now(),
         );
@@ -352,7 +352,8 @@ fn build_worker(
         node_id.to_string(),
         instance_id.to_string(),
         config.max_concurrent_tasks,
-    );
+    )
+    .with_test_overrides();
     Some(work::QueueWorker::new(deps, settings))
 }
 

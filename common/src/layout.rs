@@ -53,6 +53,11 @@ pub fn agent_deb_key(version: &str, deb_arch: &str) -> String {
     format!("agent/{version}/leased_{version}_{deb_arch}.deb")
 }
 
+/// The S3 object metadata key holding an agent package's sha256 (hex): written by
+/// `lease setup` with the package, read by `lease launch` into the user-data, which
+/// refuses a download that differs.
+pub const AGENT_SHA256_METADATA: &str = "sha256";
+
 /// Debian's name for an EC2 architecture (`x86_64` → `amd64`, `arm64` stays).
 pub fn deb_arch(ec2_arch: &str) -> &str {
     match ec2_arch {
@@ -64,6 +69,29 @@ pub fn deb_arch(ec2_arch: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The design page lists every key this module makes, in the same words, so a
+    /// reader of the page and a reader of the code find the same layout.
+    #[test]
+    fn the_design_page_names_every_key() {
+        let page = include_str!("../../docs/DESIGN.md");
+        let (i, t) = ("<instance-id>", "<task-id>");
+        let attempt = |key: String| key.replace("attempt-7", "attempt-<n>");
+        for key in [
+            format!("`{}`", task_spec_key(t)),
+            format!("`{}`", log_key(t)),
+            format!("`{}<path>`", bundle_prefix(i, t)),
+            format!("`{}`", manifest_key(i, t)),
+            format!("`{}<path>`", attempt(attempt_bundle_prefix(i, t, 7))),
+            format!("`{}`", attempt(attempt_manifest_key(i, t, 7))),
+            format!("`{}`", agent_deb_key("<version>", "<arch>")),
+        ] {
+            assert!(page.contains(&key), "docs/DESIGN.md does not name {key}");
+        }
+        for field in ["\"spec_s3\"", "`reason`", "`pool`"] {
+            assert!(page.contains(field), "docs/DESIGN.md does not name {field}");
+        }
+    }
 
     #[test]
     fn keys_follow_the_design() {

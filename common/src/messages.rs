@@ -52,6 +52,12 @@ pub struct Task {
 /// be set to before 2025; newer queues may take more, but a task must fit every queue).
 pub const MAX_SQS_BODY: usize = 256 * 1024;
 
+/// The largest task a pointer may name (its JSON in S3). A task is a command, a prompt
+/// or an image with its arguments; 16 MiB is far beyond any real one, and it bounds
+/// what an agent reads into memory for one message. `lease submit` refuses a larger
+/// task; an agent dead-letters a pointer to one.
+pub const MAX_TASK_SPEC: usize = 16 * 1024 * 1024;
+
 /// A body too large for SQS is stored in S3 and the message carries this instead.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskPointer {

@@ -62,6 +62,8 @@ pub mod node {
     pub const STATUS: &str = "status";
     /// The task running now, absent when none.
     pub const TASK_ID: &str = "task_id";
+    /// N: how many tasks the node runs at once (`max-concurrent-tasks`).
+    pub const SLOTS: &str = "slots";
     pub const VERSION: &str = "version";
     pub const REGISTERED_AT: &str = "registered_at";
     pub const LAST_HEARTBEAT: &str = "last_heartbeat";

@@ -136,6 +136,11 @@ impl Stack {
         Ok(self.named(&format!("dlq-{pool}")))
     }
 
+    /// Matches every dead-letter queue of this stack and nothing else.
+    pub fn dead_letter_queue_pattern(&self) -> String {
+        self.named("dlq-*")
+    }
+
     /// Matches every queue of this stack: pools, dead letters and events.
     pub fn queue_pattern(&self) -> String {
         self.named("*")
@@ -208,6 +213,40 @@ pub enum ClaudeAuth {
     Bedrock,
     /// An Anthropic API key in the stack's parameter [`Stack::anthropic_key_parameter`].
     ApiKey,
+}
+
+impl ClaudeAuth {
+    pub const ALL: [ClaudeAuth; 3] = [ClaudeAuth::None, ClaudeAuth::Bedrock, ClaudeAuth::ApiKey];
+
+    /// The name `--claude-auth` and the settings file use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClaudeAuth::None => "none",
+            ClaudeAuth::Bedrock => "bedrock",
+            ClaudeAuth::ApiKey => "api-key",
+        }
+    }
+
+    pub fn is_none(&self) -> bool {
+        *self == ClaudeAuth::None
+    }
+}
+
+impl fmt::Display for ClaudeAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ClaudeAuth {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("invalid Claude auth '{s}': expected none, bedrock or api-key"))
+    }
 }
 
 /// The reaper's schedule in the stack's group; `lease schedule` refuses the name.

@@ -21,6 +21,11 @@ pub const ON_EXPIRY: &str = "lease:on-expiry";
 pub const ON_COMPLETE: &str = "lease:on-complete";
 pub const STATUS: &str = "lease:status";
 pub const TASK: &str = "lease:task";
+/// How the lease ended, written by the agent with its last `lease:status` when it ends
+/// the lease itself: `expired`, `idle`, `complete` or `failed` (the `NodeDeregistered`
+/// reason). `lease list` shows it once the instance has stopped or gone, since
+/// `lease:status` then still says what the agent was doing (`expiring`).
+pub const END_REASON: &str = "lease:end-reason";
 /// EC2's own display-name tag; not ours, but `lease launch --name` sets it.
 pub const NAME: &str = "Name";
 
@@ -102,6 +107,25 @@ impl Action {
             Action::Hibernate => "hibernate",
         }
     }
+
+    /// The action to carry out on an instance of `market` (EC2's `instance-life-cycle`:
+    /// `spot`, `on-demand`, …) in place of `self`. A one-time spot instance — the only
+    /// spot kind lease launches — cannot be stopped or hibernated: EC2 refuses both, so
+    /// on spot every end is a terminate. (A persistent spot request could stop, but it
+    /// launches a replacement whenever its instance is terminated, which is how every
+    /// lease ends; `lease launch` refuses stop and hibernate on spot for that reason.)
+    pub fn on_market(self, market: &str) -> Action {
+        if market == "spot" {
+            Action::Terminate
+        } else {
+            self
+        }
+    }
+
+    /// Whether this action needs an instance that can be stopped (not one-time spot).
+    pub fn keeps_instance(self) -> bool {
+        self != Action::Terminate
+    }
 }
 
 impl fmt::Display for Action {
@@ -132,10 +156,13 @@ pub enum NodeStatus {
     Failed,
     Interrupted,
     Expiring,
+    /// Set by the user-data's install step, not the agent: the agent package could not
+    /// be installed (download, digest or install failed), so no agent runs here.
+    InstallFailed,
 }
 
 impl NodeStatus {
-    pub const ALL: [NodeStatus; 8] = [
+    pub const ALL: [NodeStatus; 9] = [
         NodeStatus::Starting,
         NodeStatus::Idle,
         NodeStatus::Running,
@@ -144,6 +171,7 @@ impl NodeStatus {
         NodeStatus::Failed,
         NodeStatus::Interrupted,
         NodeStatus::Expiring,
+        NodeStatus::InstallFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -156,6 +184,7 @@ impl NodeStatus {
             NodeStatus::Failed => "failed",
             NodeStatus::Interrupted => "interrupted",
             NodeStatus::Expiring => "expiring",
+            NodeStatus::InstallFailed => "install-failed",
         }
     }
 }
@@ -451,5 +480,15 @@ mod tests {
         assert!(parsed.no_deadline);
         assert_eq!(parsed.ttl, None);
         assert!(!LeaseTags::parse([]).unwrap().no_deadline);
+    }
+
+    #[test]
+    fn spot_ends_every_lease_with_a_terminate() {
+        for a in Action::ALL {
+            assert_eq!(a.on_market("spot"), Action::Terminate, "{a}");
+            assert_eq!(a.on_market("on-demand"), a, "{a}");
+        }
+        assert!(!Action::Terminate.keeps_instance());
+        assert!(Action::Stop.keeps_instance() && Action::Hibernate.keeps_instance());
     }
 }

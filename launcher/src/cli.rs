@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use lease_common::stack::ClaudeAuth;
 use lease_common::tags::Action;
 
 pub const EXIT_CODES: &str = "\
@@ -107,6 +108,11 @@ pub enum Command {
     },
 }
 
+/// The most `--slots` takes: one instance running more tasks than this at once is
+/// better served by more instances (SQS hands out at most 10 messages a receive, and
+/// every task has its own tmux session and log uploads).
+pub const MAX_SLOTS: u32 = 64;
+
 #[derive(Debug, Args, Clone)]
 pub struct LaunchArgs {
     /// EC2 instance type, e.g. t3.micro or g5.xlarge.
@@ -142,9 +148,21 @@ pub struct LaunchArgs {
     /// Owner (default: your AWS identity).
     #[arg(long)]
     pub owner: Option<String>,
-    /// AMI id (default: latest Amazon Linux 2023 for the type's architecture).
+    /// AMI id (default: for NVIDIA GPU types the AWS Deep Learning Base AMI, else
+    /// Amazon Linux 2023; each the latest, for the type's architecture).
     #[arg(long)]
     pub ami: Option<String>,
+    /// Root volume size in GiB (default: 30, 100 on GPU types, or the image's own size
+    /// when larger; with hibernation at least the image plus RAM).
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..=16384))]
+    pub volume_size: Option<i32>,
+    /// Root volume type.
+    #[arg(long, default_value = "gp3", value_parser = ["gp3", "gp2", "io1", "io2", "standard"])]
+    pub volume_type: String,
+    /// Leave the root volume unencrypted (default: encrypted with the account's EBS key;
+    /// hibernation needs encryption).
+    #[arg(long)]
+    pub unencrypted: bool,
     #[arg(long)]
     pub key_name: Option<String>,
     #[arg(long)]
@@ -168,6 +186,10 @@ pub struct LaunchArgs {
     /// Extra lines for the agent's config file (YAML), e.g. queue and topic.
     #[arg(long)]
     pub agent_config: Option<PathBuf>,
+    /// Tasks each instance's agent runs at once (agent config `max-concurrent-tasks`;
+    /// default 1).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_SLOTS)))]
+    pub slots: Option<u32>,
     /// Wait until the instances are running, showing progress.
     #[arg(long)]
     pub wait: bool,
@@ -230,15 +252,20 @@ pub struct ActionArgs {
 pub struct AttachArgs {
     /// Instance id or Name tag.
     pub target: String,
-    /// Over SSM Session Manager (default).
-    #[arg(long, conflicts_with = "ssh")]
+    /// Over SSM Session Manager (default). With --ssh: SSH tunnelled through SSM, with
+    /// your key pushed by EC2 Instance Connect, so no inbound port or key pair is needed.
+    #[arg(long)]
     pub ssm: bool,
     /// Over SSH; honours your ssh config. LEASE_SSH_COMMAND overrides `ssh`.
     #[arg(long)]
     pub ssh: bool,
-    /// Login user for SSH.
-    #[arg(long, default_value = "ec2-user")]
-    pub user: String,
+    /// Login user for SSH (default: the image's: ec2-user, ubuntu or admin).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Private key for --ssh --ssm; its .pub is pushed (default: ~/.ssh/id_ed25519,
+    /// id_ecdsa or id_rsa).
+    #[arg(long, requires = "ssh")]
+    pub identity: Option<PathBuf>,
     /// tmux session to attach to (default: the one running the instance's task, else `lease`).
     #[arg(long)]
     pub session: Option<String>,
@@ -444,6 +471,12 @@ pub enum PolicyKind {
     Agent,
     /// Whoever runs `lease` (a person, or CI).
     Launcher,
+    /// The backstop reaper's Lambda execution role.
+    Reaper,
+    /// The role EventBridge Scheduler invokes the reaper with.
+    ReaperInvoke,
+    /// The role the targets of `lease schedule` run with.
+    Schedules,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -463,6 +496,10 @@ pub struct IamPolicyArgs {
     /// Limit the agent to these pools' queues (repeatable; default: every pool of the stack).
     #[arg(long = "pool")]
     pub pools: Vec<String>,
+    /// How Claude Code tasks authenticate (none, bedrock, api-key): what the agent's
+    /// policy adds for it (default: the stack's choice in your settings, else none).
+    #[arg(long, value_parser = parse_claude_auth)]
+    pub claude_auth: Option<ClaudeAuth>,
 }
 
 /// The stack whose schedule group holds the schedules.
@@ -539,9 +576,20 @@ pub struct SetupArgs {
     #[arg(long)]
     pub agent_deb: Option<PathBuf>,
     /// The backstop reaper's Lambda package, as packaging/build-reaper.sh makes it
-    /// (default: target/lambda/lease-reaper.zip, when there is one).
+    /// (default: target/lambda/lease-reaper.zip, built first when run from a checkout).
     #[arg(long)]
     pub reaper_zip: Option<PathBuf>,
+    /// Accept a stack without the backstop reaper: an instance whose agent is gone
+    /// then runs (and costs) until you end it. Without this flag setup fails when it
+    /// cannot deploy the reaper.
+    #[arg(long)]
+    pub no_backstop: bool,
+    /// How Claude Code tasks on the stack's nodes authenticate: none, bedrock (the
+    /// agents' role may invoke Anthropic models on Bedrock) or api-key (it may read the
+    /// key parameter `/lease/<stack>/anthropic-api-key`). Default: what the stack
+    /// was set up with, else none.
+    #[arg(long, value_parser = parse_claude_auth)]
+    pub claude_auth: Option<ClaudeAuth>,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -552,6 +600,10 @@ pub struct TeardownArgs {
     /// Tear down even while managed instances of the stack still run.
     #[arg(long)]
     pub force: bool,
+}
+
+fn parse_claude_auth(s: &str) -> Result<ClaudeAuth, String> {
+    s.parse()
 }
 
 fn parse_action(s: &str) -> Result<Action, String> {

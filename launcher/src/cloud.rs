@@ -5,10 +5,11 @@
 use std::collections::BTreeMap;
 
 use aws_sdk_ec2::types::{
-    Filter, HibernationOptionsRequest, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
-    InstanceMetadataTagsState, InstanceStateName, InstanceType, MarketType, ResourceType,
-    ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    BlockDeviceMapping, EbsBlockDevice, Filter, HibernationOptionsRequest, HttpTokensState,
+    IamInstanceProfileSpecification, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataTagsState, InstanceStateName, InstanceType,
+    MarketType, ResourceType, ShutdownBehavior, SpotInstanceType, SpotMarketOptions, Tag,
+    TagSpecification, VolumeType,
 };
 use aws_types::SdkConfig;
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ use lease_common::tags::{Action, LeaseTags, TagError};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::plan::LaunchPlan;
+use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
 
 /// One EC2 instance as the launcher sees it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -58,7 +59,25 @@ impl Instance {
     pub fn is_gone(&self) -> bool {
         matches!(self.state.as_str(), "terminated" | "shutting-down")
     }
+
+    /// How long a running instance has gone without its agent: still `lease:status`
+    /// `starting` (the launcher's value, which the agent replaces as soon as it runs)
+    /// for longer than [`BOOT_LIMIT`] since launch. `None` when nothing is wrong.
+    pub fn agent_missing_for(&self, now: DateTime<Utc>) -> Option<chrono::TimeDelta> {
+        let starting = self
+            .tags
+            .get(lease_common::tags::STATUS)
+            .map(String::as_str)
+            == Some(lease_common::tags::NodeStatus::Starting.as_str());
+        let since = now - self.launch_time?;
+        (self.state == "running" && starting && since > BOOT_LIMIT).then_some(since)
+    }
 }
+
+/// Longer than any boot should take: from RunInstances to a running agent is about a
+/// minute on Amazon Linux and a few on a Deep Learning AMI that installs Docker; ten
+/// minutes without the agent means the install failed or the agent does not start.
+pub const BOOT_LIMIT: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// A DescribeInstances query: explicit ids and/or filters (`tag:lease:job`, …).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -87,11 +106,12 @@ impl Query {
 /// The AWS operations the launcher performs, in its own terms.
 pub trait Cloud: Sync {
     fn region(&self) -> &str;
-    /// Architectures the instance type supports; an unknown type is an error naming it.
-    fn architectures(
-        &self,
-        instance_type: &str,
-    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+    /// What a launch needs to know of an instance type (DescribeInstanceTypes); an
+    /// unknown type is an error naming it.
+    fn type_info(&self, instance_type: &str) -> impl Future<Output = Result<TypeInfo>> + Send;
+    /// An AMI's name, root device and tags (DescribeImages); a missing one is an error
+    /// naming it.
+    fn image(&self, image_id: &str) -> impl Future<Output = Result<ImageInfo>> + Send;
     /// Value of an SSM parameter (the public AMI parameters).
     fn parameter(&self, name: &str) -> impl Future<Output = Result<String>> + Send;
     /// The caller's identity ARN.
@@ -106,12 +126,22 @@ pub trait Cloud: Sync {
         ids: &[String],
         tags: &[(String, String)],
     ) -> impl Future<Output = Result<()>> + Send;
+    /// The instance's serial console output (GetConsoleOutput), newest available;
+    /// `None` when EC2 has none yet.
+    fn console_output(&self, id: &str) -> impl Future<Output = Result<Option<String>>> + Send;
     /// Terminate, stop or hibernate; returns each instance's new state.
     fn change_state(
         &self,
         ids: &[String],
         action: Action,
     ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
+    /// The sha256 `lease setup` recorded with the agent package at `s3://bucket/key`
+    /// (HeadObject: read-only), or `None` when there is no such object.
+    fn agent_package_sha256(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 }
 
 /// The SDK implementation, one region per value.
@@ -121,6 +151,7 @@ pub struct AwsCloud {
     ec2: aws_sdk_ec2::Client,
     ssm: aws_sdk_ssm::Client,
     sts: aws_sdk_sts::Client,
+    s3: aws_sdk_s3::Client,
 }
 
 impl AwsCloud {
@@ -130,6 +161,7 @@ impl AwsCloud {
             ec2: aws_sdk_ec2::Client::new(config),
             ssm: aws_sdk_ssm::Client::new(config),
             sts: aws_sdk_sts::Client::new(config),
+            s3: lease_common::aws::s3_client(config),
         }
     }
 
@@ -220,7 +252,13 @@ impl Cloud for AwsCloud {
         &self.region
     }
 
-    async fn architectures(&self, instance_type: &str) -> Result<Vec<String>> {
+    async fn type_info(&self, instance_type: &str) -> Result<TypeInfo> {
+        let unknown = || {
+            Error::usage(format!(
+                "Unknown instance type '{instance_type}' in {}",
+                self.region
+            ))
+        };
         let out = self
             .ec2
             .describe_instance_types()
@@ -228,11 +266,10 @@ impl Cloud for AwsCloud {
             .send()
             .await
             .map_err(|e| {
-                let unknown = aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
-                    == Some("InvalidInstanceType");
-                let what = format!("Unknown instance type '{instance_type}' in {}", self.region);
-                if unknown {
-                    Error::Usage(what)
+                if aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e)
+                    == Some("InvalidInstanceType")
+                {
+                    unknown()
                 } else {
                     Error::aws(
                         format!("Failed to look up instance type '{instance_type}'"),
@@ -240,10 +277,9 @@ impl Cloud for AwsCloud {
                     )
                 }
             })?;
-        let archs: Vec<String> = out
-            .instance_types()
-            .first()
-            .and_then(|t| t.processor_info())
+        let t = out.instance_types().first().ok_or_else(unknown)?;
+        let architectures: Vec<String> = t
+            .processor_info()
             .map(|p| {
                 p.supported_architectures()
                     .iter()
@@ -251,13 +287,80 @@ impl Cloud for AwsCloud {
                     .collect()
             })
             .unwrap_or_default();
-        if archs.is_empty() {
-            return Err(Error::usage(format!(
-                "Unknown instance type '{instance_type}' in {}",
-                self.region
-            )));
+        if architectures.is_empty() {
+            return Err(unknown());
         }
-        Ok(archs)
+        let nvidia_gpus = t
+            .gpu_info()
+            .map(|g| {
+                g.gpus()
+                    .iter()
+                    .filter(|d| {
+                        d.manufacturer()
+                            .is_some_and(|m| m.eq_ignore_ascii_case("nvidia"))
+                    })
+                    .map(|d| d.count().unwrap_or(0).max(0).unsigned_abs())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Ok(TypeInfo {
+            name: instance_type.to_string(),
+            architectures,
+            memory_mib: t
+                .memory_info()
+                .and_then(|m| m.size_in_mib())
+                .map_or(0, |m| m.max(0).unsigned_abs()),
+            nvidia_gpus,
+            hibernation_supported: t.hibernation_supported().unwrap_or(false),
+        })
+    }
+
+    async fn image(&self, image_id: &str) -> Result<ImageInfo> {
+        let what = || format!("Failed to look up image '{image_id}' in {}", self.region);
+        let out = self
+            .ec2
+            .describe_images()
+            .image_ids(image_id)
+            .send()
+            .await
+            .map_err(|e| {
+                let code = aws_smithy_types::error::metadata::ProvideErrorMetadata::code(&e);
+                if code.is_some_and(|c| c.starts_with("InvalidAMIID")) {
+                    Error::NotFound(format!(
+                        "Image '{image_id}' does not exist in {} (or is not shared with this \
+                         account)",
+                        self.region
+                    ))
+                } else {
+                    Error::aws(what(), e)
+                }
+            })?;
+        let i = out.images().first().ok_or_else(|| {
+            Error::NotFound(format!(
+                "Image '{image_id}' does not exist in {}",
+                self.region
+            ))
+        })?;
+        let root_device_name = i.root_device_name().unwrap_or("/dev/xvda").to_string();
+        let root_size_gib = i
+            .block_device_mappings()
+            .iter()
+            .find(|m| m.device_name() == Some(root_device_name.as_str()))
+            .and_then(|m| m.ebs())
+            .and_then(|e| e.volume_size())
+            .unwrap_or(0);
+        Ok(ImageInfo {
+            id: image_id.to_string(),
+            name: i.name().unwrap_or_default().to_string(),
+            architecture: i.architecture().map(|a| a.as_str().to_string()),
+            root_device_name,
+            root_size_gib,
+            tags: i
+                .tags()
+                .iter()
+                .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
+                .collect(),
+        })
     }
 
     async fn parameter(&self, name: &str) -> Result<String> {
@@ -347,6 +450,21 @@ impl Cloud for AwsCloud {
                     .build(),
             );
         }
+        for m in &plan.block_device_mappings {
+            req = req.block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(&m.device_name)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(m.ebs.volume_size)
+                            .volume_type(VolumeType::from(m.ebs.volume_type.as_str()))
+                            .encrypted(m.ebs.encrypted)
+                            .delete_on_termination(m.ebs.delete_on_termination)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
         if let Some(h) = &plan.hibernation_options {
             req = req.hibernation_options(
                 HibernationOptionsRequest::builder()
@@ -413,6 +531,30 @@ impl Cloud for AwsCloud {
         Ok(found)
     }
 
+    async fn console_output(&self, id: &str) -> Result<Option<String>> {
+        let out = self
+            .ec2
+            .get_console_output()
+            .instance_id(id)
+            .latest(true)
+            .send()
+            .await
+            .map_err(|e| {
+                Error::aws(
+                    format!("Failed to read the console output of instance '{id}'"),
+                    e,
+                )
+            })?;
+        let Some(encoded) = out.output().filter(|o| !o.is_empty()) else {
+            return Ok(None);
+        };
+        let bytes = aws_smithy_types::base64::decode(encoded).map_err(|e| Error::Aws {
+            what: format!("Failed to read the console output of instance '{id}'"),
+            message: format!("not base64: {e}"),
+        })?;
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
     async fn create_tags(&self, ids: &[String], tags: &[(String, String)]) -> Result<()> {
         self.ec2
             .create_tags()
@@ -460,5 +602,24 @@ impl Cloud for AwsCloud {
                 )
             })
             .collect())
+    }
+
+    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(head) => head
+                .metadata()
+                .and_then(|m| m.get(lease_common::layout::AGENT_SHA256_METADATA))
+                .map(|sha| Some(sha.clone()))
+                .ok_or_else(|| Error::Aws {
+                    what: format!("Agent package s3://{bucket}/{key}"),
+                    message: format!(
+                        "it carries no '{}' metadata, so its digest cannot be checked at boot; \
+                         upload it with `lease setup`",
+                        lease_common::layout::AGENT_SHA256_METADATA
+                    ),
+                }),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(Error::aws(format!("Failed to read s3://{bucket}/{key}"), e)),
+        }
     }
 }

@@ -7,7 +7,7 @@ use lease_common::tags::Action;
 
 use crate::cloud::{Cloud, Instance, Query};
 use crate::error::{Error, Result};
-use crate::plan::LaunchPlan;
+use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
 
 /// A running spot t3.micro with the given tags, for tests of pure command logic.
 pub fn instance(id: &str, tags: &[(&str, &str)]) -> Instance {
@@ -41,12 +41,63 @@ pub struct FakeCloud {
     /// RunInstances returns at most this many.
     pub launch_limit: Option<usize>,
     pub launched: Mutex<Vec<LaunchPlan>>,
+    /// Instance types by name; any other is a 1 GiB x86_64 type with hibernation.
+    pub types: BTreeMap<String, TypeInfo>,
+    /// Images by id; any other is an Amazon Linux image with an 8 GiB root.
+    pub images: BTreeMap<String, ImageInfo>,
+    /// SSM parameters by name; others answer as described at `parameter`.
+    pub params: BTreeMap<String, String>,
+    /// SSM parameters read, in order.
+    pub parameters_read: Mutex<Vec<String>>,
+    /// Errors ("Code: message") RunInstances returns, first to last, before it
+    /// launches anything.
+    pub run_errors: Mutex<std::collections::VecDeque<String>>,
+    /// How many DescribeInstances calls by id answer InvalidInstanceID.NotFound, as EC2
+    /// does for a few seconds after RunInstances.
+    pub describe_misses: Mutex<u32>,
+    /// Agent packages in buckets: (bucket, key) to the sha256 recorded with it.
+    pub agent_packages: BTreeMap<(String, String), String>,
+}
+
+/// A plain x86_64 type with 1 GiB of RAM, no GPU, hibernation supported.
+pub fn plain_type(name: &str) -> TypeInfo {
+    TypeInfo {
+        name: name.into(),
+        architectures: vec!["x86_64".into()],
+        memory_mib: 1024,
+        nvidia_gpus: 0,
+        hibernation_supported: true,
+    }
+}
+
+/// An Amazon Linux 2023 image with an 8 GiB root snapshot.
+pub fn al2023_image(id: &str) -> ImageInfo {
+    ImageInfo {
+        id: id.into(),
+        name: "al2023-ami-2023.9.20261101.0-kernel-6.1-x86_64".into(),
+        architecture: Some("x86_64".into()),
+        root_device_name: "/dev/xvda".into(),
+        root_size_gib: 8,
+        tags: BTreeMap::new(),
+    }
 }
 
 impl FakeCloud {
+    /// A region whose bucket `agents` holds the agent package for both architectures
+    /// (what tests pass as `--agent-bucket` when the agent is not their subject).
     pub fn new(region: &str) -> Self {
+        let package = |arch: &str| {
+            (
+                (
+                    "agents".to_string(),
+                    lease_common::layout::agent_deb_key(lease_common::VERSION, arch),
+                ),
+                "ab".repeat(32),
+            )
+        };
         Self {
             region: region.into(),
+            agent_packages: [package("amd64"), package("arm64")].into(),
             ..Default::default()
         }
     }
@@ -79,14 +130,33 @@ impl Cloud for FakeCloud {
         &self.region
     }
 
-    async fn architectures(&self, _t: &str) -> Result<Vec<String>> {
+    async fn type_info(&self, t: &str) -> Result<TypeInfo> {
         self.check()?;
-        Ok(vec!["x86_64".into()])
+        Ok(self.types.get(t).cloned().unwrap_or_else(|| plain_type(t)))
     }
 
-    async fn parameter(&self, _name: &str) -> Result<String> {
+    async fn image(&self, id: &str) -> Result<ImageInfo> {
         self.check()?;
-        Ok("ami-fake".into())
+        Ok(self
+            .images
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| al2023_image(id)))
+    }
+
+    /// The AMI parameters read: `ami-fake` for Amazon Linux (the default), else an id
+    /// naming the parameter's family, so a test sees which one was chosen.
+    async fn parameter(&self, name: &str) -> Result<String> {
+        self.check()?;
+        self.parameters_read.lock().unwrap().push(name.to_string());
+        if let Some(v) = self.params.get(name) {
+            return Ok(v.clone());
+        }
+        Ok(if name.contains("/deeplearning/") {
+            "ami-dlami".into()
+        } else {
+            "ami-fake".into()
+        })
     }
 
     async fn caller_arn(&self) -> Result<String> {
@@ -96,6 +166,15 @@ impl Cloud for FakeCloud {
 
     async fn run_instances(&self, plan: &LaunchPlan) -> Result<Vec<Instance>> {
         self.check()?;
+        if let Some(message) = self.run_errors.lock().unwrap().pop_front() {
+            return Err(Error::Aws {
+                what: format!(
+                    "Failed to launch {} x {}",
+                    plan.max_count, plan.instance_type
+                ),
+                message,
+            });
+        }
         self.launched.lock().unwrap().push(plan.clone());
         let n = self
             .launch_limit
@@ -120,6 +199,19 @@ impl Cloud for FakeCloud {
 
     async fn describe(&self, q: &Query) -> Result<Vec<Instance>> {
         self.check()?;
+        {
+            let mut misses = self.describe_misses.lock().unwrap();
+            if !q.ids.is_empty() && *misses > 0 {
+                *misses -= 1;
+                return Err(Error::Aws {
+                    what: "Failed to describe instances".into(),
+                    message: format!(
+                        "InvalidInstanceID.NotFound: The instance ID '{}' does not exist",
+                        q.ids[0]
+                    ),
+                });
+            }
+        }
         Ok(self
             .instances
             .lock()
@@ -128,6 +220,13 @@ impl Cloud for FakeCloud {
             .filter(|i| matches(i, q))
             .cloned()
             .collect())
+    }
+
+    async fn console_output(&self, id: &str) -> Result<Option<String>> {
+        self.check()?;
+        Ok(Some(format!(
+            "[  OK  ] Reached target Cloud-init target.\nboot of {id}\nleased.service: Failed with result 'exit-code'.\n"
+        )))
     }
 
     async fn create_tags(&self, ids: &[String], tags: &[(String, String)]) -> Result<()> {
@@ -154,5 +253,13 @@ impl Cloud for FakeCloud {
             }
         }
         Ok(out)
+    }
+
+    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        self.check()?;
+        Ok(self
+            .agent_packages
+            .get(&(bucket.to_string(), key.to_string()))
+            .cloned())
     }
 }

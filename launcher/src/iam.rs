@@ -2,11 +2,12 @@
 //! CI) who run `lease`, on the resources named by [`lease_common::stack`]. Pure: the
 //! `iam-policy` command only prints what these return.
 //!
-//! Choices, statement by statement, are in the comments beside each one. Actions that
-//! do not support resource-level permissions (`ec2:Describe*`) get `*` and nothing else
-//! does.
+//! Choices, statement by statement, are in the comments beside each one, with the AWS
+//! documentation a condition follows. Actions that do not support resource-level
+//! permissions (`ec2:Describe*`, `ecr:GetAuthorizationToken`, the Session Manager
+//! channel actions) get `*` and nothing else does.
 
-use lease_common::stack::{Location, Stack, StackError};
+use lease_common::stack::{ClaudeAuth, Location, Stack, StackError};
 use lease_common::tags;
 use serde_json::{Value, json};
 
@@ -16,7 +17,9 @@ pub enum IamError {
     Stack(#[from] StackError),
 }
 
-/// The instance whose role credentials sign the request, as an EC2 resource path.
+/// The *target* instance as an EC2 resource path: `ec2:InstanceID` is a key of the
+/// instance a request acts on, so this names that instance's own ARN, which the
+/// self-only condition compares with the ARN of the instance that signed.
 pub const OWN_INSTANCE: &str = "instance/${ec2:InstanceID}";
 
 /// The policy language version every document uses (the only one with variables).
@@ -44,27 +47,56 @@ pub(crate) fn with_condition(mut statement: Value, condition: Value) -> Value {
     statement
 }
 
-/// The agents' role. `pools` limits the queues it may consume; empty means every pool
-/// of the stack (`lease-<stack>-pool-*`, which never matches a dead-letter queue).
-pub fn agent_policy(stack: &Stack, at: &Location, pools: &[String]) -> Result<Value, IamError> {
-    let queues = if pools.is_empty() {
-        vec![at.arn("sqs", &stack.pool_queue_pattern())]
+/// The DNS suffix of a partition's service endpoints, as `kms:ViaService` names them
+/// (`ssm.cn-north-1.amazonaws.com.cn` in China, `amazonaws.com` elsewhere).
+fn dns_suffix(partition: &str) -> &'static str {
+    if partition == "aws-cn" {
+        "amazonaws.com.cn"
     } else {
-        pools
-            .iter()
-            .map(|p| Ok(at.arn("sqs", &stack.pool_queue(p)?)))
-            .collect::<Result<Vec<_>, StackError>>()?
+        "amazonaws.com"
+    }
+}
+
+/// The agents' role. `pools` limits the queues it may consume (and the dead-letter
+/// queues it may write to); empty means every pool of the stack
+/// (`lease-<stack>-pool-*`, which never matches a dead-letter queue, and
+/// `lease-<stack>-dlq-*`). `claude` adds exactly what the stack's choice of Claude
+/// authentication needs.
+pub fn agent_policy(
+    stack: &Stack,
+    at: &Location,
+    pools: &[String],
+    claude: ClaudeAuth,
+) -> Result<Value, IamError> {
+    let (queues, dead_letters) = if pools.is_empty() {
+        (
+            vec![at.arn("sqs", &stack.pool_queue_pattern())],
+            vec![at.arn("sqs", &stack.dead_letter_queue_pattern())],
+        )
+    } else {
+        let mut queues = Vec::new();
+        let mut dead_letters = Vec::new();
+        for p in pools {
+            queues.push(at.arn("sqs", &stack.pool_queue(p)?));
+            dead_letters.push(at.arn("sqs", &stack.dead_letter_queue(p)?));
+        }
+        (queues, dead_letters)
     };
     let bucket = stack.bucket(&at.account, &at.region);
     let own_instance = with_condition(
-        // `${ec2:InstanceID}` is the id of the instance whose role credentials signed
-        // the request; in the Resource it makes that instance the only one these
-        // actions may name, so one compromised node cannot stop, terminate or retag
-        // another. (A Resource that is only a variable, `${ec2:SourceInstanceARN}`, is
-        // not an ARN, and IAM's policy validation refuses it.) The ArnLike condition
-        // on `ec2:SourceInstanceARN` makes the request's origin explicit (credentials
-        // used off the instance carry no such key and match nothing) and pins it to
-        // this account and region.
+        // An instance may act only on itself. The Resource names every instance of the
+        // account and region, and the condition compares the ARN of the instance whose
+        // role credentials signed the request (`ec2:SourceInstanceARN`) with the
+        // target's: `ec2:InstanceID` is a key of the *target* instance (Service
+        // Authorization Reference, "Condition keys for Amazon EC2"), so as a variable
+        // it is the target's id, and a Resource of `instance/${ec2:InstanceID}` alone
+        // would match every instance. This is the documented form: `ArnEquals` on
+        // `ec2:SourceInstanceARN` against an instance ARN, as in the EC2 User Guide's
+        // "Example policies to control access the Amazon EC2 API" (attach or detach
+        // volumes only from a given instance), with the target's id as the policy
+        // variable. Credentials used off the instance (or by another instance, or a
+        // container on another node) carry another `ec2:SourceInstanceARN`, or none,
+        // and match nothing.
         statement(
             "ActOnOwnInstanceOnly",
             &[
@@ -72,72 +104,162 @@ pub fn agent_policy(stack: &Stack, at: &Location, pools: &[String]) -> Result<Va
                 "ec2:TerminateInstances",
                 "ec2:CreateTags",
             ],
-            vec![at.arn("ec2", OWN_INSTANCE)],
+            vec![at.arn("ec2", "instance/*")],
         ),
         json!({
-            "ArnLike": { "ec2:SourceInstanceARN": at.arn("ec2", "instance/*") },
+            "ArnEquals": { "ec2:SourceInstanceARN": at.arn("ec2", OWN_INSTANCE) },
             // Only `lease:*` tags (status, task): never another tool's tags.
             "ForAllValues:StringLike": { "aws:TagKeys": ["lease:*"] },
         }),
     );
-    Ok(json!({
-        "Version": VERSION,
-        "Statement": [
-            statement(
-                "ConsumePoolQueues",
-                &[
-                    "sqs:ReceiveMessage",
-                    "sqs:DeleteMessage",
-                    "sqs:ChangeMessageVisibility",
-                ],
-                queues,
-            ),
-            statement(
-                "PublishToControlBus",
-                &["sns:Publish"],
-                vec![at.arn("sns", &stack.bus_topic())],
-            ),
-            statement(
-                "WriteBundlesAndLogs",
-                &["s3:PutObject"],
-                vec![
-                    at.s3_arn(&format!("{bucket}/jobs/*")),
-                    at.s3_arn(&format!("{bucket}/logs/*")),
-                ],
-            ),
-            // `agent/` holds the .deb an instance without the baked AMI installs;
-            // `tasks/` holds task specs too large for an SQS message (`lease submit`
-            // puts them there and the message points at them).
-            statement(
-                "ReadAgentPackageAndTaskSpecs",
-                &["s3:GetObject"],
-                vec![
-                    at.s3_arn(&format!("{bucket}/agent/*")),
-                    at.s3_arn(&format!("{bucket}/tasks/*")),
-                ],
-            ),
-            statement(
-                "NodeAndTaskTables",
-                &[
-                    "dynamodb:GetItem",
-                    "dynamodb:PutItem",
-                    "dynamodb:UpdateItem",
-                    "dynamodb:DeleteItem",
-                ],
-                vec![
-                    at.arn("dynamodb", &format!("table/{}", stack.nodes_table())),
-                    at.arn("dynamodb", &format!("table/{}", stack.tasks_table())),
-                ],
-            ),
-            own_instance,
-            // Neither supports resource-level permissions: `*` is the only form.
-            statement(
-                "ReadInstanceTags",
-                &["ec2:DescribeTags", "ec2:DescribeInstances"],
-                vec!["*".into()],
-            ),
-        ],
-    }))
+    let mut statements = vec![
+        // Receive, extend and delete a task; SendMessage puts an interrupted task back
+        // with its attempt count bumped; GetQueueAttributes reads the redrive policy
+        // to find the dead-letter queue.
+        statement(
+            "ConsumePoolQueues",
+            &[
+                "sqs:ReceiveMessage",
+                "sqs:DeleteMessage",
+                "sqs:ChangeMessageVisibility",
+                "sqs:SendMessage",
+                "sqs:GetQueueAttributes",
+            ],
+            queues,
+        ),
+        // A task that cannot run (a bad body) goes to its pool's dead-letter queue,
+        // found by name from the redrive policy's ARN.
+        statement(
+            "WriteDeadLetters",
+            &["sqs:SendMessage", "sqs:GetQueueUrl"],
+            dead_letters,
+        ),
+        statement(
+            "PublishToControlBus",
+            &["sns:Publish"],
+            vec![at.arn("sns", &stack.bus_topic())],
+        ),
+        // Multipart uploads are authorised as PutObject; a failed one is aborted so
+        // its parts are not billed (setup's lifecycle rule is the backstop).
+        statement(
+            "WriteBundlesAndLogs",
+            &["s3:PutObject", "s3:AbortMultipartUpload"],
+            vec![
+                at.s3_arn(&format!("{bucket}/jobs/*")),
+                at.s3_arn(&format!("{bucket}/logs/*")),
+            ],
+        ),
+        // `agent/` holds the .deb an instance without the baked AMI installs;
+        // `tasks/` holds task specs too large for an SQS message (`lease submit`
+        // puts them there and the message points at them).
+        statement(
+            "ReadAgentPackageAndTaskSpecs",
+            &["s3:GetObject"],
+            vec![
+                at.s3_arn(&format!("{bucket}/agent/*")),
+                at.s3_arn(&format!("{bucket}/tasks/*")),
+            ],
+        ),
+        statement(
+            "NodeAndTaskTables",
+            &[
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+            ],
+            vec![
+                at.arn("dynamodb", &format!("table/{}", stack.nodes_table())),
+                at.arn("dynamodb", &format!("table/{}", stack.tasks_table())),
+            ],
+        ),
+        own_instance,
+        // Neither supports resource-level permissions: `*` is the only form.
+        statement(
+            "ReadInstanceTags",
+            &["ec2:DescribeTags", "ec2:DescribeInstances"],
+            vec!["*".into()],
+        ),
+        // `--image` from ECR: the agent logs Docker in with a token (no resource-level
+        // permission), then Docker pulls the image's manifest and layers — the pull
+        // actions of ECR's documentation ("Private repository policy examples",
+        // AmazonEC2ContainerRegistryPullOnly), on this account's repositories.
+        statement("EcrLogin", &["ecr:GetAuthorizationToken"], vec!["*".into()]),
+        statement(
+            "EcrPull",
+            &["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+            vec![at.arn("ecr", "repository/*")],
+        ),
+        // `lease attach` runs through Session Manager: the SSM agent on the node
+        // registers and opens its channels with the instance role. These are the
+        // actions of Session Manager's documented minimal instance policy ("Step 2:
+        // Verify or add instance permissions for Session Manager", the custom-policy
+        // form of AmazonSSMManagedInstanceCore's Session Manager part); the
+        // `ssmmessages` actions support no resource-level permissions.
+        statement(
+            "SessionManagerAgent",
+            &[
+                "ssm:UpdateInstanceInformation",
+                "ssmmessages:CreateControlChannel",
+                "ssmmessages:CreateDataChannel",
+                "ssmmessages:OpenControlChannel",
+                "ssmmessages:OpenDataChannel",
+            ],
+            vec!["*".into()],
+        ),
+    ];
+    match claude {
+        ClaudeAuth::None => {}
+        // Claude Code on Bedrock invokes Anthropic's models directly or through
+        // cross-region inference profiles, whose requests reach the model in other
+        // regions: region `*` (Claude Code's Bedrock documentation, "IAM
+        // configuration").
+        ClaudeAuth::Bedrock => statements.push(statement(
+            "InvokeClaudeOnBedrock",
+            &[
+                "bedrock:InvokeModel",
+                "bedrock:InvokeModelWithResponseStream",
+            ],
+            vec![
+                format!(
+                    "arn:{}:bedrock:*::foundation-model/anthropic.*",
+                    at.partition
+                ),
+                format!(
+                    "arn:{}:bedrock:*:{}:inference-profile/*anthropic.*",
+                    at.partition,
+                    at.account.as_str()
+                ),
+            ],
+        )),
+        ClaudeAuth::ApiKey => {
+            statements.push(statement(
+                "ReadAnthropicKey",
+                &["ssm:GetParameter"],
+                vec![at.arn(
+                    "ssm",
+                    &format!("parameter{}", stack.anthropic_key_parameter()),
+                )],
+            ));
+            // A SecureString is decrypted by KMS on Parameter Store's behalf: only
+            // through SSM in this region (`kms:ViaService`, as in Parameter Store's
+            // documentation "Restricting access to Systems Manager parameters using
+            // IAM policies").
+            statements.push(with_condition(
+                statement(
+                    "DecryptAnthropicKeyViaSsm",
+                    &["kms:Decrypt"],
+                    vec![at.arn("kms", "key/*")],
+                ),
+                json!({ "StringEquals": { "kms:ViaService": format!(
+                    "ssm.{}.{}",
+                    at.region.as_str(),
+                    dns_suffix(&at.partition)
+                ) } }),
+            ));
+        }
+    }
+    Ok(json!({ "Version": VERSION, "Statement": statements }))
 }
 
 /// What `lease launch/list/status/extend/terminate/stop/hibernate/attach/submit/stats/
@@ -389,20 +511,28 @@ mod tests {
         all.iter().find(|s| s.0 == sid).expect(sid)
     }
 
+    fn agent(pools: &[String], claude: ClaudeAuth) -> Vec<Stmt> {
+        statements(&agent_policy(&stack(), &location(), pools, claude).unwrap())
+    }
+
     #[test]
     fn agent_policy_statements_actions_and_resources() {
-        let all = statements(&agent_policy(&stack(), &location(), &[]).unwrap());
+        let all = agent(&[], ClaudeAuth::None);
         let sids: Vec<&str> = all.iter().map(|s| s.0.as_str()).collect();
         assert_eq!(
             sids,
             [
                 "ConsumePoolQueues",
+                "WriteDeadLetters",
                 "PublishToControlBus",
                 "WriteBundlesAndLogs",
                 "ReadAgentPackageAndTaskSpecs",
                 "NodeAndTaskTables",
                 "ActOnOwnInstanceOnly",
                 "ReadInstanceTags",
+                "EcrLogin",
+                "EcrPull",
+                "SessionManagerAgent",
             ]
         );
         let s = find(&all, "ConsumePoolQueues");
@@ -411,16 +541,21 @@ mod tests {
             [
                 "sqs:ReceiveMessage",
                 "sqs:DeleteMessage",
-                "sqs:ChangeMessageVisibility"
+                "sqs:ChangeMessageVisibility",
+                "sqs:SendMessage",
+                "sqs:GetQueueAttributes",
             ]
         );
         assert_eq!(s.2, ["arn:aws:sqs:eu-west-1:123456789012:lease-dev-pool-*"]);
+        let s = find(&all, "WriteDeadLetters");
+        assert_eq!(s.1, ["sqs:SendMessage", "sqs:GetQueueUrl"]);
+        assert_eq!(s.2, ["arn:aws:sqs:eu-west-1:123456789012:lease-dev-dlq-*"]);
         let s = find(&all, "PublishToControlBus");
         assert_eq!(s.1, ["sns:Publish"]);
         assert_eq!(s.2, ["arn:aws:sns:eu-west-1:123456789012:lease-dev-bus"]);
         let bucket = "arn:aws:s3:::lease-dev-123456789012-eu-west-1";
         let s = find(&all, "WriteBundlesAndLogs");
-        assert_eq!(s.1, ["s3:PutObject"]);
+        assert_eq!(s.1, ["s3:PutObject", "s3:AbortMultipartUpload"]);
         assert_eq!(
             s.2,
             [format!("{bucket}/jobs/*"), format!("{bucket}/logs/*")]
@@ -441,6 +576,32 @@ mod tests {
                 "arn:aws:dynamodb:eu-west-1:123456789012:table/lease-dev-tasks",
             ]
         );
+        let s = find(&all, "ReadInstanceTags");
+        assert_eq!(s.1, ["ec2:DescribeTags", "ec2:DescribeInstances"]);
+        assert_eq!(s.2, ["*"]);
+        assert_eq!(find(&all, "EcrLogin").2, ["*"]);
+        let s = find(&all, "EcrPull");
+        assert_eq!(s.1, ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"]);
+        assert_eq!(s.2, ["arn:aws:ecr:eu-west-1:123456789012:repository/*"]);
+        let s = find(&all, "SessionManagerAgent");
+        assert!(s.1.contains(&"ssm:UpdateInstanceInformation".to_string()));
+        assert!(s.1.contains(&"ssmmessages:OpenDataChannel".to_string()));
+        // No Claude auth: neither Bedrock nor any parameter.
+        assert!(
+            !all.iter()
+                .flat_map(|s| &s.1)
+                .any(|a| a.starts_with("bedrock:")
+                    || a == "ssm:GetParameter"
+                    || a.starts_with("kms:"))
+        );
+    }
+
+    /// The self-only statement, in AWS's documented form: every instance as the
+    /// Resource, and `ArnEquals` comparing the signing instance's ARN with the target's
+    /// (`${ec2:InstanceID}` being the target's id).
+    #[test]
+    fn an_instance_may_stop_terminate_and_tag_only_itself() {
+        let all = agent(&[], ClaudeAuth::None);
         let s = find(&all, "ActOnOwnInstanceOnly");
         assert_eq!(
             s.1,
@@ -450,53 +611,121 @@ mod tests {
                 "ec2:CreateTags"
             ]
         );
+        assert_eq!(s.2, ["arn:aws:ec2:eu-west-1:123456789012:instance/*"]);
+        let cond = s.3.as_ref().unwrap().as_object().unwrap();
+        let mut operators: Vec<&str> = cond.keys().map(String::as_str).collect();
+        operators.sort_unstable();
+        assert_eq!(operators, ["ArnEquals", "ForAllValues:StringLike"]);
         assert_eq!(
-            s.2,
-            ["arn:aws:ec2:eu-west-1:123456789012:instance/${ec2:InstanceID}"]
-        );
-        let cond = s.3.as_ref().unwrap();
-        assert_eq!(
-            cond["ArnLike"]["ec2:SourceInstanceARN"],
-            "arn:aws:ec2:eu-west-1:123456789012:instance/*"
+            cond["ArnEquals"],
+            json!({
+                "ec2:SourceInstanceARN": "arn:aws:ec2:eu-west-1:123456789012:instance/${ec2:InstanceID}"
+            })
         );
         assert_eq!(
             cond["ForAllValues:StringLike"]["aws:TagKeys"],
             json!(["lease:*"])
         );
-        let s = find(&all, "ReadInstanceTags");
-        assert_eq!(s.1, ["ec2:DescribeTags", "ec2:DescribeInstances"]);
-        assert_eq!(s.2, ["*"]);
+        // Not the old form, whose Resource variable matched every target instance and
+        // whose ArnLike matched any instance of the account as the caller.
+        let text = serde_json::to_string(&s.3).unwrap();
+        assert!(!text.contains("ArnLike"), "{text}");
     }
 
     #[test]
     fn agent_policy_grants_no_ec2_mutation_outside_its_own_instance() {
-        let all = statements(&agent_policy(&stack(), &location(), &[]).unwrap());
-        for (sid, actions, resources, condition) in &all {
-            let mutates = actions
-                .iter()
-                .any(|a| a.starts_with("ec2:") && !a.starts_with("ec2:Describe"));
-            if mutates {
-                assert_eq!(resources, &[location().arn("ec2", OWN_INSTANCE)], "{sid}");
-                let condition = condition.as_ref().expect(sid).to_string();
-                assert!(condition.contains("ec2:SourceInstanceARN"), "{sid}");
+        for claude in ClaudeAuth::ALL {
+            let all = agent(&[], claude);
+            for (sid, actions, resources, condition) in &all {
+                let mutates = actions
+                    .iter()
+                    .any(|a| a.starts_with("ec2:") && !a.starts_with("ec2:Describe"));
+                if mutates {
+                    assert_eq!(sid, "ActOnOwnInstanceOnly");
+                    let condition = condition.as_ref().expect(sid);
+                    assert_eq!(
+                        condition["ArnEquals"]["ec2:SourceInstanceARN"],
+                        location().arn("ec2", OWN_INSTANCE),
+                        "{sid}"
+                    );
+                }
+                // `*` only where resource-level permissions do not exist.
+                if resources.iter().any(|r| r == "*") {
+                    assert!(
+                        actions
+                            .iter()
+                            .all(|a| NO_RESOURCE_LEVEL.contains(&a.as_str())),
+                        "{sid}: {actions:?}"
+                    );
+                }
+                assert!(!actions.iter().any(|a| a.ends_with('*')), "{sid}");
             }
-            // `*` only where resource-level permissions do not exist.
-            if resources.iter().any(|r| r == "*") {
-                assert!(
-                    actions
-                        .iter()
-                        .all(|a| a.starts_with("ec2:Describe") || a == "scheduler:ListSchedules"),
-                    "{sid}"
-                );
-            }
-            assert!(!actions.iter().any(|a| a.ends_with('*')), "{sid}");
         }
+    }
+
+    /// Actions the Service Authorization Reference lists with no resource type: `*`
+    /// is their only form.
+    const NO_RESOURCE_LEVEL: &[&str] = &[
+        "ec2:DescribeTags",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeRegions",
+        "ecr:GetAuthorizationToken",
+        "ssm:UpdateInstanceInformation",
+        "ssmmessages:CreateControlChannel",
+        "ssmmessages:CreateDataChannel",
+        "ssmmessages:OpenControlChannel",
+        "ssmmessages:OpenDataChannel",
+        "scheduler:ListSchedules",
+    ];
+
+    #[test]
+    fn claude_auth_adds_exactly_bedrock_or_the_key_parameter() {
+        let bedrock = agent(&[], ClaudeAuth::Bedrock);
+        let s = find(&bedrock, "InvokeClaudeOnBedrock");
+        assert_eq!(
+            s.1,
+            [
+                "bedrock:InvokeModel",
+                "bedrock:InvokeModelWithResponseStream"
+            ]
+        );
+        assert_eq!(
+            s.2,
+            [
+                "arn:aws:bedrock:*::foundation-model/anthropic.*",
+                "arn:aws:bedrock:*:123456789012:inference-profile/*anthropic.*",
+            ]
+        );
+        assert!(!bedrock.iter().any(|s| s.0 == "ReadAnthropicKey"));
+
+        let key = agent(&[], ClaudeAuth::ApiKey);
+        assert!(!key.iter().any(|s| s.0 == "InvokeClaudeOnBedrock"));
+        let s = find(&key, "ReadAnthropicKey");
+        assert_eq!(s.1, ["ssm:GetParameter"]);
+        assert_eq!(
+            s.2,
+            ["arn:aws:ssm:eu-west-1:123456789012:parameter/lease/dev/anthropic-api-key"]
+        );
+        let s = find(&key, "DecryptAnthropicKeyViaSsm");
+        assert_eq!(s.1, ["kms:Decrypt"]);
+        assert_eq!(
+            s.3.as_ref().unwrap()["StringEquals"]["kms:ViaService"],
+            "ssm.eu-west-1.amazonaws.com"
+        );
+        let cn = Location::new("aws-cn", "123456789012", "cn-north-1").unwrap();
+        let p = agent_policy(&stack(), &cn, &[], ClaudeAuth::ApiKey).unwrap();
+        assert!(
+            p.to_string()
+                .contains("\"ssm.cn-north-1.amazonaws.com.cn\""),
+            "{p}"
+        );
     }
 
     #[test]
     fn agent_policy_can_be_limited_to_named_pools() {
         let pools = vec!["gpu".to_string(), "cpu".to_string()];
-        let all = statements(&agent_policy(&stack(), &location(), &pools).unwrap());
+        let all = agent(&pools, ClaudeAuth::None);
         assert_eq!(
             find(&all, "ConsumePoolQueues").2,
             [
@@ -504,7 +733,15 @@ mod tests {
                 "arn:aws:sqs:eu-west-1:123456789012:lease-dev-pool-cpu",
             ]
         );
-        let err = agent_policy(&stack(), &location(), &["GPU".into()]).unwrap_err();
+        assert_eq!(
+            find(&all, "WriteDeadLetters").2,
+            [
+                "arn:aws:sqs:eu-west-1:123456789012:lease-dev-dlq-gpu",
+                "arn:aws:sqs:eu-west-1:123456789012:lease-dev-dlq-cpu",
+            ]
+        );
+        let err =
+            agent_policy(&stack(), &location(), &["GPU".into()], ClaudeAuth::None).unwrap_err();
         assert!(err.to_string().contains("'GPU'"), "{err}");
     }
 
@@ -647,7 +884,7 @@ mod tests {
                 assert!(
                     actions
                         .iter()
-                        .all(|a| a.starts_with("ec2:Describe") || a == "scheduler:ListSchedules"),
+                        .all(|a| NO_RESOURCE_LEVEL.contains(&a.as_str())),
                     "{sid}"
                 );
             }
@@ -657,17 +894,39 @@ mod tests {
 
     #[test]
     fn partitions_flow_into_every_arn() {
-        let at = Location::new("aws-cn", "123456789012", "cn-north-1").unwrap();
-        for policy in [
-            agent_policy(&stack(), &at, &[]).unwrap(),
-            launcher_policy(&stack(), &at),
-        ] {
-            for (sid, _, resources, _) in statements(&policy) {
-                for r in resources {
-                    assert!(
-                        r == "*" || r.starts_with("${") || r.starts_with("arn:aws-cn:"),
-                        "{sid}: {r}"
-                    );
+        for partition in ["aws-cn", "aws-us-gov"] {
+            let region = if partition == "aws-cn" {
+                "cn-north-1"
+            } else {
+                "us-gov-west-1"
+            };
+            let at = Location::new(partition, "123456789012", region).unwrap();
+            let mut policies = vec![
+                launcher_policy(&stack(), &at),
+                crate::reaper_deploy::policy::reaper_policy(&stack(), &at),
+                crate::reaper_deploy::policy::invoke_policy(&stack(), &at),
+                crate::reaper_deploy::policy::schedules_policy(&stack(), &at),
+            ];
+            for claude in ClaudeAuth::ALL {
+                policies.push(agent_policy(&stack(), &at, &[], claude).unwrap());
+            }
+            for policy in policies {
+                let text = policy.to_string();
+                assert!(!text.contains("arn:aws:"), "{text}");
+                for (sid, _, resources, condition) in statements(&policy) {
+                    for r in resources {
+                        assert!(
+                            r == "*" || r.starts_with(&format!("arn:{partition}:")),
+                            "{sid}: {r}"
+                        );
+                    }
+                    let condition = condition.map(|c| c.to_string()).unwrap_or_default();
+                    for arn in condition.split('"').filter(|v| v.starts_with("arn:")) {
+                        assert!(
+                            arn.starts_with(&format!("arn:{partition}:")),
+                            "{sid}: {arn}"
+                        );
+                    }
                 }
             }
         }

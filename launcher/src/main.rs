@@ -4,18 +4,12 @@ use clap::Parser;
 use lease_launcher::cli::Cli;
 
 fn init_logging(verbose: u8) {
-    // Our own logs follow -v; the SDK's stay quiet until -vvv, where they help.
-    let filter = match verbose {
-        0 => "warn,lease_launcher=warn",
-        1 => "warn,lease_launcher=info,lease=info",
-        2 => "warn,lease_launcher=debug,lease=debug",
-        _ => "trace",
-    };
+    let filter = lease_launcher::logging::default_filter(verbose);
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LEASE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(!no_color && std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -12,6 +12,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use lease_common::stack::ClaudeAuth;
 use serde::{Deserialize, Serialize};
 
 /// Overrides the settings file's path (tests, and people who keep several).
@@ -72,6 +73,10 @@ pub struct StackOutputs {
     /// reaper was part of setup have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reaper_function_arn: Option<String>,
+    /// How Claude Code tasks on the stack's nodes authenticate (`lease setup
+    /// --claude-auth`); the agents' role holds what it needs. Absent means none.
+    #[serde(default, skip_serializing_if = "ClaudeAuth::is_none")]
+    pub claude_auth: ClaudeAuth,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +283,7 @@ mod tests {
             instance_profile: format!("lease-{stack}-agent"),
             agent_packages: vec![],
             reaper_function_arn: None,
+            claude_auth: Default::default(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! role, its Lambda function (`provided.al2023`, the architecture of the package), the
 //! stack's EventBridge Scheduler group with a `rate(5 minutes)` schedule invoking the
 //! function through a role that may invoke nothing else, and the role `lease schedule`
-//! targets run with. Names come from [`lease_common::stack`].
+//! targets run with. Names come from [`lease_common::stack`]. [`remove`] also deletes
+//! the log group Lambda made for the function.
 //!
 //! [`ensure`] is idempotent: it reads each resource first and reports it `created`,
 //! `exists` (nothing sent) or `updated` (only what differs is rewritten). [`remove`]
@@ -177,6 +178,8 @@ pub struct DeployClients {
     pub iam: aws_sdk_iam::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub scheduler: aws_sdk_scheduler::Client,
+    /// Only to delete the function's log group, which Lambda creates on its first run.
+    pub logs: aws_sdk_cloudwatchlogs::Client,
     pub pace: Pace,
 }
 
@@ -186,6 +189,7 @@ impl DeployClients {
             iam: aws_sdk_iam::Client::new(config),
             lambda: aws_sdk_lambda::Client::new(config),
             scheduler: aws_sdk_scheduler::Client::new(config),
+            logs: aws_sdk_cloudwatchlogs::Client::new(config),
             pace: Pace::default(),
         }
     }
@@ -195,6 +199,7 @@ const ROLE: &str = "IAM role";
 const FUNCTION: &str = "Lambda function";
 const GROUP: &str = "schedule group";
 const SCHEDULE: &str = "schedule";
+const LOG_GROUP: &str = "log group";
 
 /// Creates or brings up to date everything the reaper needs in `stack`, in dependency
 /// order (roles, function, group, schedule), and the role of `lease schedule`'s
@@ -277,6 +282,12 @@ pub async fn remove(
             &stack.reaper_function(),
             function::remove_function(clients, stack).await?,
         ),
+        // After the function, so no run of it can create the group again.
+        changed(
+            LOG_GROUP,
+            &policy::log_group(stack),
+            remove_log_group(clients, stack).await?,
+        ),
     ];
     let policy_name = policy::inline_policy(at);
     for name in [
@@ -288,6 +299,29 @@ pub async fn remove(
         out.push(changed(ROLE, &name, change));
     }
     Ok(out)
+}
+
+/// Deletes the function's log group. Lambda created it untagged, on the function's
+/// first run, under a name that only the stack's function writes to
+/// (`/aws/lambda/lease-<stack>-reaper`): the name is what makes it the stack's.
+async fn remove_log_group(clients: &DeployClients, stack: &Stack) -> Result<Change, DeployError> {
+    let name = policy::log_group(stack);
+    match clients
+        .logs
+        .delete_log_group()
+        .log_group_name(&name)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(Change::Deleted),
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_resource_not_found_exception()) =>
+        {
+            Ok(Change::Absent)
+        }
+        Err(e) => Err(aws_error("delete", LOG_GROUP, &name, &e)),
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! locally (so a mistake is named before any AWS call), and the EventBridge Scheduler
 //! target each kind of scheduled command becomes. Pure; `commands::schedule` sends it.
 //!
-//! Both targets are *universal* targets (`arn:aws:scheduler:::aws-sdk:<service>:<api>`),
+//! Both targets are *universal* targets (`arn:<partition>:scheduler:::aws-sdk:<service>:<api>`),
 //! whose input is the API request itself:
 //! - `submit …` publishes the task to the stack's command topic (`sns:publish`), with
 //!   the `pool` message attribute the pools' subscriptions filter on — the templated SNS
@@ -28,8 +28,16 @@ use crate::plan::LaunchPlan;
 pub const EXECUTION_ID: &str = "<aws.scheduler.execution-id>";
 pub const SCHEDULED_TIME: &str = "<aws.scheduler.scheduled-time>";
 
-pub const PUBLISH_TARGET: &str = "arn:aws:scheduler:::aws-sdk:sns:publish";
-pub const RUN_INSTANCES_TARGET: &str = "arn:aws:scheduler:::aws-sdk:ec2:runInstances";
+/// The universal target that publishes to SNS, in the stack's partition (`aws-cn`,
+/// `aws-us-gov` name their own).
+pub fn publish_target(partition: &str) -> String {
+    format!("arn:{partition}:scheduler:::aws-sdk:sns:publish")
+}
+
+/// The universal target that calls EC2 RunInstances, in the stack's partition.
+pub fn run_instances_target(partition: &str) -> String {
+    format!("arn:{partition}:scheduler:::aws-sdk:ec2:runInstances")
+}
 
 /// What a schedule runs, told from its target.
 pub fn kind_of_target(arn: &str) -> &'static str {
@@ -374,6 +382,20 @@ pub fn run_instances_input(plan: &LaunchPlan, client_token: &str) -> Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn targets_name_the_stack_partition() {
+        assert_eq!(
+            publish_target("aws"),
+            "arn:aws:scheduler:::aws-sdk:sns:publish"
+        );
+        assert_eq!(
+            run_instances_target("aws-cn"),
+            "arn:aws-cn:scheduler:::aws-sdk:ec2:runInstances"
+        );
+        assert_eq!(kind_of_target(&publish_target("aws-us-gov")), "submit");
+        assert_eq!(kind_of_target(&run_instances_target("aws-cn")), "launch");
+    }
 
     #[test]
     fn rates() {

@@ -17,6 +17,39 @@ const BOUNDARY: &str = "==LEASE-USER-DATA-BOUNDARY==";
 pub struct AgentSource {
     pub bucket: String,
     pub key: String,
+    /// The package's sha256 (hex), as `lease setup` recorded it beside the package; the
+    /// install refuses a download that differs. Not a secret.
+    pub sha256: String,
+    /// Debian's name for the architecture the package is built for (`amd64`, `arm64`);
+    /// the install refuses to run on a machine of another.
+    pub arch: String,
+}
+
+/// Where the user-data writes the install script (`/run`: gone at the next boot, when
+/// it has done its work).
+pub const INSTALL_SCRIPT_PATH: &str = "/run/lease/install-agent.py";
+
+/// The install script (`install_agent.py`), with the constants it shares with the rest
+/// of lease filled in and its comment lines dropped: user-data is limited to 16 KB, and
+/// a task travels in it too.
+pub fn install_script() -> String {
+    let source = include_str!("install_agent.py")
+        .replace("@TASK_USER@", lease_common::session::DEFAULT_TASK_USER)
+        .replace("@STATUS_TAG@", lease_common::tags::STATUS)
+        .replace(
+            "@FAILED@",
+            lease_common::tags::NodeStatus::InstallFailed.as_str(),
+        );
+    let mut out = String::with_capacity(source.len());
+    for (i, line) in source.lines().enumerate() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || (i > 0 && trimmed.starts_with('#')) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }
 
 /// Renders the complete user-data. Pure: every input is passed in.
@@ -30,33 +63,41 @@ pub fn render(
         "#cloud-config\n# Written by lease: the agent's config and, if needed, the agent itself.\n",
     );
     cc.push_str("write_files:\n");
+    // A task carries its command, prompt and `env` (which may hold tokens): only root,
+    // which the agent runs as, may read the file then. Without a task it holds only
+    // the stack's names, readable by anyone on the machine as a package's config is.
+    let mode = if config.task.is_some() {
+        "0600"
+    } else {
+        "0644"
+    };
     cc.push_str(&format!(
-        "  - path: {DEFAULT_CONFIG_PATH}\n    owner: root:root\n    permissions: '0644'\n    content: |\n"
+        "  - path: {DEFAULT_CONFIG_PATH}\n    owner: root:root\n    permissions: '{mode}'\n    content: |\n"
     ));
     for line in config_yaml.lines() {
         cc.push_str("      ");
         cc.push_str(line);
         cc.push('\n');
     }
-    cc.push_str("runcmd:\n");
     if let Some(src) = agent {
-        // The package is a .deb; on rpm-based images (Amazon Linux, the default AMI) its
-        // payload is unpacked directly, since the binary and unit need no maintainer
-        // scripts beyond enabling the service, which runcmd does next. Either way the
-        // config cloud-init just wrote wins over the package's default: dpkg keeps the
-        // old conffile without asking (a question would fail the install), and tar
-        // skips files that exist.
-        let script = format!(
-            "set -eu; if ! command -v leased >/dev/null 2>&1; then \
-             aws s3 cp 's3://{bucket}/{key}' /tmp/leased.deb; \
-             if command -v apt-get >/dev/null 2>&1; then \
-             apt-get install -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /tmp/leased.deb; \
-             else dnf install -y tmux binutils; d=$(mktemp -d); (cd \"$d\" && ar x /tmp/leased.deb && tar -C / --skip-old-files -xf data.tar.*); \
-             systemctl daemon-reload; fi; fi",
-            bucket = src.bucket,
-            key = src.key
-        );
-        cc.push_str(&format!("  - [ sh, -c, {} ]\n", yaml_quote(&script)));
+        // Compressed: the script is most of the user-data's 16 KB otherwise, and a
+        // task travels in the same 16 KB.
+        cc.push_str(&format!(
+            "  - path: {INSTALL_SCRIPT_PATH}\n    owner: root:root\n    permissions: '0700'\n    \
+             encoding: gz+b64\n    content: {}\n",
+            gzip_base64(install_script().as_bytes())?
+        ));
+        cc.push_str("runcmd:\n");
+        // An argument list, not a shell line: nothing in it is interpreted.
+        cc.push_str(&format!(
+            "  - [ python3, {INSTALL_SCRIPT_PATH}, {}, {}, {}, {} ]\n",
+            yaml_quote(&src.bucket),
+            yaml_quote(&src.key),
+            yaml_quote(&src.sha256),
+            yaml_quote(&src.arch)
+        ));
+    } else {
+        cc.push_str("runcmd:\n");
     }
     cc.push_str("  - [ systemctl, enable, --now, leased.service ]\n");
 
@@ -102,6 +143,16 @@ pub fn render(
     Ok(out)
 }
 
+/// gzip, then base64: cloud-init's `gz+b64` file encoding.
+fn gzip_base64(data: &[u8]) -> Result<String> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(data)
+        .and_then(|()| gz.finish())
+        .map(aws_smithy_types::base64::encode)
+        .map_err(|e| Error::io("Failed to compress the agent's install script", e))
+}
+
 /// A double-quoted YAML scalar.
 fn yaml_quote(s: &str) -> String {
     let mut q = String::with_capacity(s.len() + 2);
@@ -144,19 +195,62 @@ mod tests {
         assert_eq!(runcmd.len(), 1, "no install step without an agent source");
     }
 
-    #[test]
-    fn installs_the_agent_from_the_bucket_when_asked() {
-        let src = AgentSource {
+    fn source() -> AgentSource {
+        AgentSource {
             bucket: "lease-ctl".into(),
             key: "agent/0.1.0/leased_0.1.0_amd64.deb".into(),
-        };
-        let ud = render(&AgentConfig::default(), Some(&src), None).unwrap();
+            sha256: "ab".repeat(32),
+            arch: "amd64".into(),
+        }
+    }
+
+    #[test]
+    fn installs_the_agent_from_the_bucket_with_its_digest_and_no_aws_cli() {
+        let ud = render(&AgentConfig::default(), Some(&source()), None).unwrap();
         let doc = cloud_config_part(&ud);
-        let install = doc["runcmd"][0][2].as_str().unwrap();
-        assert!(install.contains("s3://lease-ctl/agent/0.1.0/leased_0.1.0_amd64.deb"));
-        assert!(install.contains("command -v leased"));
-        assert!(install.contains("--force-confold"), "{install}");
-        assert!(install.contains("--skip-old-files"), "{install}");
+        let script = &doc["write_files"][1];
+        assert_eq!(script["path"].as_str(), Some(INSTALL_SCRIPT_PATH));
+        assert_eq!(script["permissions"].as_str(), Some("0700"));
+        assert_eq!(script["encoding"].as_str(), Some("gz+b64"));
+        let gz = aws_smithy_types::base64::decode(script["content"].as_str().unwrap()).unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
+            .unwrap();
+        assert_eq!(text, install_script());
+        let run: Vec<&str> = doc["runcmd"][0]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            run,
+            [
+                "python3",
+                INSTALL_SCRIPT_PATH,
+                "lease-ctl",
+                "agent/0.1.0/leased_0.1.0_amd64.deb",
+                &"ab".repeat(32),
+                "amd64"
+            ]
+        );
+        assert_eq!(
+            doc["runcmd"][1].as_sequence().unwrap().len(),
+            4,
+            "then the service is enabled and started"
+        );
+        assert!(!ud.contains("aws s3"), "the AWS CLI is not on every image");
+        // What the script is told to write and check, filled in from lease-common.
+        let script = install_script();
+        assert!(script.contains(&format!(
+            "TASK_USER = \"{}\"",
+            lease_common::session::DEFAULT_TASK_USER
+        )));
+        assert!(script.contains("STATUS_TAG = \"lease:status\""));
+        assert!(script.contains("FAILED = \"install-failed\""));
+        assert!(!script.contains('@'), "a placeholder was left unfilled");
+        // The whole config plus the script leave most of the 16 KB for a task.
+        assert!(ud.len() < 6 * 1024, "{} bytes", ud.len());
     }
 
     #[test]
@@ -198,6 +292,12 @@ mod tests {
         let parsed =
             AgentConfig::from_yaml(std::path::Path::new(DEFAULT_CONFIG_PATH), content).unwrap();
         assert_eq!(parsed.task, Some(task));
+        assert_eq!(doc["write_files"][0]["permissions"].as_str(), Some("0600"));
+        let without = cloud_config_part(&render(&AgentConfig::default(), None, None).unwrap());
+        assert_eq!(
+            without["write_files"][0]["permissions"].as_str(),
+            Some("0644")
+        );
 
         let huge = AgentConfig {
             task: Some(Task::new(
@@ -213,5 +313,205 @@ mod tests {
             err.contains("16 KB") && err.contains("lease submit") && err.contains("t-2"),
             "{err}"
         );
+    }
+}
+
+/// The install script run for real by python3, on what can run here: the Amazon Linux
+/// branch (no dpkg: the .deb unpacked by the script), which no boot test can reach on
+/// this Debian machine, and the SigV4 signatures checked against botocore's. The
+/// Debian branch and the whole flow run in the boot test (`tests/tests/boot.rs`).
+#[cfg(test)]
+mod script_tests {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use super::install_script;
+
+    /// Runs `code` with the rendered script importable as `ia`, under `python`.
+    fn python(python: &Path, dir: &Path, code: &str) -> std::process::Output {
+        std::fs::write(dir.join("ia.py"), install_script()).unwrap();
+        Command::new(python)
+            .arg("-c")
+            .arg(format!(
+                "import sys\nsys.path.insert(0, {:?})\nimport ia\n{code}",
+                dir.display().to_string()
+            ))
+            .output()
+            .expect("run python3")
+    }
+
+    fn ok(out: &std::process::Output) -> String {
+        assert!(
+            out.status.success(),
+            "python failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A .deb shaped like cargo-deb's (xz data member) holding the agent's files.
+    fn deb(dir: &Path) -> PathBuf {
+        let tree = dir.join("pkg");
+        for (path, body, mode) in [
+            ("usr/bin/leased", "#!/bin/sh\necho agent\n", 0o755),
+            (
+                "usr/lib/systemd/system/leased.service",
+                "[Service]\n",
+                0o644,
+            ),
+            ("etc/leased/config.yaml", "#default-ttl: 8h\n", 0o644),
+        ] {
+            let p = tree.join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(&p, body).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+        std::fs::write(
+            tree.join("DEBIAN/control"),
+            "Package: leased\nVersion: 0.1.0\nArchitecture: amd64\nMaintainer: t <t@example.com>\nDescription: t\n",
+        )
+        .unwrap();
+        let out = dir.join("leased_0.1.0_amd64.deb");
+        let st = Command::new("dpkg-deb")
+            .args(["--root-owner-group", "-Zxz", "--build"])
+            .arg(&tree)
+            .arg(&out)
+            .output()
+            .expect("run dpkg-deb");
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        out
+    }
+
+    #[test]
+    fn without_dpkg_the_package_is_unpacked_and_the_config_cloud_init_wrote_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = deb(dir.path());
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc/leased")).unwrap();
+        std::fs::write(root.join("etc/leased/config.yaml"), "from: user-data\n").unwrap();
+        let out = ok(&python(
+            Path::new("python3"),
+            dir.path(),
+            &format!(
+                "for p in ia.unpack_deb({:?}, {:?}): print(p)",
+                deb.display().to_string(),
+                root.display().to_string()
+            ),
+        ));
+        let leased = root.join("usr/bin/leased");
+        assert!(out.contains("usr/bin/leased"), "{out}");
+        assert_eq!(
+            std::fs::read_to_string(&leased).unwrap(),
+            "#!/bin/sh\necho agent\n"
+        );
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&leased).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+        assert!(root.join("usr/lib/systemd/system/leased.service").is_file());
+        assert_eq!(
+            std::fs::read_to_string(root.join("etc/leased/config.yaml")).unwrap(),
+            "from: user-data\n",
+            "the packaged config replaced the one from user-data"
+        );
+    }
+
+    #[test]
+    fn an_unpack_that_fails_half_way_removes_what_it_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let deb = deb(dir.path());
+        let root = dir.path().join("root");
+        // A directory where the unit file goes: the unpack fails after the binary.
+        std::fs::create_dir_all(root.join("usr/lib/systemd/system/leased.service/x")).unwrap();
+        let out = python(
+            Path::new("python3"),
+            dir.path(),
+            &format!(
+                "ia.unpack_deb({:?}, {:?})",
+                deb.display().to_string(),
+                root.display().to_string()
+            ),
+        );
+        assert!(!out.status.success(), "the unpack did not fail");
+        assert!(
+            !root.join("usr/bin/leased").exists(),
+            "the binary was left behind by a failed unpack"
+        );
+        assert!(!root.join("etc/leased/config.yaml").exists());
+        // Not a package at all.
+        std::fs::write(dir.path().join("bad.deb"), "<html>AccessDenied</html>").unwrap();
+        let out = python(
+            Path::new("python3"),
+            dir.path(),
+            &format!(
+                "ia.unpack_deb({:?}, {:?})",
+                dir.path().join("bad.deb").display().to_string(),
+                root.display().to_string()
+            ),
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not a .deb"));
+    }
+
+    #[test]
+    fn the_architecture_is_named_as_debian_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(&python(
+            Path::new("python3"),
+            dir.path(),
+            "import platform\nfor m in ['x86_64', 'aarch64']:\n    platform.machine = lambda m=m: m\n    print(ia.machine_arch())",
+        ));
+        assert_eq!(out, "amd64\narm64\n");
+    }
+
+    /// SigV4 by hand is easy to get subtly wrong, and moto does not check signatures:
+    /// the script's signatures must equal botocore's for the same requests (botocore
+    /// from the test venv beside `LEASE_MOTO_SERVER`).
+    #[test]
+    fn signatures_equal_botocores() {
+        let Some(server) = std::env::var_os("LEASE_MOTO_SERVER") else {
+            eprintln!(
+                "LEASE_MOTO_SERVER is not set: no botocore to compare with (tests/run sets it)"
+            );
+            return;
+        };
+        let venv_python = Path::new(&server).with_file_name("python");
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(&python(
+            &venv_python,
+            dir.path(),
+            r#"
+import datetime, hashlib
+from botocore.auth import SigV4Auth, S3SigV4Auth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+creds = {"AccessKeyId": "AKIDEXAMPLE", "SecretAccessKey": "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "Token": "tok/en+="}
+bc = Credentials(creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"])
+cases = [
+    ("GET", "https://b.s3.us-east-1.amazonaws.com/agent/0.1.0/leased_0.1.0_amd64.deb", "s3", b"", {}),
+    ("GET", "http://127.0.0.1:5000/b/agent/0.1.0/leased%2B1_arm64.deb", "s3", b"", {}),
+    ("POST", "https://ec2.eu-west-1.amazonaws.com/", "ec2",
+     b"Action=CreateTags&Version=2016-11-15&ResourceId.1=i-1&Tag.1.Key=lease%3Astatus&Tag.1.Value=install-failed",
+     {"content-type": "application/x-www-form-urlencoded; charset=utf-8"}),
+]
+for method, url, service, body, headers in cases:
+    region = "eu-west-1" if "eu-west-1" in url else "us-east-1"
+    req = AWSRequest(method=method, url=url, data=body, headers=dict(headers))
+    req.headers["X-Amz-Content-SHA256"] = hashlib.sha256(body).hexdigest()
+    (S3SigV4Auth if service == "s3" else SigV4Auth)(bc, service, region).add_auth(req)
+    now = datetime.datetime.strptime(req.headers["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+    ours = ia.sign(method, url, region, service, creds, body, headers, now=now)
+    assert ours["Authorization"] == req.headers["Authorization"], (url, ours["Authorization"], req.headers["Authorization"])
+    print("same", url)
+"#,
+        ));
+        assert_eq!(out.matches("same").count(), 3, "{out}");
     }
 }

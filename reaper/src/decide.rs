@@ -91,6 +91,9 @@ pub struct InstanceFacts {
     pub launch_time: Option<DateTime<Utc>>,
     /// Every tag, ours and others'.
     pub tags: BTreeMap<String, String>,
+    /// EC2's `InstanceLifecycle`: `spot`, or `on-demand` when EC2 names none. Decides
+    /// which actions EC2 accepts (see [`Action::on_market`]).
+    pub market: String,
 }
 
 impl InstanceFacts {
@@ -216,7 +219,9 @@ pub fn evaluate(now: DateTime<Utc>, facts: &InstanceFacts, config: &ReaperConfig
             .and_then(|v| v.parse().ok())
             .unwrap_or_default(),
     };
-    let action = ReapAction::from_on_expiry(on_expiry);
+    // A one-time spot instance cannot be stopped: asking would fail every run and
+    // leave the instance running, so on spot the reaper terminates.
+    let action = ReapAction::from_on_expiry(on_expiry.on_market(&facts.market));
     if action == ReapAction::Stop
         && matches!(
             facts.state,
@@ -265,6 +270,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            market: "on-demand".into(),
         }
     }
 
@@ -350,6 +356,24 @@ mod tests {
                     "{on_expiry} {state:?}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn on_spot_a_stop_or_hibernate_is_carried_out_as_a_terminate() {
+        for on_expiry in ["stop", "hibernate"] {
+            let f = InstanceFacts {
+                market: "spot".into(),
+                ..running(&[MANAGED, TTL_2H, ("lease:on-expiry", on_expiry)])
+            };
+            assert_eq!(
+                evaluate(at(23, 13, 0), &f, &config()),
+                Decision::Act {
+                    action: ReapAction::Terminate,
+                    reason: expired(at(23, 12, 0)),
+                },
+                "{on_expiry}"
+            );
         }
     }
 

@@ -93,6 +93,10 @@ fn to_facts(i: &aws_sdk_ec2::types::Instance) -> Option<InstanceFacts> {
             .iter()
             .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
             .collect(),
+        market: i
+            .instance_lifecycle()
+            .map_or("on-demand", |l| l.as_str())
+            .to_string(),
     })
 }
 

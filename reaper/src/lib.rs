@@ -198,6 +198,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            market: "on-demand".into(),
         }
     }
 

@@ -77,6 +77,12 @@ impl Agent {
         // Belt and braces: the agent refuses a poweroff outside systemd anyway.
         env.push(("LEASED_NEVER_POWER_OFF".into(), "1".into()));
         env.push(("LEASED_TMUX_SOCKET".into(), socket.display().to_string()));
+        // The call log's component, and the instance the agent's calls come from (what
+        // `ec2:SourceInstanceARN` would be on EC2).
+        env.push((
+            "AWS_SDK_UA_APP_ID".into(),
+            format!("leased.{}", imds.info().instance_id),
+        ));
         env.extend(extra_env.iter().cloned());
         Self {
             child: spawn(&env, &config, dir, 0),

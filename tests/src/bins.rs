@@ -26,12 +26,39 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
+/// The subcommands of `lease` (the first of them on a command line names the call
+/// log's component).
+const LEASE_COMMANDS: &[&str] = &[
+    "launch",
+    "list",
+    "status",
+    "extend",
+    "terminate",
+    "stop",
+    "hibernate",
+    "attach",
+    "submit",
+    "stats",
+    "tasks",
+    "nodes",
+    "logs",
+    "download",
+    "iam-policy",
+    "schedule",
+    "setup",
+    "teardown",
+    "doctor",
+];
+
 /// A command with the emulator's environment and nothing from the developer's own
 /// AWS setup, so a test can never reach a real account.
 #[derive(Debug)]
 pub struct Cmd {
     inner: Command,
     display: String,
+    is_lease: bool,
+    /// The subcommand has named the call log's component.
+    named: bool,
 }
 
 impl Cmd {
@@ -52,15 +79,27 @@ impl Cmd {
                 .join("lease-tests-no-settings")
                 .join("config.yaml"),
         );
+        // The SDK puts `app/<name>` in its user agent: the call log tells which
+        // program made a call by it (a test may still override it).
+        inner.env("AWS_SDK_UA_APP_ID", name);
         inner.envs(env.iter().map(|(k, v)| (k, v)));
         inner.stdin(Stdio::null());
         Self {
             inner,
             display: name.to_string(),
+            is_lease: name == "lease",
+            named: false,
         }
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        // `lease <command>` names itself `app/lease.<command>`, so the call log tells an
+        // administrator's `setup` from a user's `launch`.
+        let arg = a.as_ref().to_string_lossy();
+        if self.is_lease && !self.named && LEASE_COMMANDS.contains(&arg.as_ref()) {
+            self.inner.env("AWS_SDK_UA_APP_ID", format!("lease.{arg}"));
+            self.named = true;
+        }
         self.display.push(' ');
         self.display.push_str(&a.as_ref().to_string_lossy());
         self.inner.arg(a);

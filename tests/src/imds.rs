@@ -13,7 +13,8 @@
 //!   metadata tags are off) and `meta-data/tags/instance/<key>` (404 for a missing key);
 //!   `dynamic/instance-identity/document` (EC2's JSON); with an instance profile
 //!   ([`FakeImds::set_role`]), `meta-data/iam/security-credentials/` (the role's name)
-//!   and `meta-data/iam/security-credentials/<role>` (EC2's credentials JSON).
+//!   and `meta-data/iam/security-credentials/<role>` (EC2's credentials JSON, with the
+//!   key, secret and session token of a real STS AssumeRole of the role: [`assume_role`]).
 //!
 //! Backed by moto ([`FakeImds::for_instance`]), the identity comes from the emulator's
 //! instance and the tags are read from it on every request, so a `lease extend`
@@ -99,8 +100,8 @@ struct State {
     unauthorized: u64,
     spot_action: Option<String>,
     rebalance: Option<String>,
-    /// The instance profile's role name and the access key id its credentials carry.
-    role: Option<(String, String)>,
+    /// The instance profile's role name and its credentials.
+    role: Option<(String, RoleCredentials)>,
     fail_next: u32,
     outage: Option<Outage>,
     delay: Option<Duration>,
@@ -264,9 +265,10 @@ impl FakeImds {
         self.with(|s| s.rebalance = Some(body));
     }
 
-    /// Gives the instance a profile whose role's credentials carry `access_key_id`.
-    pub fn set_role(&self, role: &str, access_key_id: &str) {
-        self.with(|s| s.role = Some((role.into(), access_key_id.into())));
+    /// Gives the instance a profile whose role's credentials are `credentials`
+    /// (real ones: [`assume_role`]).
+    pub fn set_role(&self, role: &str, credentials: RoleCredentials) {
+        self.with(|s| s.role = Some((role.into(), credentials)));
     }
 
     /// The next `n` requests (of any kind) answer 500.
@@ -494,8 +496,8 @@ async fn answer(state: &Arc<Mutex<State>>, path: &str) -> Option<String> {
         "meta-data/iam/security-credentials" => role.map(|(name, _)| name),
         other => {
             if let Some(asked) = other.strip_prefix("meta-data/iam/security-credentials/") {
-                let (name, key) = role?;
-                return (asked == name).then(|| role_credentials(&key));
+                let (name, credentials) = role?;
+                return (asked == name).then(|| role_credentials(&credentials));
             }
             let key = other.strip_prefix("meta-data/tags/instance/")?;
             tags(state).await?.get(key).cloned()
@@ -503,17 +505,77 @@ async fn answer(state: &Arc<Mutex<State>>, path: &str) -> Option<String> {
     }
 }
 
-/// The role's temporary credentials as EC2 serves them, valid for six hours.
-fn role_credentials(access_key_id: &str) -> String {
-    let now = Utc::now();
+/// Temporary credentials of a role, as STS issued them.
+#[derive(Debug, Clone)]
+pub struct RoleCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: DateTime<Utc>,
+}
+
+/// What EC2 does for an instance profile: STS AssumeRole of `role` (in the emulator
+/// at `moto`), the session named after the instance, so the agent signs with the
+/// role's real (emulated) credentials and not a key the test made up. The role is
+/// created, trusting EC2 only, when the emulator has none by that name (no `lease
+/// setup` ran); its policy is not the point here (the emulator does not enforce
+/// IAM: tests/iam_check.py checks the calls against it).
+pub async fn assume_role(moto: &crate::Moto, role: &str, instance_id: &str) -> RoleCredentials {
+    let config = moto.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&config);
+    let arn = match iam.get_role().role_name(role).send().await {
+        Ok(out) => out.role().map(|r| r.arn().to_string()),
+        Err(_) => None,
+    };
+    let arn = match arn {
+        Some(a) => a,
+        None => {
+            let trust = serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": { "Service": "ec2.amazonaws.com" },
+                    "Action": "sts:AssumeRole",
+                }],
+            });
+            iam.create_role()
+                .role_name(role)
+                .assume_role_policy_document(trust.to_string())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("CreateRole {role}: {e:?}"))
+                .role()
+                .map(|r| r.arn().to_string())
+                .expect("the created role's ARN")
+        }
+    };
+    let out = aws_sdk_sts::Client::new(&config)
+        .assume_role()
+        .role_arn(&arn)
+        .role_session_name(instance_id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("AssumeRole {arn}: {e:?}"));
+    let c = out.credentials().expect("AssumeRole returned credentials");
+    RoleCredentials {
+        access_key_id: c.access_key_id().to_string(),
+        secret_access_key: c.secret_access_key().to_string(),
+        session_token: c.session_token().to_string(),
+        expiration: DateTime::<Utc>::from_timestamp(c.expiration().secs(), 0)
+            .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::hours(1)),
+    }
+}
+
+/// The role's temporary credentials in the document EC2 serves.
+fn role_credentials(c: &RoleCredentials) -> String {
     let doc = serde_json::json!({
         "Code": "Success",
-        "LastUpdated": now.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "LastUpdated": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
         "Type": "AWS-HMAC",
-        "AccessKeyId": access_key_id,
-        "SecretAccessKey": "fake-imds-secret-access-key",
-        "Token": "fake-imds-session-token",
-        "Expiration": (now + chrono::TimeDelta::hours(6)).to_rfc3339_opts(SecondsFormat::Secs, true),
+        "AccessKeyId": c.access_key_id,
+        "SecretAccessKey": c.secret_access_key,
+        "Token": c.session_token,
+        "Expiration": c.expiration.to_rfc3339_opts(SecondsFormat::Secs, true),
     });
     serde_json::to_string_pretty(&doc).expect("serialise role credentials")
 }

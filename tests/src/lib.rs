@@ -13,6 +13,7 @@ pub mod claude;
 pub mod imds;
 pub mod lambda_api;
 pub mod moto;
+pub mod netns;
 pub mod nspawn;
 pub mod plane;
 pub mod procfs;

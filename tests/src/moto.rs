@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region};
 use aws_types::SdkConfig;
 
+use crate::recorder::{CALL_LOG_ENV, CallLog};
+
 pub const REGION: &str = "us-east-1";
 
 /// A running `moto_server`, killed when dropped. Each test gets its own, so tests run
@@ -16,7 +18,11 @@ pub const REGION: &str = "us-east-1";
 pub struct Moto {
     child: Child,
     pub port: u16,
+    /// Where clients talk to the emulator: moto itself, or, when calls are logged
+    /// ([`CALL_LOG_ENV`]), the logging proxy in front of it.
     pub endpoint: String,
+    /// The logging proxy, kept alive with the emulator.
+    _call_log: Option<CallLog>,
 }
 
 /// `LEASE_MOTO_SERVER` (set by tests/run to its virtual environment's copy) or
@@ -58,10 +64,20 @@ impl Moto {
                     break;
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let call_log = std::env::var_os(CALL_LOG_ENV).map(|dir| {
+                        std::fs::create_dir_all(&dir).expect("create the call log directory");
+                        let file =
+                            PathBuf::from(dir).join(format!("{}-{port}.jsonl", std::process::id()));
+                        CallLog::start(&endpoint, &file)
+                    });
+                    let endpoint = call_log
+                        .as_ref()
+                        .map_or(endpoint, |l| l.endpoint().to_string());
                     return Self {
                         child,
                         port,
                         endpoint,
+                        _call_log: call_log,
                     };
                 }
                 std::thread::sleep(Duration::from_millis(50));

@@ -56,10 +56,17 @@ pub fn missing_prerequisites() -> Option<String> {
 
 /// The cached Debian tree, made by `tests/nspawn/rootfs.sh` on first use.
 pub fn base_rootfs() -> PathBuf {
+    base_rootfs_of(None)
+}
+
+/// A cached tree of one of rootfs.sh's flavours (`cloud-init`: a stock cloud image
+/// with Debian's cloud-init and no agent), or the plain one.
+pub fn base_rootfs_of(flavour: Option<&str>) -> PathBuf {
     let script = workspace_root().join("tests/nspawn/rootfs.sh");
     let started = Instant::now();
     let out = Command::new(&script)
         .arg(cache_dir())
+        .args(flavour)
         .stderr(Stdio::inherit())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
@@ -85,6 +92,8 @@ pub struct Machine {
     leader: Option<u32>,
     /// Our own cgroups for the container, when the host's init is not systemd.
     cgroups: Vec<PathBuf>,
+    /// The network namespace to boot in; the host's network when `None`.
+    netns: Option<PathBuf>,
 }
 
 impl Machine {
@@ -119,7 +128,14 @@ impl Machine {
             nspawn: None,
             leader: None,
             cgroups: Vec::new(),
+            netns: None,
         }
+    }
+
+    /// Boots in this network namespace (a path under /run/netns) instead of sharing
+    /// the host's network.
+    pub fn set_network_namespace(&mut self, path: PathBuf) {
+        self.netns = Some(path);
     }
 
     pub fn root(&self) -> &Path {
@@ -177,20 +193,25 @@ impl Machine {
         assert!(self.nspawn.is_none(), "already booted");
         let console = fs::File::create(&self.console).expect("create console log");
         let err = console.try_clone().expect("clone console log handle");
-        let nspawn_args = [
+        let mut nspawn_args: Vec<String> = [
             "--boot",
             "--register=no",
             "--keep-unit",
             "--quiet",
             // Boot messages go to the log file; nothing reads the container's console.
             "--console=pipe",
-        ];
+        ]
+        .map(String::from)
+        .to_vec();
+        if let Some(ns) = &self.netns {
+            nspawn_args.push(format!("--network-namespace-path={}", ns.display()));
+        }
         // Where the host's init is not systemd, nspawn puts the container in a
         // `payload` cgroup beside itself; give each container a cgroup of its own so two
         // runs at once never share one. Under systemd, --keep-unit does this.
         let mut cmd = if Path::new("/run/systemd/system").exists() {
             let mut c = Command::new("systemd-nspawn");
-            c.args(nspawn_args);
+            c.args(&nspawn_args);
             c
         } else {
             let name = format!(
@@ -210,7 +231,7 @@ impl Machine {
 exec systemd-nspawn "$@""#,
                 )
                 .arg("sh")
-                .args(nspawn_args)
+                .args(&nspawn_args)
                 .env(
                     "LEASE_CGROUPS",
                     self.cgroups

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, TimeDelta, Utc};
 use lease_common::tags;
 use lease_tests::agent::{Agent, Bus};
-use lease_tests::imds::{FakeImds, Outage};
+use lease_tests::imds::{FakeImds, Outage, assume_role};
 use lease_tests::recorder::Recorder;
 use lease_tests::{Cmd, Moto, wait_until};
 
@@ -27,6 +27,9 @@ const POLL: Duration = Duration::from_millis(50);
 async fn launch(moto: &Moto, args: &[&str]) -> String {
     let out = Cmd::new("lease", &moto.env())
         .args(["launch", "--instance-type", "t3.micro", "--yes"])
+        // Where the agent package is, as `lease setup` records it: without one lease
+        // refuses to launch an image that does not carry the agent.
+        .args(["--agent-bucket", "agents"])
         .args(args)
         .ok()
         .await;
@@ -126,17 +129,54 @@ async fn a_5s_ttl_is_terminated_at_its_deadline() {
         "{}",
         agent.logs()
     );
+    // How it ended, beside the status it passed through; `lease list` shows that.
+    assert_eq!(tag_map(&moto, &id).await[tags::END_REASON], "expired");
+    let listed = Cmd::new("lease", &moto.env())
+        .args(["list", "--all", "--state", "terminated", "-o", "json"])
+        .ok()
+        .await;
+    let rows: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(row["status"], "expired", "{listed}");
 }
 
 /// On an instance the credentials are the instance profile's, from IMDS: with none in
 /// the environment, the agent's calls (read at a proxy in front of the emulator) are
-/// signed with the key IMDS served, and the lease still ends at its deadline.
+/// signed with the key of the role's STS session that IMDS served, and the lease still
+/// ends at its deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_in_the_environment_the_instance_role_signs() {
     let moto = Moto::start();
     let id = launch(&moto, &["--ttl", "4s"]).await;
     let imds = FakeImds::for_instance(moto.ec2().await, &id).await;
-    imds.set_role("lease-main-agent", "ASIAFAKEIMDSROLE0001");
+    let credentials = assume_role(&moto, "lease-main-agent", &id).await;
+    // Read back through STS: the key is the role's session, named after the instance.
+    let sts_config = aws_sdk_sts::config::Builder::from(&moto.sdk_config().await)
+        .credentials_provider(aws_sdk_sts::config::Credentials::new(
+            &credentials.access_key_id,
+            &credentials.secret_access_key,
+            Some(credentials.session_token.clone()),
+            None,
+            "assumed",
+        ))
+        .build();
+    let me = aws_sdk_sts::Client::from_conf(sts_config)
+        .get_caller_identity()
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        me.arn()
+            .unwrap()
+            .ends_with(&format!(":assumed-role/lease-main-agent/{id}")),
+        "{me:?}"
+    );
+    imds.set_role("lease-main-agent", credentials.clone());
     let recorder = Recorder::start(&moto.endpoint).await;
     let dir = tempfile::tempdir().unwrap();
     // Empty is unset to the SDK; the harness's environment has them all set.
@@ -163,8 +203,9 @@ async fn without_credentials_in_the_environment_the_instance_role_signs() {
     assert_eq!(terminate.len(), 1, "{}", agent.logs());
     assert_eq!(
         terminate[0].access_key.as_deref(),
-        Some("ASIAFAKEIMDSROLE0001")
+        Some(credentials.access_key_id.as_str())
     );
+    assert!(credentials.access_key_id.starts_with("ASIA"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

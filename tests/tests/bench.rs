@@ -53,6 +53,9 @@ async fn launch(moto: &Moto, ttl: &str) -> String {
             "--yes",
             "--ttl",
             ttl,
+            // Without an agent package lease refuses to launch.
+            "--agent-bucket",
+            "agents",
         ])
         .ok()
         .await;

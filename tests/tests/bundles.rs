@@ -294,3 +294,93 @@ async fn logs_prints_and_follows_what_the_agent_uploads() {
     }
     assert_eq!(rest, ["line three"]);
 }
+
+/// A requeued attempt rewrites the log from its start (here shorter than what was
+/// printed): `-f` says so and follows the new attempt from its first line.
+#[tokio::test]
+async fn logs_follow_a_new_attempt_from_its_beginning() {
+    let moto = Moto::start();
+    let s3 = s3(&moto).await;
+    let ddb = aws_sdk_dynamodb::Client::new(&moto.sdk_config().await);
+    create_table(&ddb, "tasks", records::TASK_ID).await;
+    let set = |state: &'static str, attempt: u32| {
+        ddb.put_item()
+            .table_name("tasks")
+            .item(records::TASK_ID, AttributeValue::S("t7".into()))
+            .item(records::task::STATE, AttributeValue::S(state.into()))
+            .item(
+                records::task::ATTEMPT,
+                AttributeValue::N(attempt.to_string()),
+            )
+            .send()
+    };
+    set("running", 1).await.unwrap();
+    put(
+        &s3,
+        &log_key("t7"),
+        b"one: loading data\none: epoch 1 of 9\n",
+    )
+    .await;
+    let mut child = lease(&moto)
+        .args(["logs", "t7", "-f", "--tasks-table", "tasks"])
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<String>| {
+        let got = rx.try_recv().ok();
+        async move { got }
+    };
+    for want in ["one: loading data", "one: epoch 1 of 9"] {
+        let got = wait_until(
+            want,
+            Duration::from_secs(20),
+            Duration::from_millis(50),
+            || next(&mut rx),
+        )
+        .await;
+        assert_eq!(got, want);
+    }
+    // Spot took the first node; attempt 2 starts the log again on another.
+    set("running", 2).await.unwrap();
+    put(&s3, &log_key("t7"), b"two: resuming\n").await;
+    let got = wait_until(
+        "attempt 2's first line",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || next(&mut rx),
+    )
+    .await;
+    assert_eq!(got, "two: resuming");
+    put(&s3, &log_key("t7"), b"two: resuming\ntwo: epoch 2 of 9\n").await;
+    set("complete", 2).await.unwrap();
+    let status = wait_until(
+        "lease logs -f to exit once the task completed",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            let exited = child.try_wait().unwrap();
+            async move { exited }
+        },
+    )
+    .await;
+    assert!(status.success(), "{status}");
+    let mut rest = Vec::new();
+    while let Some(line) = rx.recv().await {
+        rest.push(line);
+    }
+    assert_eq!(rest, ["two: epoch 2 of 9"]);
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(err.contains("starts again (attempt 2)"), "stderr: {err}");
+}

@@ -14,6 +14,10 @@ fn lease(moto: &Moto) -> Cmd {
     Cmd::new("lease", &moto.env())
 }
 
+/// Where the agent package is, as `lease setup` would record it: without one, and on
+/// an image that does not carry the agent, lease refuses to launch.
+const AGENT: [&str; 2] = ["--agent-bucket", "agents"];
+
 fn tags(i: &aws_sdk_ec2::types::Instance) -> BTreeMap<String, String> {
     i.tags()
         .iter()
@@ -64,10 +68,9 @@ fn pairs(stdout: &str) -> Vec<(String, String)> {
 async fn each_instance_carries_exactly_its_own_shell_task() {
     let moto = Moto::start();
     let out = lease(&moto)
+        .args(["launch", "-t", "t3.micro"])
+        .args(AGENT)
         .args([
-            "launch",
-            "-t",
-            "t3.micro",
             "--count",
             "2",
             "--shell",
@@ -82,6 +85,8 @@ async fn each_instance_carries_exactly_its_own_shell_task() {
             "lease-main-tasks",
             "--on-complete",
             "stop",
+            // Stop needs on-demand: EC2 cannot stop a one-time spot instance.
+            "--on-demand",
         ])
         .ok()
         .await;
@@ -120,12 +125,20 @@ async fn each_instance_carries_exactly_its_own_shell_task() {
 #[tokio::test]
 async fn a_docker_task_keeps_image_gpus_env_and_args_and_json_names_the_task() {
     let moto = Moto::start();
+    // moto has no Deep Learning AMI parameter: the Amazon Linux image stands in.
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk_config().await);
+    let ami = ssm
+        .get_parameter()
+        .name("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64")
+        .send()
+        .await
+        .unwrap();
+    let ami = ami.parameter().unwrap().value().unwrap().to_string();
     let out = lease(&moto)
         .env("LEASE_BUCKET", "ctl")
+        .args(["launch", "-t", "g5.xlarge", "--ami", &ami])
+        .args(AGENT)
         .args([
-            "launch",
-            "-t",
-            "g5.xlarge",
             "-o",
             "json",
             "--image",
@@ -174,7 +187,9 @@ async fn a_task_launch_without_a_bucket_or_too_large_launches_nothing() {
     let script = dir.path().join("long.sh");
     std::fs::write(&script, "echo step\n".repeat(2_000)).unwrap();
     let (code, err) = lease(&moto)
-        .args(["launch", "-t", "t3.micro", "--bucket", "ctl", "--shell"])
+        .args(["launch", "-t", "t3.micro"])
+        .args(AGENT)
+        .args(["--bucket", "ctl", "--shell"])
         .arg(format!("@{}", script.display()))
         .fails()
         .await;

@@ -31,6 +31,10 @@ async fn all_instances(moto: &Moto) -> Vec<aws_sdk_ec2::types::Instance> {
         .collect()
 }
 
+/// Where the agent package is, as `lease setup` would record it: without one, and on
+/// an image that does not carry the agent, lease refuses to launch.
+const AGENT: [&str; 2] = ["--agent-bucket", "agents"];
+
 fn ids(stdout: &str) -> Vec<String> {
     stdout.lines().map(str::to_string).collect()
 }
@@ -38,6 +42,7 @@ fn ids(stdout: &str) -> Vec<String> {
 async fn launch(moto: &Moto, args: &[&str]) -> Vec<String> {
     ids(&lease(moto)
         .args(["launch", "--instance-type", "t3.micro"])
+        .args(AGENT)
         .args(args)
         .ok()
         .await)
@@ -149,6 +154,14 @@ async fn launch_sets_tags_metadata_market_and_user_data_atomically() {
             assert_eq!(vt.get("lease:managed"), Some(&"true"));
             assert_eq!(vt.get("lease:job"), Some(&"resnet sweep"));
         }
+        // The root volume as lease sized it (the AMI's own is smaller), encrypted.
+        let root = vols
+            .volumes()
+            .iter()
+            .find(|v| v.size() == Some(30))
+            .unwrap_or_else(|| panic!("no 30 GiB root volume: {:?}", vols.volumes()));
+        assert_eq!(root.encrypted(), Some(true));
+        assert_eq!(root.volume_type().map(|t| t.as_str()), Some("gp3"));
     }
 }
 
@@ -175,6 +188,7 @@ async fn on_demand_launch_waits_until_running() {
             "-o",
             "json",
         ])
+        .args(AGENT)
         .ok()
         .await;
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -196,26 +210,103 @@ async fn bad_input_is_refused_before_anything_launches() {
         (&["-t", "t3.micro", "--on-idle", "explode"], 2, "explode"),
     ];
     for (args, code, needle) in cases {
-        let (got, stderr) = lease(&moto).arg("launch").args(args).fails().await;
+        let (got, stderr) = lease(&moto)
+            .arg("launch")
+            .args(args)
+            .args(AGENT)
+            .fails()
+            .await;
         assert_eq!(got, code, "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
     assert!(all_instances(&moto).await.is_empty(), "nothing may launch");
 }
 
+/// A laptop with no region and no IMDS: a bad flag is named before anything about AWS,
+/// and the missing region is lease's one clear line, not preceded by SDK warnings.
 #[tokio::test]
-async fn dry_run_calls_nothing() {
+async fn without_a_region_flags_come_first_and_no_sdk_warning_shows() {
+    let env: Vec<(String, String)> = [
+        ("AWS_CONFIG_FILE", "/dev/null"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null"),
+        // IMDS stays enabled, as on a laptop, but on a closed local port.
+        ("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9"),
+        ("NO_COLOR", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let (code, stderr) = Cmd::new("lease", &env)
+        .args(["launch", "-t", "t3.micro", "--ttl", "soon"])
+        .fails()
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--ttl"), "{stderr}");
+    assert!(!stderr.contains("region"), "{stderr}");
+    let (code, stderr) = Cmd::new("lease", &env)
+        .args(["launch", "-t", "t3.micro"])
+        .fails()
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no AWS region"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("IMDS") && !stderr.contains("WARN"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn dry_run_shows_the_real_image_and_launches_nothing() {
     let moto = Moto::start();
-    // Point lease at a closed port: any API call would fail the command.
     let out = lease(&moto)
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .args(["launch", "-t", "t3.micro", "--job", "j", "--dry-run"])
+        .args(["launch", "-t", "m7g.large", "--job", "j", "--dry-run"])
+        .args(AGENT)
         .ok()
         .await;
     let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(plan["InstanceType"], "t3.micro");
+    assert_eq!(plan["InstanceType"], "m7g.large");
     assert_eq!(plan["InstanceMarketOptions"]["MarketType"], "spot");
     assert_eq!(plan["MetadataOptions"]["HttpTokens"], "required");
+    // Graviton: the arm64 image moto's public parameter names, as a launch would get.
+    let ssm = aws_sdk_ssm::Client::new(&moto.sdk_config().await);
+    let ami = ssm
+        .get_parameter()
+        .name("/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plan["ImageId"], ami.parameter().unwrap().value().unwrap());
+    let root = &plan["BlockDeviceMappings"][0];
+    assert_eq!(root["Ebs"]["VolumeSize"], 30);
+    assert_eq!(root["Ebs"]["Encrypted"], true);
+    assert!(plan["UserData"].as_str().unwrap().contains("_arm64.deb"));
+    assert!(all_instances(&moto).await.is_empty());
+}
+
+#[tokio::test]
+async fn no_agent_package_refuses_before_anything_launches() {
+    let moto = Moto::start();
+    let (code, stderr) = lease(&moto)
+        .args(["launch", "-t", "t3.micro"])
+        .fails()
+        .await;
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains("No agent for this x86_64 instance"),
+        "{stderr}"
+    );
+    assert!(all_instances(&moto).await.is_empty());
+    let (code, stderr) = lease(&moto)
+        .args(["launch", "-t", "t3.micro", "--on-idle", "stop"])
+        .args(AGENT)
+        .fails()
+        .await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("--on-idle stop needs --on-demand"),
+        "{stderr}"
+    );
     assert!(all_instances(&moto).await.is_empty());
 }
 
@@ -408,7 +499,10 @@ async fn attach_over_ssm_names_the_missing_plugin_and_prints_the_command() {
         "{out}"
     );
     assert!(out.contains("AWS-StartInteractiveCommand"), "{out}");
-    assert!(out.contains("tmux attach -t work"), "{out}");
+    assert!(
+        out.contains("tmux -S /run/leased/tmux/default attach-session -t work"),
+        "{out}"
+    );
     // A PATH with `aws` but without the plugin.
     let bin = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink("/bin/true", bin.path().join("aws")).unwrap();
@@ -421,15 +515,81 @@ async fn attach_over_ssm_names_the_missing_plugin_and_prints_the_command() {
     assert!(err.contains("session-manager-plugin"), "{err}");
 }
 
+/// The agent's side of `lease attach` on this machine, as the agent's package sets it
+/// up on an instance: the task user, and a tmux server run as that user on the agent's
+/// socket. Killed when dropped.
+struct AgentTmux;
+
+impl AgentTmux {
+    fn as_task_user(args: &[&str]) -> std::process::Output {
+        std::process::Command::new("runuser")
+            .args([
+                "-u",
+                lease_common::session::DEFAULT_TASK_USER,
+                "--",
+                "tmux",
+                "-S",
+            ])
+            .arg(lease_common::session::DEFAULT_TMUX_SOCKET)
+            .args(args)
+            .output()
+            .expect("runuser and tmux")
+    }
+
+    fn start(session: &str, command: &str) -> Self {
+        let user = lease_common::session::DEFAULT_TASK_USER;
+        let exists = std::process::Command::new("id")
+            .args(["-u", user])
+            .output()
+            .unwrap()
+            .status
+            .success();
+        if !exists {
+            let made = std::process::Command::new("useradd")
+                .args(["--system", "--no-create-home", "--shell", "/bin/sh", user])
+                .status()
+                .expect("useradd");
+            assert!(made.success(), "useradd {user}");
+        }
+        let socket = std::path::Path::new(lease_common::session::DEFAULT_TMUX_SOCKET);
+        let dir = socket.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let owned = std::process::Command::new("chown")
+            .arg(user)
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(owned.success());
+        let out = Self::as_task_user(&[
+            "new-session",
+            "-d",
+            "-x",
+            "160",
+            "-y",
+            "40",
+            "-s",
+            session,
+            command,
+        ]);
+        assert!(out.status.success(), "tmux as {user}: {out:?}");
+        Self
+    }
+}
+
+impl Drop for AgentTmux {
+    fn drop(&mut self) {
+        let _ = Self::as_task_user(&["kill-server"]);
+    }
+}
+
 #[tokio::test]
-async fn attach_over_ssh_shows_the_instances_tmux_session() {
+async fn attach_over_ssh_joins_the_agents_tmux_as_the_task_user() {
     let moto = Moto::start();
     let sshd = Sshd::start();
     let id = launch(&moto, &[]).await.remove(0);
 
-    // The "instance" side: a tmux session in the tmux server sshd's logins see.
-    let remote = Tmux::new(&sshd.tmux_tmpdir);
-    remote.new_session("lease-t1", "echo remote-marker-4711; exec sleep 600");
+    // The "instance" side: a task's session in the agent's tmux, run as the task user.
+    let _agent = AgentTmux::start("lease-t1", "echo remote-marker-4711; exec sleep 600");
 
     // The person's side: a terminal (an outer tmux) in which they run lease attach.
     let local_dir = tempfile::tempdir().unwrap();
@@ -464,12 +624,8 @@ async fn attach_over_ssh_shows_the_instances_tmux_session() {
         },
     )
     .await;
-    // Attached, not merely printed: the remote tmux now counts a client.
-    let clients = remote
-        .cmd()
-        .args(["list-clients", "-t", "lease-t1"])
-        .output()
-        .unwrap();
+    // Attached, not merely printed: the agent's tmux now counts a client.
+    let clients = AgentTmux::as_task_user(&["list-clients", "-t", "lease-t1"]);
     assert!(
         !clients.stdout.is_empty(),
         "no client attached; screen:\n{screen}"
@@ -501,6 +657,7 @@ async fn list_queries_several_regions_and_names_them() {
             "--region",
             "eu-west-1",
         ])
+        .args(AGENT)
         .ok()
         .await)
     .remove(0);

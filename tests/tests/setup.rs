@@ -61,6 +61,7 @@ struct World {
     iam: aws_sdk_iam::Client,
     lambda: aws_sdk_lambda::Client,
     scheduler: aws_sdk_scheduler::Client,
+    logs: aws_sdk_cloudwatchlogs::Client,
 }
 
 async fn world() -> World {
@@ -74,6 +75,7 @@ async fn world() -> World {
         iam: aws_sdk_iam::Client::new(&config),
         lambda: aws_sdk_lambda::Client::new(&config),
         scheduler: aws_sdk_scheduler::Client::new(&config),
+        logs: aws_sdk_cloudwatchlogs::Client::new(&config),
         dir: tempfile::tempdir().unwrap(),
         moto,
     }
@@ -102,15 +104,35 @@ impl World {
         path
     }
 
+    /// Setup, accepting a stack without the reaper unless `extra` deploys one (the
+    /// reaper's own tests pass `--reaper-zip`).
     async fn setup(&self, extra: &[&str]) -> Value {
+        let no_backstop = (!extra.contains(&"--reaper-zip")).then_some("--no-backstop");
         json(
             &self
                 .lease()
                 .args(["setup", "-o", "json"])
                 .args(extra)
+                .args(no_backstop)
                 .ok()
                 .await,
         )
+    }
+
+    /// The bucket's lifecycle rule that aborts incomplete multipart uploads, read
+    /// through S3.
+    async fn abort_rule(&self) -> Option<aws_sdk_s3::types::LifecycleRule> {
+        let out = self
+            .s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .ok()?;
+        out.rules()
+            .iter()
+            .find(|r| r.id() == Some("lease-abort-incomplete-multipart-uploads"))
+            .cloned()
     }
 
     async fn queue_url(&self, name: &str) -> Option<String> {
@@ -246,6 +268,14 @@ impl World {
             .await
             .unwrap();
         s.insert("s3 tags".into(), format!("{:?}", tags.tag_set()));
+        let lifecycle = self
+            .s3
+            .get_bucket_lifecycle_configuration()
+            .bucket(BUCKET)
+            .send()
+            .await
+            .unwrap();
+        s.insert("s3 lifecycle".into(), format!("{:?}", lifecycle.rules()));
         let objects = self
             .s3
             .list_objects_v2()
@@ -451,7 +481,58 @@ impl World {
         for sc in schedules.schedules() {
             left.push(format!("schedule {:?}/{:?}", sc.group_name(), sc.name()));
         }
+        let groups = self
+            .logs
+            .describe_log_groups()
+            .log_group_name_prefix("/aws/lambda/lease-")
+            .send()
+            .await
+            .unwrap();
+        for g in groups.log_groups() {
+            left.push(format!("log group {:?}", g.log_group_name()));
+        }
         left
+    }
+
+    /// What Lambda does on a function's first run: a log group named after it, with a
+    /// stream and an event in it.
+    async fn lambda_log_group(&self, function: &str) {
+        let group = format!("/aws/lambda/{function}");
+        self.logs
+            .create_log_group()
+            .log_group_name(&group)
+            .send()
+            .await
+            .unwrap();
+        self.logs
+            .create_log_stream()
+            .log_group_name(&group)
+            .log_stream_name("2026/12/07/[$LATEST]0123456789abcdef")
+            .send()
+            .await
+            .unwrap();
+        let event = aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+            .timestamp(chrono::Utc::now().timestamp_millis())
+            .message("reaper: nothing to do")
+            .build()
+            .unwrap();
+        self.logs
+            .put_log_events()
+            .log_group_name(&group)
+            .log_stream_name("2026/12/07/[$LATEST]0123456789abcdef")
+            .log_events(event)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    async fn log_group_names(&self) -> Vec<String> {
+        let groups = self.logs.describe_log_groups().send().await.unwrap();
+        groups
+            .log_groups()
+            .iter()
+            .filter_map(|g| g.log_group_name().map(str::to_string))
+            .collect()
     }
 
     /// The parts of stack `main` (default pool only) another stack's teardown must not
@@ -668,6 +749,23 @@ async fn setup_creates_every_resource_and_a_second_run_changes_nothing() {
             .object_ownership()
             .as_str(),
         "BucketOwnerEnforced"
+    );
+    // Incomplete multipart uploads (an agent killed mid-upload) are aborted, not billed
+    // for ever.
+    let lifecycle = w.abort_rule().await.expect("the abort-multipart rule");
+    assert_eq!(lifecycle.status().as_str(), "Enabled");
+    assert_eq!(
+        lifecycle
+            .abort_incomplete_multipart_upload()
+            .unwrap()
+            .days_after_initiation(),
+        Some(2)
+    );
+    assert!(
+        lifecycle
+            .filter()
+            .is_none_or(|f| f.prefix().unwrap_or_default().is_empty()),
+        "{lifecycle:?}"
     );
     let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
     let obj =
@@ -953,6 +1051,70 @@ async fn setup_corrects_what_differs_and_says_updated() {
     );
 }
 
+/// The lifecycle rule is put back when removed, and the stack's Claude auth is
+/// recorded in the settings, granted on the agents' role, kept by a later setup that
+/// does not name it, and what `lease iam-policy agent` prints.
+#[tokio::test]
+async fn setup_restores_the_lifecycle_rule_and_grants_the_claude_auth() {
+    let w = world().await;
+    w.setup(&["--claude-auth", "bedrock"]).await;
+    let inline = || async {
+        document(
+            w.iam
+                .get_role_policy()
+                .role_name("lease-main-agent")
+                .policy_name("lease-agent-us-east-1")
+                .send()
+                .await
+                .unwrap()
+                .policy_document(),
+        )
+    };
+    let policy = inline().await;
+    assert!(
+        policy.to_string().contains("bedrock:InvokeModel"),
+        "{policy}"
+    );
+    let settings = std::fs::read_to_string(w.settings_path()).unwrap();
+    assert!(settings.contains("claude-auth: bedrock"), "{settings}");
+    let printed = json(&w.lease().args(["iam-policy", "agent"]).ok().await);
+    assert_eq!(policy, printed);
+
+    w.s3.delete_bucket_lifecycle()
+        .bucket(BUCKET)
+        .send()
+        .await
+        .unwrap();
+    assert!(w.abort_rule().await.is_none());
+    let report = w.setup(&[]).await;
+    assert!(
+        outcomes(&report).contains(&("s3 bucket".into(), BUCKET.into(), "updated".into())),
+        "{report}"
+    );
+    assert!(w.abort_rule().await.is_some());
+    // Not named again: still bedrock.
+    assert_eq!(inline().await, policy);
+
+    w.setup(&["--claude-auth", "api-key"]).await;
+    let policy = inline().await.to_string();
+    assert!(!policy.contains("bedrock:"), "{policy}");
+    assert!(
+        policy.contains(":parameter/lease/main/anthropic-api-key"),
+        "{policy}"
+    );
+    let err = w
+        .lease()
+        .args(["setup", "--claude-auth", "openai"])
+        .output()
+        .await;
+    assert_eq!(err.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("'openai'"),
+        "{}",
+        String::from_utf8_lossy(&err.stderr)
+    );
+}
+
 #[tokio::test]
 async fn the_command_topic_routes_each_task_to_its_pools_queue_only() {
     let w = world().await;
@@ -1029,6 +1191,30 @@ async fn the_command_topic_routes_each_task_to_its_pools_queue_only() {
 async fn launch_into_the_stack_uses_its_profile_queue_and_tag() {
     let w = world().await;
     w.setup(&["--pool", "gpu"]).await;
+    // No agent package in the stack's bucket: an instance of the default AMI would
+    // have no agent, so the launch is refused before RunInstances.
+    let (code, err) = w
+        .lease()
+        .args(["launch", "-t", "t3.micro", "--pool", "gpu"])
+        .fails()
+        .await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("no agent package for x86_64") && err.contains("lease setup"),
+        "{err}"
+    );
+    let none = w
+        .moto
+        .ec2()
+        .await
+        .describe_instances()
+        .send()
+        .await
+        .unwrap();
+    assert!(none.reservations().is_empty(), "{none:?}");
+    let deb = w.deb();
+    w.setup(&["--agent-deb", deb.to_str().unwrap()]).await;
+    let digest = lease_common::manifest::sha256_bytes(&std::fs::read(&deb).unwrap());
     let id = w
         .lease()
         .args(["launch", "-t", "t3.micro", "--pool", "gpu"])
@@ -1069,6 +1255,23 @@ async fn launch_into_the_stack_uses_its_profile_queue_and_tag() {
     let config =
         lease_common::config::AgentConfig::from_yaml(std::path::Path::new("ud"), content).unwrap();
     assert_eq!(config.queue_url, w.queue_url("lease-main-pool-gpu").await);
+    // The install step names the package setup uploaded and the digest it recorded.
+    let install: Vec<&str> = doc["runcmd"][0]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
+    assert_eq!(
+        &install[2..],
+        [
+            config.log_bucket.as_deref().unwrap(),
+            &key,
+            &digest,
+            "amd64"
+        ]
+    );
     assert_eq!(
         config.topic_arn.as_deref(),
         Some(format!("arn:aws:sns:us-east-1:{ACCOUNT}:lease-main-bus").as_str())
@@ -1110,6 +1313,9 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
         .send()
         .await
         .unwrap();
+    // The reaper has run (its log group exists); so has somebody else's function.
+    w.lambda_log_group(REAPER).await;
+    w.lambda_log_group("someone-elses-function").await;
     let instance = w
         .moto
         .run_instance(&[("lease:managed", "true"), ("lease:stack", "main")])
@@ -1154,7 +1360,7 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
     );
     // The reaper went first, all of it deleted.
     let rows = outcomes(&report);
-    let reaper_rows: Vec<(String, String)> = rows[..7]
+    let reaper_rows: Vec<(String, String)> = rows[..8]
         .iter()
         .map(|(k, n, o)| (format!("{k} {n}"), o.clone()))
         .collect();
@@ -1164,6 +1370,7 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
             ("schedule lease-main/reaper", "deleted"),
             ("schedule group lease-main", "deleted"),
             ("lambda function lease-main-reaper", "deleted"),
+            ("log group /aws/lambda/lease-main-reaper", "deleted"),
             ("iam role lease-main-schedules", "deleted"),
             ("iam role lease-main-reaper-invoke", "deleted"),
             ("iam role lease-main-reaper", "deleted"),
@@ -1214,6 +1421,10 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
     let profiles = w.iam.list_instance_profiles().send().await.unwrap();
     assert!(profiles.instance_profiles().is_empty());
     assert_eq!(w.reaper_leftovers().await, Vec::<String>::new());
+    assert_eq!(
+        w.log_group_names().await,
+        ["/aws/lambda/someone-elses-function"]
+    );
     let settings: serde_yaml_ng::Value =
         serde_yaml_ng::from_str(&std::fs::read_to_string(w.settings_path()).unwrap()).unwrap();
     assert_eq!(settings["stacks"].as_sequence().map(Vec::len), Some(0));
@@ -1234,6 +1445,40 @@ async fn teardown_refuses_while_an_instance_lives_then_removes_exactly_the_stack
         };
         assert_eq!(outcome, expected, "{kind} {name}");
     }
+}
+
+/// A stack that could lose instances does not report success: with no reaper package
+/// given, found or buildable (the test runs outside a checkout's root), setup sets up
+/// everything else, records it, and exits 4 naming the missing backstop; with
+/// `--no-backstop` the same stack is accepted.
+#[tokio::test]
+async fn a_stack_without_a_backstop_is_not_reported_as_set_up() {
+    let w = world().await;
+    let (code, err) = w.lease().args(["setup"]).fails().await;
+    assert_eq!(code, 4, "{err}");
+    assert!(
+        err.contains("no backstop")
+            && err.contains("--reaper-zip")
+            && err.contains("--no-backstop"),
+        "{err}"
+    );
+    assert!(!err.contains("is set up"), "{err}");
+    // Everything else exists, so a second run only adds the reaper.
+    let topics = w.sns.list_topics().send().await.unwrap();
+    assert_eq!(topics.topics().len(), 2, "{topics:?}");
+    let settings = std::fs::read_to_string(w.settings_path()).unwrap();
+    assert!(!settings.contains("reaper-function-arn"), "{settings}");
+    let out = w.lease().args(["setup", "--no-backstop"]).output().await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no backstop reaper (--no-backstop)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

@@ -495,6 +495,17 @@ fn check_image_state(m: &Machine) {
         conf.contains("#default-ttl:"),
         "the default config is not the packaged one"
     );
+    // The package's postinst made the unprivileged task user, with a home of its own.
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).unwrap();
+    let user = lease_common::session::DEFAULT_TASK_USER;
+    let entry = passwd
+        .lines()
+        .find(|l| l.split(':').next() == Some(user))
+        .unwrap_or_else(|| panic!("the package did not create the task user '{user}'"));
+    let fields: Vec<&str> = entry.split(':').collect();
+    assert_ne!(fields[2], "0", "the task user is root: {entry}");
+    assert_eq!(fields[5], format!("/home/{user}"), "{entry}");
+    assert!(root.join("home").join(user).is_dir(), "no home for {user}");
 }
 
 fn dir_entries(dir: &Path) -> Vec<String> {

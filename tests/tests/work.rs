@@ -579,7 +579,7 @@ async fn a_task_past_its_timeout_is_stopped_reported_failed_and_its_output_kept(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_stored_in_s3_runs_from_its_pointer() {
-    let plane = Plane::new().await;
+    let mut plane = Plane::new().await;
     let (instance, imds) = plane.instance().await;
     let tmp = tempfile::tempdir().unwrap();
     let agent = plane.agent(&imds, tmp.path(), "");
@@ -606,6 +606,22 @@ async fn a_task_stored_in_s3_runs_from_its_pointer() {
             r#"{{"v":1,"id":"gone-1","spec_s3":"s3://{BUCKET}/tasks/gone-1.json"}}"#
         ))
         .await;
+    // So does a pointer to an object that is not text: reading it again cannot help.
+    plane
+        .s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(layout::task_spec_key("binary-1"))
+        .body(b"{\"v\":1,\"id\":\"binary-1\",\xff\xfe}".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    plane
+        .send(&format!(
+            r#"{{"v":1,"id":"binary-1","spec_s3":"s3://{BUCKET}/{}"}}"#,
+            layout::task_spec_key("binary-1")
+        ))
+        .await;
     plane
         .wait_for_state("big-1", "complete", LIMIT, &agent)
         .await;
@@ -616,10 +632,19 @@ async fn a_task_stored_in_s3_runs_from_its_pointer() {
         )
         .await;
     assert_eq!(files.get("big.txt").map(Vec::as_slice), Some(&b"big"[..]));
-    wait_until("the dangling pointer in the DLQ", LIMIT, POLL, || async {
-        (plane.queue_count(&plane.dlq_url).await == 1).then_some(())
+    wait_until("the two bad pointers in the DLQ", LIMIT, POLL, || async {
+        (plane.queue_count(&plane.dlq_url).await == 2).then_some(())
     })
     .await;
+    let reason = plane
+        .wait_event("TaskFailed for binary-1", LIMIT, |e| {
+            e.type_name() == "TaskFailed" && task_of(e) == Some("binary-1")
+        })
+        .await;
+    assert!(
+        matches!(reason.kind, EventKind::TaskFailed { ref reason, .. } if reason.contains("not UTF-8")),
+        "{reason:?}"
+    );
     plane.wait_queue_empty(LIMIT, &agent).await;
 }
 
@@ -773,6 +798,228 @@ async fn a_docker_task_runs_through_the_worker() {
         })
         .await;
     plane.wait_queue_empty(LIMIT, &agent).await;
+}
+
+/// The agent config in an instance's user-data, as the agent would parse it.
+async fn user_data_config(plane: &Plane, id: &str) -> lease_common::config::AgentConfig {
+    let ud = plane
+        .moto
+        .ec2()
+        .await
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .unwrap();
+    let encoded = ud.user_data().unwrap().value().unwrap();
+    let text = String::from_utf8(aws_smithy_types::base64::decode(encoded).unwrap()).unwrap();
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
+    lease_common::config::AgentConfig::from_yaml(
+        Path::new("user-data"),
+        doc["write_files"][0]["content"].as_str().unwrap(),
+    )
+    .unwrap()
+}
+
+fn time_attr(item: &BTreeMap<String, AttributeValue>, name: &str) -> chrono::DateTime<Utc> {
+    let text = item[name].as_s().unwrap();
+    chrono::DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_launched_with_two_slots_runs_two_tasks_at_once() {
+    let plane = Plane::new().await;
+    let lease = || Cmd::new("lease", &plane.moto.env());
+    // A bad count is refused, naming the flag, before anything is launched.
+    for bad in ["0", "65", "two"] {
+        let (code, err) = lease()
+            .args(["launch", "-t", "t3.micro", "--slots", bad])
+            .fails()
+            .await;
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--slots"), "{err}");
+    }
+    // With an agent package to name: without one lease refuses to launch.
+    let out = lease()
+        .args(["launch", "-t", "t3.micro", "--slots", "2"])
+        .args(["--agent-bucket", "agents"])
+        .ok()
+        .await;
+    let instance = out.trim().to_string();
+    let config = user_data_config(&plane, &instance).await;
+    assert_eq!(config.max_concurrent_tasks, 2);
+
+    // That instance's agent, with the slots its user-data gives it.
+    let imds = FakeImds::for_instance(plane.moto.ec2().await, &instance).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = plane.agent(
+        &imds,
+        tmp.path(),
+        &format!("max-concurrent-tasks: {}\n", config.max_concurrent_tasks),
+    );
+    for id in ["slot-a", "slot-b"] {
+        plane.send(&shell(id, "sleep 4").to_json()).await;
+    }
+    for id in ["slot-a", "slot-b"] {
+        plane.wait_for_state(id, "complete", LIMIT, &agent).await;
+    }
+    // Read back from the records: each started before the other ended.
+    let (a, b) = (
+        plane.task_item("slot-a").await.unwrap(),
+        plane.task_item("slot-b").await.unwrap(),
+    );
+    let (a_start, a_end) = (
+        time_attr(&a, records::task::STARTED_AT),
+        time_attr(&a, records::task::ENDED_AT),
+    );
+    let (b_start, b_end) = (
+        time_attr(&b, records::task::STARTED_AT),
+        time_attr(&b, records::task::ENDED_AT),
+    );
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "slot-a ran {a_start}..{a_end}, slot-b {b_start}..{b_end}: not at once"
+    );
+    // The node registry says how many it runs at once, and `lease nodes` shows it.
+    let node = plane
+        .ddb
+        .get_item()
+        .table_name(NODES_TABLE)
+        .key(records::NODE_ID, AttributeValue::S(instance.clone()))
+        .send()
+        .await
+        .unwrap();
+    let slots = node
+        .item()
+        .and_then(|i| i.get(records::node::SLOTS))
+        .cloned();
+    assert_eq!(
+        slots,
+        Some(AttributeValue::N("2".into())),
+        "{}",
+        agent.logs()
+    );
+    let nodes = lease()
+        .args(["nodes", "--nodes-table", NODES_TABLE, "-o", "json"])
+        .ok()
+        .await;
+    let rows: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+    let row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["instance_id"] == instance.as_str())
+        .unwrap_or_else(|| panic!("{nodes}"));
+    assert_eq!(row["slots"], 2, "{nodes}");
+}
+
+/// A node frozen (SIGSTOP) past its claim wakes to find the task another's: its late
+/// writes are refused, so the record stays the new holder's, and it stops its copy,
+/// keeping what that copy made as a partial attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_frozen_past_its_claim_cannot_overwrite_the_node_that_took_over() {
+    let mut plane = Plane::new().await;
+    let (first, imds1) = plane.instance().await;
+    let (second, imds2) = plane.instance().await;
+    let tmp = tempfile::tempdir().unwrap();
+    // Claims of 6 s instead of 2 min, so the freeze outlasts one in seconds.
+    let claim = [("LEASED_TEST_TASK_CLAIM".to_string(), "6s".to_string())];
+    let marker = tmp.path().join("first-copy-started");
+    let mut task = shell(
+        "frozen-1",
+        &format!(
+            "mkdir -p out; echo started > out/started.txt; touch '{}'; sleep 25; \
+             echo finished > out/finished.txt",
+            marker.display()
+        ),
+    );
+    task.bundle = Some("out".into());
+    let agent1 = plane.agent_with(&imds1, &tmp.path().join("a1"), "", &claim);
+    plane.send(&task.to_json()).await;
+    // Frozen once its copy runs (the record says `running` from the claim on, a moment
+    // before the program starts).
+    wait_until("the first copy to start", LIMIT, POLL, || async {
+        marker.exists().then_some(())
+    })
+    .await;
+    agent1.signal("-STOP");
+    let agent2 = plane.agent_with(&imds2, &tmp.path().join("a2"), "", &claim);
+    let node_of = |item: &BTreeMap<String, AttributeValue>| {
+        item.get(records::task::NODE_ID)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+    };
+    wait_until("the second node's claim", LIMIT, POLL, || async {
+        let item = plane.task_item("frozen-1").await?;
+        (node_of(&item)? == second).then_some(())
+    })
+    .await;
+    agent1.signal("-CONT");
+
+    let interrupted = plane
+        .wait_event("the first node's TaskInterrupted", LIMIT, |e| {
+            e.type_name() == "TaskInterrupted" && task_of(e) == Some("frozen-1")
+        })
+        .await;
+    assert_eq!(interrupted.instance_id, first, "{}", agent1.logs());
+    assert!(
+        matches!(&interrupted.kind, EventKind::TaskInterrupted { reason, attempt: 1, .. }
+            if reason.contains("claim lost") && reason.contains(&second)),
+        "{interrupted:?}"
+    );
+    // Its copy was stopped before it finished; what it made is a partial attempt.
+    let partial = plane
+        .bundle(
+            &layout::attempt_bundle_prefix(&first, "frozen-1", 1),
+            &layout::attempt_manifest_key(&first, "frozen-1", 1),
+        )
+        .await;
+    assert_eq!(
+        partial.keys().collect::<Vec<_>>(),
+        ["started.txt"],
+        "{}",
+        agent1.logs()
+    );
+    // The record is still the second node's, and it finishes there.
+    let item = plane.task_item("frozen-1").await.unwrap();
+    assert_eq!(node_of(&item).as_deref(), Some(second.as_str()));
+    assert_eq!(item[records::task::STATE].as_s().unwrap(), "running");
+    plane
+        .wait_for_state("frozen-1", "complete", LIMIT, &agent2)
+        .await;
+    let item = plane.task_item("frozen-1").await.unwrap();
+    assert_eq!(node_of(&item).as_deref(), Some(second.as_str()));
+    assert_eq!(
+        item[records::task::INSTANCE_ID].as_s().unwrap(),
+        &second,
+        "{}",
+        agent1.logs()
+    );
+    let files = plane
+        .bundle(
+            &layout::bundle_prefix(&second, "frozen-1"),
+            &layout::manifest_key(&second, "frozen-1"),
+        )
+        .await;
+    assert!(files.contains_key("finished.txt"), "{files:?}");
+    assert!(
+        plane
+            .keys(&format!("jobs/{first}/frozen-1/bundle/"))
+            .await
+            .is_empty()
+    );
+    plane.wait_queue_empty(LIMIT, &agent2).await;
+    plane.drain_events().await;
+    let ends: Vec<&str> = plane
+        .events_of("frozen-1")
+        .iter()
+        .filter(|e| matches!(e.type_name(), "TaskCompleted" | "TaskFailed"))
+        .map(|e| e.instance_id.as_str())
+        .collect();
+    assert_eq!(ends, [second.as_str()], "only the holder reports an end");
 }
 
 /// Shell and Docker tasks see who they are in `LEASE_*` variables, and run as the task

@@ -11,7 +11,7 @@ use lease_common::records::TaskState;
 use lease_common::tags::NodeStatus;
 
 use super::Interruption;
-use super::lifecycle::{End, Running};
+use super::lifecycle::{ClaimLost, End, Running};
 use super::records::Change;
 use super::statefile;
 use crate::control::Request;
@@ -27,6 +27,11 @@ impl Running {
     /// The program ended (or could not run): upload, report, record, then delete.
     pub(super) async fn finish(&mut self, end: End) {
         self.pump_output(true).await;
+        // Results are final only from the claim's holder: a node that was frozen past
+        // its claim keeps what it made as a partial attempt instead.
+        if let Err(lost) = self.still_held().await {
+            return self.lost_claim(lost).await;
+        }
         let cancelled = matches!(end, End::Cancelled);
         // Beside the uploads, and only once they have taken a while: `lease tasks` shows
         // it, nothing waits for it. Conditional, so a late write cannot undo the final one.
@@ -38,11 +43,13 @@ impl Running {
             .filter(|_| !cancelled)
             .map(|table| {
                 let (id, clock) = (self.id().to_string(), self.shared.deps.clock.clone());
+                let holder = self.holder();
                 tokio::spawn(async move {
                     tokio::time::sleep(UPLOADING_RECORD_AFTER).await;
                     let change = Change {
                         state: Some(TaskState::Uploading),
                         if_state: Some(TaskState::Running),
+                        holder: Some(holder),
                         ..Change::default()
                     };
                     if let Err(e) = table.update(&id, change, clock.now()).await {
@@ -97,6 +104,8 @@ impl Running {
             End::Cancelled => (TaskState::Cancelled, None, Some("cancelled".to_string())),
             End::Lost(why) => (TaskState::Failed, None, Some(why.clone())),
             End::Interrupted(i) => (TaskState::Interrupted, None, Some(i.reason.clone())),
+            // Routed to `lost_claim` before here; written only if that ever changes.
+            End::ClaimLost(lost) => (TaskState::Interrupted, None, Some(lost.0.clone())),
         };
         let duration_secs = self.duration_secs();
         let event = if state == TaskState::Complete {
@@ -127,17 +136,28 @@ impl Running {
                 .map(|r| format!(": {r}"))
                 .unwrap_or_default()
         );
+        // The record first: a refused write means another node holds the task, and then
+        // neither the event nor the message's delete is this node's to do.
+        let recorded = self
+            .record(Change {
+                state: Some(state),
+                exit_code,
+                reason: reason.clone(),
+                bundle,
+                log: log_uri,
+                ended: true,
+                ..Change::default()
+            })
+            .await;
+        if let Err(lost) = recorded {
+            tracing::error!(
+                "{}: the results of this copy stay where they were uploaded",
+                lost.0
+            );
+            self.clean_up().await;
+            return;
+        }
         let published = self.shared.deps.emitter.send(event);
-        self.record(Change {
-            state: Some(state),
-            exit_code,
-            reason: reason.clone(),
-            bundle,
-            log: log_uri,
-            ended: true,
-            ..Change::default()
-        })
-        .await;
         // Only now, with everything in S3 and recorded, does the message go.
         if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt())
             && let Err(e) = queue.delete(self.id(), &receipt).await
@@ -162,13 +182,18 @@ impl Running {
     pub(super) async fn give_back(&mut self, why: &str) {
         let reason = format!("upload failed ({why}); the task returns to the queue");
         tracing::error!("task '{}': {reason}", self.id());
-        self.record(Change {
-            state: Some(TaskState::Interrupted),
-            reason: Some(reason.clone()),
-            ..Change::default()
-        })
-        .await;
-        if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt())
+        let recorded = self
+            .record(Change {
+                state: Some(TaskState::Interrupted),
+                reason: Some(reason.clone()),
+                ..Change::default()
+            })
+            .await;
+        if let Err(lost) = &recorded {
+            tracing::warn!("{}", lost.0);
+        }
+        if recorded.is_ok()
+            && let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt())
             && let Err(e) = queue.change_visibility(self.id(), &receipt, 0).await
         {
             tracing::warn!("{e}");
@@ -209,14 +234,22 @@ impl Running {
                 None
             }
         };
-        self.record(Change {
-            state: Some(TaskState::Interrupted),
-            reason: Some(i.reason.clone()),
-            bundle: bundle.clone(),
-            ..Change::default()
-        })
-        .await;
-        if let (Some(queue), Some(receipt)) = (self.shared.deps.queue.clone(), self.receipt()) {
+        let recorded = self
+            .record(Change {
+                state: Some(TaskState::Interrupted),
+                reason: Some(i.reason.clone()),
+                bundle: bundle.clone(),
+                ..Change::default()
+            })
+            .await;
+        if let Err(lost) = &recorded {
+            // The holder requeues it when its own turn comes; a second message would
+            // run it twice.
+            tracing::warn!("{}: not requeued from here", lost.0);
+        }
+        if recorded.is_ok()
+            && let (Some(queue), Some(receipt)) = (self.shared.deps.queue.clone(), self.receipt())
+        {
             let body = self.next_attempt_body();
             match queue.send(self.id(), &body).await {
                 Ok(()) => {
@@ -256,18 +289,57 @@ impl Running {
     /// Interrupted before it started: the claim is given up and the message made
     /// visible again at once, with the same attempt (this one never ran).
     pub(super) async fn abandon(&mut self, i: &Interruption) {
-        self.record(Change {
-            state: Some(TaskState::Interrupted),
-            reason: Some(format!("{} before it started", i.reason)),
-            ..Change::default()
-        })
-        .await;
-        if let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt())
+        let recorded = self
+            .record(Change {
+                state: Some(TaskState::Interrupted),
+                reason: Some(format!("{} before it started", i.reason)),
+                ..Change::default()
+            })
+            .await;
+        if let Err(lost) = &recorded {
+            tracing::warn!("{}", lost.0);
+        }
+        if recorded.is_ok()
+            && let (Some(queue), Some(receipt)) = (&self.shared.deps.queue, self.receipt())
             && let Err(e) = queue.change_visibility(self.id(), &receipt, 0).await
         {
             tracing::warn!("{e}");
         }
         self.clean_up().await;
+    }
+
+    /// Another node holds the task now (this one's claim lapsed while it was frozen or
+    /// cut off): this copy, already stopped, leaves its bundle as a partial attempt
+    /// under this instance's `attempt-<n>/`, and a `TaskInterrupted` says why. The
+    /// record, the log and the message are the holder's: none is touched.
+    pub(super) async fn lost_claim(&mut self, lost: ClaimLost) {
+        let attempt = self.file.task.attempt;
+        tracing::warn!("task '{}': {}", self.id(), lost.0);
+        let dest = BundleDest::interrupted(&self.shared.settings.instance_id, self.id(), attempt);
+        let bundle = match self.upload(dest, false).await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!("task '{}': partial results not uploaded: {e}", self.id());
+                None
+            }
+        };
+        let _ = self
+            .shared
+            .deps
+            .emitter
+            .send(EventKind::TaskInterrupted {
+                task_id: self.id().to_string(),
+                attempt,
+                reason: format!("claim lost: {}", lost.0),
+                bundle,
+            })
+            .await;
+        self.clean_up().await;
+        if self.file.one_shot
+            && let Err(e) = statefile::mark_one_shot_ran(&self.shared.settings.state_dir, self.id())
+        {
+            tracing::error!("{e}");
+        }
     }
 
     /// The message for the next attempt: a pointer stays a pointer.

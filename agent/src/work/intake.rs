@@ -12,6 +12,7 @@ use super::lifecycle::{self, Start};
 use super::queue::{MAX_RECEIVE, MAX_VISIBILITY_SECS, Received};
 use super::records::{Claim, Claimant};
 use super::statefile::{self, TaskFile};
+use super::store;
 use super::{Shared, Slot};
 
 /// After a failed receive, wait this long before the next (the error is logged each time).
@@ -167,15 +168,18 @@ async fn resolve_pointer(shared: &Shared, p: &TaskPointer) -> Result<Task, Optio
             p.id, p.spec_s3
         )));
     };
-    let body = match store.fetch_task(&p.spec_s3).await {
-        Ok(b) => b,
+    let fetched = store
+        .fetch_task(&p.spec_s3)
+        .await
+        .and_then(|bytes| store::task_from_object(&p.spec_s3, &bytes));
+    let mut task = match fetched {
+        Ok(t) => t,
         Err(e) if e.is_permanent() => return Err(Some(e.to_string())),
         Err(e) => {
             tracing::warn!("{e}; the message returns to the queue");
             return Err(None);
         }
     };
-    let mut task = Task::parse(&body).map_err(|e| Some(format!("task at '{}': {e}", p.spec_s3)))?;
     if task.id != p.id {
         return Err(Some(format!(
             "the message names task '{}' but '{}' holds task '{}'",

@@ -13,7 +13,7 @@ use lease_common::{HumanDuration, layout};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::records::Change;
+use super::records::{Change, Holder, RecordError};
 use super::statefile::{self, TaskFile};
 use super::{Interruption, Shared};
 use crate::run::{Exit, Launch, LogTail, OutputParser, RunError, batch_lines};
@@ -26,6 +26,12 @@ pub const MAX_OUTPUT_BYTES: usize = 200 * 1024;
 const MAX_PENDING_BYTES: usize = 1024 * 1024;
 /// Attempts at each upload before the task's message is given back.
 const UPLOAD_ATTEMPTS: u32 = 3;
+/// Before a finished task's results are uploaded as final, the claim is renewed first
+/// when it would lapse within this long: another node may have taken the task over
+/// while this one was frozen or cut off. Generous against the clocks of two nodes
+/// differing and the write's own time; a claim renewed less long ago is not checked,
+/// so a short task costs no extra write.
+const CLAIM_MARGIN: TimeDelta = TimeDelta::seconds(30);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -43,7 +49,13 @@ pub(super) enum End {
     Cancelled,
     Lost(String),
     Interrupted(Interruption),
+    /// The record names another node or attempt now: this copy was stopped.
+    ClaimLost(ClaimLost),
 }
+
+/// A write after the claim was refused: the task is another node's now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ClaimLost(pub(super) String);
 
 pub(super) struct Running {
     pub(super) shared: Arc<Shared>,
@@ -55,6 +67,9 @@ pub(super) struct Running {
     pub(super) pending_bytes: usize,
     pub(super) last_output: Option<Instant>,
     pub(super) uploaded_log_len: u64,
+    /// Until when this node's claim holds, as far as it knows (the last write of
+    /// `claim_until`); `None` when not known (an adopted task).
+    pub(super) claim_until: Option<DateTime<Utc>>,
 }
 
 pub(crate) async fn run(
@@ -68,6 +83,11 @@ pub(crate) async fn run(
     let dir = shared.settings.state_dir.clone();
     let tail = LogTail::new(statefile::log_path(&dir, &id), file.log_offset);
     let parser = OutputParser::for_spec(&file.task.spec);
+    // A fresh task was claimed after it was received, so this is never later than the
+    // claim's real end.
+    let claim_until = (start == Start::Fresh).then(|| {
+        file.started_at + TimeDelta::from_std(shared.settings.visibility).unwrap_or_default()
+    });
     let mut r = Running {
         shared: shared.clone(),
         file,
@@ -78,6 +98,7 @@ pub(crate) async fn run(
         pending_bytes: 0,
         last_output: None,
         uploaded_log_len: 0,
+        claim_until,
     };
     let before_start = interrupts.borrow().clone();
     if start == Start::Fresh
@@ -91,6 +112,7 @@ pub(crate) async fn run(
         let end = r.watch(interrupts).await;
         match end {
             End::Interrupted(i) => r.requeue(i).await,
+            End::ClaimLost(lost) => r.lost_claim(lost).await,
             other => r.finish(other).await,
         }
     }
@@ -129,13 +151,31 @@ impl Running {
         self.shared.deps.clock.now()
     }
 
-    pub(super) async fn record(&self, change: Change) -> Option<TaskState> {
-        let table = self.shared.deps.table.as_ref()?;
+    /// The claim every write after it is made under.
+    pub(super) fn holder(&self) -> Holder {
+        Holder {
+            node_id: self.shared.settings.node_id.clone(),
+            attempt: self.file.task.attempt,
+        }
+    }
+
+    /// Writes `change` under this node's claim; the record's state afterwards (`None`
+    /// without a table or when the write failed, which is logged). `Err`: the claim is
+    /// lost and nothing was written.
+    pub(super) async fn record(&self, change: Change) -> Result<Option<TaskState>, ClaimLost> {
+        let Some(table) = self.shared.deps.table.as_ref() else {
+            return Ok(None);
+        };
+        let change = Change {
+            holder: Some(self.holder()),
+            ..change
+        };
         match table.update(self.id(), change, self.now()).await {
-            Ok(s) => s,
+            Ok(s) => Ok(s),
+            Err(e @ RecordError::ClaimLost { .. }) => Err(ClaimLost(e.to_string())),
             Err(e) => {
                 tracing::warn!("{e}");
-                None
+                Ok(None)
             }
         }
     }
@@ -213,17 +253,27 @@ impl Running {
                 Err(e) => return End::Lost(e.to_string()),
             }
             self.pump_output(false).await;
+            // The claim first: a node that wakes from a freeze must learn that the task
+            // is another's before it uploads a log over the new holder's.
+            if Instant::now() >= next_extend {
+                next_extend = Instant::now() + s.extend_every;
+                match self.extend().await {
+                    Ok(Some(TaskState::Cancelled)) => {
+                        tracing::warn!("task '{}' was cancelled: stopping it", self.id());
+                        self.stop_program(s.grace).await;
+                        return End::Cancelled;
+                    }
+                    Ok(_) => {}
+                    Err(lost) => {
+                        tracing::warn!("{}: stopping this copy", lost.0);
+                        self.stop_program(s.grace).await;
+                        return End::ClaimLost(lost);
+                    }
+                }
+            }
             if Instant::now() >= next_log_upload {
                 next_log_upload = Instant::now() + s.log_upload_every;
                 self.upload_log_if_grown().await;
-            }
-            if Instant::now() >= next_extend {
-                next_extend = Instant::now() + s.extend_every;
-                if self.extend().await == Some(TaskState::Cancelled) {
-                    tracing::warn!("task '{}' was cancelled: stopping it", self.id());
-                    self.stop_program(s.grace).await;
-                    return End::Cancelled;
-                }
             }
             if let Some((limit, at)) = timeout_at
                 && self.now() >= at
@@ -247,17 +297,35 @@ impl Running {
         }
     }
 
-    /// Keeps the message hidden and the claim alive; returns the record's state.
-    pub(super) async fn extend(&mut self) -> Option<TaskState> {
+    /// Keeps the claim alive and the message hidden; returns the record's state. The
+    /// claim first: once it is lost, the message belongs to the node that holds it.
+    pub(super) async fn extend(&mut self) -> Result<Option<TaskState>, ClaimLost> {
         let s = self.shared.settings.clone();
+        let until = self.now() + TimeDelta::from_std(s.visibility).unwrap_or_default();
+        let state = self
+            .record(Change {
+                claim_until: Some(until),
+                ..Change::default()
+            })
+            .await?;
+        if self.shared.deps.table.is_some() {
+            self.claim_until = Some(until);
+        }
         self.hide_message().await;
         self.save();
-        let until = self.now() + TimeDelta::from_std(s.visibility).unwrap_or_default();
-        self.record(Change {
-            claim_until: Some(until),
-            ..Change::default()
-        })
-        .await
+        Ok(state)
+    }
+
+    /// Renews the claim when it could have lapsed (see [`CLAIM_MARGIN`]).
+    pub(super) async fn still_held(&mut self) -> Result<(), ClaimLost> {
+        if self.shared.deps.table.is_none()
+            || self
+                .claim_until
+                .is_some_and(|until| self.now() + CLAIM_MARGIN < until)
+        {
+            return Ok(());
+        }
+        self.extend().await.map(|_| ())
     }
 
     /// Hides the message for `visibility` from now. A fresh task's message was hidden
@@ -359,6 +427,16 @@ impl Running {
         &mut self,
         dest: BundleDest,
     ) -> Result<Option<String>, String> {
+        self.upload(dest, true).await
+    }
+
+    /// [`Self::upload_results`]; the log too only with `log` (the log's key is the
+    /// task's, not the attempt's: only the claim's holder may write it).
+    pub(super) async fn upload(
+        &mut self,
+        dest: BundleDest,
+        log: bool,
+    ) -> Result<Option<String>, String> {
         let Some(store) = self.shared.deps.store.clone() else {
             tracing::warn!(
                 "no log-bucket configured: the bundle and log of task '{}' stay on this machine",
@@ -370,6 +448,7 @@ impl Running {
         if let Err(e) = std::fs::create_dir_all(&bundle) {
             tracing::warn!("cannot create bundle directory '{}': {e}", bundle.display());
         }
+        let with_log = log;
         let log = self.log_path();
         if !log.exists()
             && let Err(e) = std::fs::write(&log, b"")
@@ -385,7 +464,13 @@ impl Running {
                 attempt: self.file.task.attempt,
             };
             let (log_result, bundle_result) = tokio::join!(
-                store.upload_log(self.id(), &log, &log_key),
+                async {
+                    if with_log {
+                        store.upload_log(self.id(), &log, &log_key).await
+                    } else {
+                        Ok(())
+                    }
+                },
                 store.upload_bundle(&bundle, dest.clone(), meta)
             );
             let result = log_result.and(bundle_result);

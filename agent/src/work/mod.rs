@@ -68,7 +68,30 @@ pub struct WorkSettings {
     pub grace: Duration,
 }
 
+/// TEST ONLY: how long a claim (and a running task's message visibility) lasts,
+/// instead of 2 minutes, so a test can let a claim lapse in seconds (logged).
+pub const TEST_CLAIM_ENV: &str = "LEASED_TEST_TASK_CLAIM";
+
 impl WorkSettings {
+    /// [`TEST_CLAIM_ENV`] applied, when set to a duration: the claim lasts that long
+    /// and is renewed at half of it.
+    pub fn with_test_overrides(mut self) -> Self {
+        let Ok(text) = std::env::var(TEST_CLAIM_ENV) else {
+            return self;
+        };
+        match text.parse::<lease_common::HumanDuration>() {
+            Ok(d) if d.as_secs() >= 2 => {
+                tracing::warn!("TEST ONLY: task claims last {d} ({TEST_CLAIM_ENV})");
+                self.visibility = d.as_duration();
+                self.extend_every = d.as_duration() / 2;
+            }
+            _ => {
+                tracing::warn!("{TEST_CLAIM_ENV}='{text}' is not a duration of 2s or more: ignored")
+            }
+        }
+        self
+    }
+
     pub fn new(state_dir: PathBuf, node_id: String, instance_id: String, max: u32) -> Self {
         Self {
             state_dir,

@@ -38,6 +38,8 @@ pub struct NodeRecord {
     /// `lease:status` vocabulary or `deregistered`.
     pub status: String,
     pub task_id: Option<String>,
+    /// Tasks the node runs at once (`max-concurrent-tasks`).
+    pub slots: u32,
     pub version: String,
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat: DateTime<Utc>,
@@ -47,7 +49,7 @@ pub struct NodeRecord {
 impl NodeRecord {
     pub fn from_snapshot(
         s: &Snapshot,
-        pool: Option<String>,
+        (pool, slots): (Option<String>, u32),
         registered_at: DateTime<Utc>,
         now: DateTime<Utc>,
     ) -> Self {
@@ -61,6 +63,7 @@ impl NodeRecord {
             pool,
             status: s.status.to_string(),
             task_id: s.task.clone(),
+            slots,
             version: s.version.clone(),
             registered_at,
             last_heartbeat: now,
@@ -100,6 +103,7 @@ impl NodeTable for DynamoNodeTable {
                 .item(node::MARKET, s(&r.market))
                 .item(node::REGION, s(&r.region))
                 .item(node::STATUS, s(&r.status))
+                .item(node::SLOTS, AttributeValue::N(r.slots.to_string()))
                 .item(node::VERSION, s(&r.version))
                 .item(node::REGISTERED_AT, s(&render_time(r.registered_at)))
                 .item(node::LAST_HEARTBEAT, s(&render_time(r.last_heartbeat)))
@@ -133,7 +137,7 @@ pub async fn keep_registered(
     table: Arc<dyn NodeTable>,
     snapshot: watch::Receiver<Snapshot>,
     clock: Arc<dyn Clock>,
-    pool: Option<String>,
+    (pool, slots): (Option<String>, u32),
     every: Duration,
 ) {
     let registered_at = clock.now();
@@ -145,7 +149,7 @@ pub async fn keep_registered(
             return;
         }
         let s = snapshot.borrow().clone();
-        let r = NodeRecord::from_snapshot(&s, pool.clone(), registered_at, clock.now());
+        let r = NodeRecord::from_snapshot(&s, (pool.clone(), slots), registered_at, clock.now());
         if let Err(e) = table.put(&r).await {
             tracing::warn!("{e}");
         }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use std::fmt::Debug;
 
 use aws_sdk_dynamodb::error::DisplayErrorContext;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Utc};
 use lease_common::messages::{Task, TaskSpec};
 use lease_common::records::{self, CLAIM_CONDITION, EXPIRES, TASK_ID, TaskState, task};
@@ -27,6 +28,18 @@ pub enum RecordError {
         task: String,
         table: String,
         reason: String,
+    },
+    /// The record no longer names this node and attempt: the claim lapsed and another
+    /// node took the task over. Nothing was written.
+    #[error(
+        "Task '{task}' in table '{table}' is no longer this node's (attempt {attempt}): {holder} holds it now"
+    )]
+    ClaimLost {
+        task: String,
+        table: String,
+        attempt: u32,
+        /// The record's node and attempt, in words.
+        holder: String,
     },
 }
 
@@ -50,6 +63,19 @@ pub struct Claimant<'a> {
     pub claim_until: DateTime<Utc>,
 }
 
+/// The claim a write is made under: the node and attempt the record must still name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub node_id: String,
+    pub attempt: u32,
+}
+
+/// Placeholders: `#task_id`, `#node`, `#attempt`, `:holder_node` (S),
+/// `:holder_attempt` (N). A record that does not exist is written (a one-shot task whose
+/// claim could not be written, a record expired): only another holder refuses it.
+pub const HOLDER_CONDITION: &str =
+    "(attribute_not_exists(#task_id) OR (#node = :holder_node AND #attempt = :holder_attempt))";
+
 /// A change of a task's record. Fields left `None` are not written.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Change {
@@ -65,6 +91,11 @@ pub struct Change {
     /// Written only while the record is in this state; otherwise nothing changes and
     /// the update answers `Ok(None)`. For a write that may arrive after a later one.
     pub if_state: Option<TaskState>,
+    /// Written only while the record still names this node and attempt; otherwise
+    /// nothing changes and the update answers [`RecordError::ClaimLost`]. Every write
+    /// after the claim carries it, so a node whose claim lapsed (frozen, cut off) cannot
+    /// overwrite the record of the node that took the task over.
+    pub holder: Option<Holder>,
 }
 
 pub trait TaskTable: Send + Sync + Debug {
@@ -259,12 +290,31 @@ impl TaskTable for DynamoTaskTable {
                 .key(TASK_ID, s(task_id))
                 .update_expression(format!("SET {}", set.join(", ")))
                 .return_values(ReturnValue::AllNew);
+            let mut conditions = Vec::new();
             if let Some(st) = change.if_state {
+                conditions.push("#if_state = :if_state");
                 req = req
-                    .condition_expression("#if_state = :if_state")
                     .expression_attribute_names("#if_state", task::STATE)
                     .expression_attribute_values(":if_state", s(st.as_str()));
             }
+            if let Some(h) = &change.holder {
+                conditions.push(HOLDER_CONDITION);
+                req = req
+                    .expression_attribute_names("#task_id", TASK_ID)
+                    .expression_attribute_names("#node", task::NODE_ID)
+                    .expression_attribute_names("#attempt", task::ATTEMPT)
+                    .expression_attribute_values(":holder_node", s(&h.node_id))
+                    .expression_attribute_values(":holder_attempt", n(h.attempt))
+                    // What the record holds instead, to tell a lost claim from a state
+                    // that moved on.
+                    .return_values_on_condition_check_failure(
+                        ReturnValuesOnConditionCheckFailure::AllOld,
+                    );
+            }
+            if !conditions.is_empty() {
+                req = req.condition_expression(conditions.join(" AND "));
+            }
+            // `#attempt` may be both written and checked: the same name, set twice.
             for (k, v) in names {
                 req = req.expression_attribute_names(k, v);
             }
@@ -274,11 +324,27 @@ impl TaskTable for DynamoTaskTable {
             match req.send().await {
                 Ok(out) => Ok(out.attributes().and_then(state_of)),
                 Err(e)
-                    if change.if_state.is_some()
-                        && e.as_service_error()
-                            .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
+                    if e.as_service_error()
+                        .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
                 {
-                    Ok(None)
+                    let found = e
+                        .as_service_error()
+                        .and_then(|se| match se {
+                            UpdateItemError::ConditionalCheckFailedException(c) => c.item(),
+                            _ => None,
+                        })
+                        .cloned()
+                        .unwrap_or_default();
+                    match &change.holder {
+                        Some(h) if !holds(&found, h) => Err(RecordError::ClaimLost {
+                            task: task_id.to_string(),
+                            table: self.table.clone(),
+                            attempt: h.attempt,
+                            holder: holder_of(&found),
+                        }),
+                        // The holder's own record, in another state than `if_state`.
+                        _ => Ok(None),
+                    }
                 }
                 Err(e) => Err(RecordError::Update {
                     task: task_id.to_string(),
@@ -287,6 +353,32 @@ impl TaskTable for DynamoTaskTable {
                 }),
             }
         })
+    }
+}
+
+/// Whether `item` (the record as it is) still names `h`; a record that is gone counts,
+/// as [`HOLDER_CONDITION`] has it.
+fn holds(item: &HashMap<String, AttributeValue>, h: &Holder) -> bool {
+    if item.is_empty() {
+        return true;
+    }
+    let node = item.get(task::NODE_ID).and_then(|v| v.as_s().ok());
+    let attempt = item
+        .get(task::ATTEMPT)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse::<u32>().ok());
+    node == Some(&h.node_id) && attempt == Some(h.attempt)
+}
+
+/// "node 'X' (attempt 2)", as far as the record says.
+fn holder_of(item: &HashMap<String, AttributeValue>) -> String {
+    let node = item
+        .get(task::NODE_ID)
+        .and_then(|v| v.as_s().ok())
+        .map_or("another node".to_string(), |n| format!("node '{n}'"));
+    match item.get(task::ATTEMPT).and_then(|v| v.as_n().ok()) {
+        Some(a) => format!("{node} (attempt {a})"),
+        None => node,
     }
 }
 
@@ -310,6 +402,28 @@ impl UpdateBuilder {
 mod tests {
     use super::*;
     use lease_common::messages::ShellSpec;
+
+    #[test]
+    fn a_record_is_held_only_by_its_node_and_attempt() {
+        let h = Holder {
+            node_id: "i-a".into(),
+            attempt: 2,
+        };
+        let item = |node: &str, attempt: &str| {
+            HashMap::from([
+                (task::NODE_ID.to_string(), s(node)),
+                (task::ATTEMPT.to_string(), AttributeValue::N(attempt.into())),
+            ])
+        };
+        assert!(holds(&item("i-a", "2"), &h));
+        assert!(!holds(&item("i-b", "2"), &h), "another node took it over");
+        assert!(!holds(&item("i-a", "3"), &h), "a later attempt, even here");
+        assert!(
+            holds(&HashMap::new(), &h),
+            "no record: nobody else holds it"
+        );
+        assert_eq!(holder_of(&item("i-b", "2")), "node 'i-b' (attempt 2)");
+    }
 
     #[test]
     fn the_summary_is_the_first_line_cut_short() {

@@ -96,6 +96,8 @@ struct FakeTable {
     /// What the record holds (the launcher may set `cancelled`).
     state: Mutex<Option<TaskState>>,
     changes: Mutex<Vec<Change>>,
+    /// Another node took the task over: every write under a claim is refused.
+    taken_over: Mutex<bool>,
 }
 
 impl FakeTable {
@@ -104,6 +106,7 @@ impl FakeTable {
             claim: Mutex::new(claim),
             state: Mutex::default(),
             changes: Mutex::default(),
+            taken_over: Mutex::default(),
         }
     }
     fn states(&self) -> Vec<TaskState> {
@@ -130,10 +133,21 @@ impl TaskTable for FakeTable {
     }
     fn update<'a>(
         &'a self,
-        _id: &'a str,
+        id: &'a str,
         change: Change,
         _now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Option<TaskState>, RecordError>> {
+        if let Some(h) = &change.holder
+            && *self.taken_over.lock().unwrap()
+        {
+            let lost = RecordError::ClaimLost {
+                task: id.to_string(),
+                table: "tasks".into(),
+                attempt: h.attempt,
+                holder: "node 'other' (attempt 1)".into(),
+            };
+            return Box::pin(async move { Err(lost) });
+        }
         let mut state = self.state.lock().unwrap();
         if change.if_state.is_some() && change.if_state != *state {
             return Box::pin(async { Ok(None) });
@@ -159,7 +173,7 @@ struct FakeStore {
 }
 
 impl ResultStore for FakeStore {
-    fn fetch_task<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<String, StoreError>> {
+    fn fetch_task<'a>(&'a self, uri: &'a str) -> BoxFuture<'a, Result<Vec<u8>, StoreError>> {
         Box::pin(async move {
             Err(StoreError::Missing {
                 uri: uri.to_string(),
@@ -464,4 +478,56 @@ async fn without_a_dead_letter_queue_a_bad_body_stays_hidden_and_is_reported() {
             if id == "bad-1" && reason.contains("fortran")
     ));
     assert!(r.worker.current_task().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_task_whose_claim_was_taken_over_is_stopped_and_kept_as_a_partial_attempt() {
+    let r = rig(
+        Claim::Claimed,
+        FakeStore::default(),
+        Duration::from_secs(600),
+    );
+    r.queue.inbox.lock().unwrap().push(message("t-6"));
+    r.worker.start(None);
+    until("the task running", || r.worker.current_task().is_some()).await;
+    until("the claim renewed once", || {
+        r.table
+            .changes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.claim_until.is_some())
+    })
+    .await;
+    // Every write after the claim names this node and attempt.
+    assert!(r.table.changes.lock().unwrap().iter().all(|c| c.holder
+        == Some(super::records::Holder {
+            node_id: "n".into(),
+            attempt: 1
+        })));
+    let hidden = r.queue.visibility.lock().unwrap().len();
+    let written = r.table.changes.lock().unwrap().len();
+    *r.table.taken_over.lock().unwrap() = true;
+    until("the slot freed", || r.worker.current_task().is_none()).await;
+    // Its output kept as a partial attempt; the record, the message are the holder's.
+    assert_eq!(
+        *r.store.bundles.lock().unwrap(),
+        vec!["jobs/i-1/t-6/attempt-1/bundle/"]
+    );
+    assert_eq!(r.table.changes.lock().unwrap().len(), written);
+    assert_eq!(r.queue.visibility.lock().unwrap().len(), hidden);
+    assert!(r.queue.deleted.lock().unwrap().is_empty());
+    assert!(r.queue.sent.lock().unwrap().is_empty());
+    let events = r.publisher.events.lock().unwrap().clone();
+    assert!(
+        events.iter().any(|e| matches!(
+            &e.kind,
+            EventKind::TaskInterrupted { reason, attempt: 1, .. }
+                if reason.contains("claim lost") && reason.contains("node 'other'")
+        )),
+        "{events:?}"
+    );
+    let types = r.publisher.types();
+    assert!(!types.contains(&"TaskCompleted"), "{types:?}");
+    assert!(!types.contains(&"TaskFailed"), "{types:?}");
 }

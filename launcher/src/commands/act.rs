@@ -83,6 +83,24 @@ fn capitalised(a: Action) -> String {
     s[..1].to_uppercase() + &s[1..]
 }
 
+/// Stop and hibernate are refused for spot instances before any call, naming them:
+/// EC2 cannot stop or hibernate a one-time spot instance (the only spot kind lease
+/// launches), and a batch would otherwise fail halfway through.
+fn check_market(action: Action, instances: &[Instance]) -> Result<()> {
+    let spot: Vec<&str> = instances
+        .iter()
+        .filter(|i| action.on_market(&i.market) != action)
+        .map(|i| i.id.as_str())
+        .collect();
+    if spot.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Refused(format!(
+        "Cannot {action} {}: a one-time spot instance can only be terminated; nothing was done",
+        spot.join(", ")
+    )))
+}
+
 pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &ActionArgs, action: Action) -> Result<()> {
     if args.targets.is_empty() && args.job.is_none() {
         return Err(Error::usage(format!(
@@ -90,6 +108,7 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &ActionArgs, action: Acti
         )));
     }
     let instances = targets(cloud, args).await?;
+    check_market(action, &instances)?;
     confirm(ctx, action, &instances)?;
     let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
     let changed = cloud.change_state(&ids, action).await?;
@@ -118,5 +137,30 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &ActionArgs, action: Acti
             }
             output::print(&t.render(ctx.color))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_and_hibernate_are_refused_for_spot_instances() {
+        let spot = crate::fake::instance("i-1", &[]);
+        let on_demand = Instance {
+            market: "on-demand".into(),
+            ..crate::fake::instance("i-2", &[])
+        };
+        let both = [spot, on_demand.clone()];
+        for action in [Action::Stop, Action::Hibernate] {
+            let err = check_market(action, &both).unwrap_err();
+            assert_eq!(err.exit_code(), 4);
+            assert!(
+                err.to_string().contains(&format!("Cannot {action} i-1:")),
+                "{err}"
+            );
+            assert!(check_market(action, std::slice::from_ref(&on_demand)).is_ok());
+        }
+        assert!(check_market(Action::Terminate, &both).is_ok());
     }
 }

@@ -1,7 +1,7 @@
 //! `lease list`: managed instances across one or more regions, queried concurrently.
 
 use chrono::{DateTime, Utc};
-use lease_common::tags::{JOB, OWNER};
+use lease_common::tags::{self, JOB, NodeStatus, OWNER};
 use serde::Serialize;
 
 use crate::cli::{ListArgs, OutputFormat};
@@ -60,6 +60,10 @@ pub struct Row<'a> {
     pub job: Option<&'a str>,
     pub owner: Option<&'a str>,
     pub status: Option<&'a str>,
+    /// Seconds since launch of a running instance whose agent never reported (see
+    /// [`Instance::agent_missing_for`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_missing_secs: Option<i64>,
 }
 
 pub fn row<'a>(i: &'a Instance, now: DateTime<Utc>) -> Row<'a> {
@@ -76,8 +80,34 @@ pub fn row<'a>(i: &'a Instance, now: DateTime<Utc>) -> Row<'a> {
         seconds_left: deadline.map(|d| (d - now).num_seconds()),
         job: i.tags.get(JOB).map(String::as_str),
         owner: i.tags.get(OWNER).map(String::as_str),
-        status: i.tags.get(lease_common::tags::STATUS).map(String::as_str),
+        status: status_of(i),
+        agent_missing_secs: i.agent_missing_for(now).map(|d| d.num_seconds()),
     }
+}
+
+/// The STATUS column. While the instance is pending or running, the agent's
+/// `lease:status`. Once it has stopped or gone, how it ended as the agent last wrote
+/// it: `lease:end-reason` (`expired`, `idle`, `complete`, `failed`), else a status that
+/// is itself an ending (`complete`, `failed`, `interrupted`); any other status is what
+/// the agent was doing when something else ended the instance (`lease terminate`, the
+/// reaper, a crash), so nothing is shown.
+pub fn status_of(i: &Instance) -> Option<&str> {
+    let status = i.tags.get(tags::STATUS).map(String::as_str);
+    if matches!(i.state.as_str(), "pending" | "running") {
+        return status;
+    }
+    if let Some(reason) = i.tags.get(tags::END_REASON).filter(|r| !r.is_empty()) {
+        return Some(reason);
+    }
+    status.filter(|s| {
+        [
+            NodeStatus::Complete,
+            NodeStatus::Failed,
+            NodeStatus::Interrupted,
+        ]
+        .iter()
+        .any(|end| end.as_str() == *s)
+    })
 }
 
 pub fn table(instances: &[Instance], now: DateTime<Utc>, show_region: bool) -> Table {
@@ -110,7 +140,10 @@ pub fn table(instances: &[Instance], now: DateTime<Utc>, show_region: bool) -> T
             },
             dash(r.job),
             dash(r.owner),
-            dash(r.status),
+            match i.agent_missing_for(now) {
+                Some(d) => Cell::from(format!("no agent after {}", short_duration(d))),
+                None => dash(r.status),
+            },
         ];
         if show_region {
             cells.insert(1, Cell::from(r.region));
@@ -156,6 +189,18 @@ pub async fn run<C: Cloud>(
                 );
             } else {
                 output::print(&t.render(ctx.color))?;
+            }
+            let stuck: Vec<&str> = instances
+                .iter()
+                .filter(|i| i.agent_missing_for(ctx.now).is_some())
+                .map(|i| i.id.as_str())
+                .collect();
+            if !stuck.is_empty() {
+                eprintln!(
+                    "{} still starting with no agent, longer than a boot takes: `lease status ID` \
+                     shows the end of its console output.",
+                    stuck.join(", ")
+                );
             }
         }
     }
@@ -230,6 +275,72 @@ mod tests {
 }
 
 #[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    fn instance(state: &str, tags: &[(&str, &str)]) -> Instance {
+        Instance {
+            id: "i-0123456789abcdef0".into(),
+            region: "eu-west-1".into(),
+            instance_type: "t3.micro".into(),
+            state: state.into(),
+            market: "spot".into(),
+            launch_time: None,
+            availability_zone: None,
+            private_ip: None,
+            public_ip: None,
+            public_dns: None,
+            architecture: None,
+            image_id: None,
+            key_name: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn shown(i: &Instance) -> String {
+        let t = table(std::slice::from_ref(i), Utc::now(), false).render(false);
+        let row = t.lines().nth(1).expect("a row");
+        row.split_whitespace()
+            .last()
+            .expect("a STATUS cell")
+            .to_string()
+    }
+
+    #[test]
+    fn a_lease_that_expired_shows_expired_once_terminated_not_expiring() {
+        let tags = [(tags::STATUS, "expiring"), (tags::END_REASON, "expired")];
+        assert_eq!(shown(&instance("terminated", &tags)), "expired");
+        assert_eq!(shown(&instance("shutting-down", &tags)), "expired");
+        assert_eq!(shown(&instance("stopped", &tags)), "expired");
+        let idle = [(tags::STATUS, "expiring"), (tags::END_REASON, "idle")];
+        assert_eq!(shown(&instance("terminated", &idle)), "idle");
+        // While it still runs, the agent's status is what it is doing.
+        assert_eq!(shown(&instance("running", &tags)), "expiring");
+    }
+
+    #[test]
+    fn an_ending_status_is_shown_as_it_was_written() {
+        for status in ["complete", "failed", "interrupted"] {
+            let i = instance("terminated", &[(tags::STATUS, status)]);
+            assert_eq!(shown(&i), status);
+        }
+    }
+
+    #[test]
+    fn an_instance_that_ended_without_its_agent_shows_a_dash() {
+        for status in ["running", "idle", "starting", "uploading", "expiring"] {
+            let i = instance("terminated", &[(tags::STATUS, status)]);
+            assert_eq!(shown(&i), "-", "status {status}");
+            assert_eq!(row(&i, Utc::now()).status, None);
+        }
+        assert_eq!(shown(&instance("terminated", &[])), "-");
+    }
+}
+
+#[cfg(test)]
 mod region_tests {
     use super::*;
     use crate::cli::Cli;
@@ -261,5 +372,22 @@ mod region_tests {
         assert!(text.contains("ap-south-1"), "{text}");
         assert!(!text.contains("eu-west-1"), "{text}");
         assert_eq!(err.exit_code(), 1);
+    }
+
+    #[test]
+    fn an_instance_starting_too_long_is_flagged() {
+        let now = Utc::now();
+        let mut i = crate::fake::instance("i-1", &[("lease:status", "starting")]);
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(12));
+        let r = row(&i, now);
+        assert_eq!(r.agent_missing_secs, Some(12 * 60));
+        let t = table(std::slice::from_ref(&i), now, false).render(false);
+        assert!(t.contains("no agent after 12m"), "{t}");
+        // Within a boot's time, or once the agent reported, nothing is flagged.
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(3));
+        assert_eq!(row(&i, now).agent_missing_secs, None);
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(12));
+        i.tags.insert("lease:status".into(), "idle".into());
+        assert_eq!(row(&i, now).agent_missing_secs, None);
     }
 }

@@ -15,30 +15,93 @@ use crate::table::{Tables, get_s};
 
 /// The agent uploads the log every few seconds; polling faster only costs requests.
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+/// How much of what was printed each poll reads again, to tell that the object still
+/// continues it: a requeued attempt rewrites the log from its start, and a 1 KiB
+/// stretch of the old log that the new one repeats byte for byte is not to be expected.
+const OVERLAP: u64 = 1024;
+
+/// Where the follower is in the log it prints.
+#[derive(Debug, Default)]
+struct Position {
+    /// Bytes printed from the current object.
+    offset: u64,
+    /// The last bytes printed (at most [`OVERLAP`]), which the next read must begin with.
+    tail: Vec<u8>,
+}
+
+impl Position {
+    /// Where the next read starts: the tail again, then whatever follows it.
+    fn read_from(&self) -> u64 {
+        self.offset - self.tail.len() as u64
+    }
+
+    /// What of `read` (bytes from [`Self::read_from`]) is new, or `None` when the object
+    /// no longer continues what was printed: it was rewritten.
+    fn fresh<'a>(&self, read: Option<&'a [u8]>) -> Option<&'a [u8]> {
+        match read {
+            None if self.offset == 0 => Some(&[]),
+            None => None,
+            Some(bytes) => bytes.strip_prefix(self.tail.as_slice()),
+        }
+    }
+
+    fn printed(&mut self, bytes: &[u8]) {
+        self.offset += bytes.len() as u64;
+        self.tail.extend_from_slice(bytes);
+        let over = self.tail.len().saturating_sub(OVERLAP as usize);
+        self.tail.drain(..over);
+    }
+}
 
 pub async fn run<B: Bucket, T: Tables>(
     b: &B,
     tables: &T,
     args: &LogsArgs,
     out: &mut impl Write,
+    notes: &mut impl Write,
 ) -> Result<()> {
     let bucket = args
         .bucket
         .as_deref()
         .ok_or_else(crate::commands::no_bucket)?;
     let key = log_key(&args.task_id);
-    let mut offset = 0u64;
+    let mut at = Position::default();
     // Set once the record says the task ended: the agent uploads the whole log before
     // it writes that state, so one more read prints the rest.
     let mut ended = false;
     loop {
-        let fresh = b.get_from(bucket, &key, offset).await?;
-        if let Some(bytes) = &fresh {
-            out.write_all(bytes)
+        let read = b.get_from(bucket, &key, at.read_from()).await?;
+        let fresh = match at.fresh(read.as_deref()) {
+            Some(f) => f.to_vec(),
+            None => {
+                // A new attempt began the log again: follow it from its beginning.
+                let attempt = match &args.tasks_table {
+                    Some(table) => tables
+                        .task(table, &args.task_id)
+                        .await?
+                        .as_ref()
+                        .and_then(|item| item.get(task::ATTEMPT))
+                        .and_then(|a| a.as_i64()),
+                    None => None,
+                };
+                let which =
+                    attempt.map_or_else(|| "a new attempt".to_string(), |n| format!("attempt {n}"));
+                writeln!(
+                    notes,
+                    "lease: the log of task '{}' starts again ({which}); following it from its beginning",
+                    args.task_id
+                )
+                .map_err(|e| Error::io("Failed to write to stderr", e))?;
+                at = Position::default();
+                b.get_from(bucket, &key, 0).await?.unwrap_or_default()
+            }
+        };
+        if !fresh.is_empty() {
+            out.write_all(&fresh)
                 .and_then(|()| out.flush())
                 .map_err(|e| Error::io("Failed to write to stdout", e))?;
-            offset += bytes.len() as u64;
-        } else if offset == 0 && !args.follow {
+            at.printed(&fresh);
+        } else if at.offset == 0 && !args.follow {
             return Err(Error::NotFound(format!(
                 "No log for task '{}' at s3://{}/{key} (not started yet, or no such task)",
                 args.task_id, bucket
@@ -48,7 +111,7 @@ pub async fn run<B: Bucket, T: Tables>(
             return Ok(());
         }
         // Only while the log is quiet: a growing log means the task still runs.
-        if fresh.is_none()
+        if fresh.is_empty()
             && let Some(table) = &args.tasks_table
         {
             ended = tables
@@ -130,9 +193,15 @@ mod tests {
         };
         let tables = FakeTables::with("tasks", vec![record(TaskState::Complete)]);
         let mut out = Vec::new();
-        run(&log, &tables, &args(Some("tasks")), &mut out)
-            .await
-            .unwrap();
+        run(
+            &log,
+            &tables,
+            &args(Some("tasks")),
+            &mut out,
+            &mut Vec::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "line 0\nline 1\nline 2\n");
     }
 
@@ -147,12 +216,98 @@ mod tests {
             let mut out = Vec::new();
             let followed = tokio::time::timeout(
                 Duration::from_secs(60),
-                run(&log, &tables, &args(Some("tasks")), &mut out),
+                run(
+                    &log,
+                    &tables,
+                    &args(Some("tasks")),
+                    &mut out,
+                    &mut Vec::new(),
+                ),
             )
             .await;
             assert!(followed.is_err(), "{state:?}: still following");
             assert!(*log.reads.lock().unwrap() > 20, "{state:?}");
         }
+    }
+
+    /// The log as each read finds it: one version after another, then the last again.
+    #[derive(Debug, Default)]
+    struct RewrittenLog {
+        versions: Vec<String>,
+        reads: Mutex<usize>,
+    }
+
+    impl Bucket for RewrittenLog {
+        async fn get(&self, _b: &str, _k: &str) -> Result<Option<Vec<u8>>> {
+            unreachable!()
+        }
+        async fn get_from(&self, _b: &str, _k: &str, offset: u64) -> Result<Option<Vec<u8>>> {
+            let mut reads = self.reads.lock().unwrap();
+            let now = &self.versions[(*reads).min(self.versions.len() - 1)];
+            *reads += 1;
+            // S3 answers a range past the end with an error, which `get_from` reads as
+            // nothing there.
+            let rest = now.as_bytes().get(offset as usize..).unwrap_or_default();
+            Ok((!rest.is_empty()).then(|| rest.to_vec()))
+        }
+        async fn folders(&self, _b: &str, _p: &str) -> Result<Vec<String>> {
+            unreachable!()
+        }
+        async fn download(&self, _b: &str, _k: &str, _d: &Path) -> Result<u64> {
+            unreachable!()
+        }
+    }
+
+    async fn follow(versions: &[&str]) -> (String, String) {
+        let log = RewrittenLog {
+            versions: versions.iter().map(|v| v.to_string()).collect(),
+            ..RewrittenLog::default()
+        };
+        let mut ended = record(TaskState::Complete);
+        ended.insert(task::ATTEMPT.to_string(), Attr::n(2));
+        let tables = FakeTables::with("tasks", vec![ended]);
+        let (mut out, mut notes) = (Vec::new(), Vec::new());
+        run(&log, &tables, &args(Some("tasks")), &mut out, &mut notes)
+            .await
+            .unwrap();
+        (
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(notes).unwrap(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_attempt_that_rewrites_the_log_is_followed_from_its_beginning() {
+        // Attempt 2 rewrites the log, longer than attempt 1's.
+        let (out, notes) = follow(&[
+            "one: starting\n",
+            "one: starting\none: step 1\n",
+            "two: resuming from step 1\n",
+            "two: resuming from step 1\ntwo: step 2\ntwo: done\n",
+        ])
+        .await;
+        assert_eq!(
+            out,
+            "one: starting\none: step 1\ntwo: resuming from step 1\ntwo: step 2\ntwo: done\n"
+        );
+        assert!(notes.contains("starts again (attempt 2)"), "{notes}");
+        // Shorter than what was printed of attempt 1.
+        let (out, notes) = follow(&[
+            "one: starting\none: step 1\none: step 2\n",
+            "two\n",
+            "two\ndone\n",
+        ])
+        .await;
+        assert_eq!(out, "one: starting\none: step 1\none: step 2\ntwo\ndone\n");
+        assert!(notes.contains("attempt 2"), "{notes}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_log_that_only_grows_is_printed_once_without_a_note() {
+        let long = "x".repeat(3000) + "\n";
+        let (out, notes) = follow(&[&long, &format!("{long}more\n")]).await;
+        assert_eq!(out, format!("{long}more\n"));
+        assert_eq!(notes, "");
     }
 
     #[tokio::test(start_paused = true)]
@@ -163,7 +318,13 @@ mod tests {
         };
         let followed = tokio::time::timeout(
             Duration::from_secs(60),
-            run(&log, &FakeTables::default(), &args(None), &mut Vec::new()),
+            run(
+                &log,
+                &FakeTables::default(),
+                &args(None),
+                &mut Vec::new(),
+                &mut Vec::new(),
+            ),
         )
         .await;
         assert!(followed.is_err());

@@ -81,6 +81,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             "--region may be given more than once only for `lease list`",
         ));
     }
+    // Every flag and local file a launch needs is checked before any AWS configuration
+    // is loaded: a bad --ttl is reported as such, not after "no region configured".
+    let launch_inputs = match &cli.command {
+        Command::Launch(a) => Some(launch::read_local(a, &ctx)?),
+        _ => None,
+    };
     let opts = AwsOptions {
         profile: g.profile.clone(),
         region: g.regions.first().cloned(),
@@ -91,7 +97,10 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Launch(a) => {
             let stack = stack_in(cloud.region())?;
-            launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await
+            match launch_inputs {
+                Some(local) => launch::run_prepared(&cloud, &ctx, a, stack.as_ref(), local).await,
+                None => launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await,
+            }
         }
         Command::List(a) => {
             let regions: Vec<String> = if a.all_regions {
@@ -176,7 +185,14 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 (a.tasks_table, _) = crate::profile::tables(None, None, stack.as_ref());
             }
             let tables = AwsTables::new(&sdk);
-            logs::run(&AwsBucket::new(&sdk), &tables, &a, &mut std::io::stdout()).await
+            logs::run(
+                &AwsBucket::new(&sdk),
+                &tables,
+                &a,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            )
+            .await
         }
         Command::Download(a) => {
             let mut a = a.clone();
@@ -185,7 +201,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             download::run(&AwsBucket::new(&sdk), &ctx, &a).await
         }
-        Command::IamPolicy(a) => iam_policy::run(&cloud, a).await,
+        Command::IamPolicy(a) => iam_policy::run(&cloud, a, &crate::profile::default_path()?).await,
         Command::Schedule(a) => {
             schedule::run(&cloud, &crate::scheduler::AwsSchedules::new(&sdk), &ctx, a).await
         }

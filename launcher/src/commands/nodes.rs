@@ -33,6 +33,8 @@ pub struct NodeRow {
     pub status: String,
     pub recorded_status: Option<String>,
     pub task_id: Option<String>,
+    /// Tasks the node runs at once; absent from an agent older than the attribute.
+    pub slots: Option<i64>,
     pub last_heartbeat: Option<DateTime<Utc>>,
     pub deadline: Option<DateTime<Utc>>,
 }
@@ -58,6 +60,7 @@ impl NodeRow {
             },
             recorded_status,
             task_id: s(node::TASK_ID),
+            slots: item.get(node::SLOTS).and_then(|a| a.as_i64()),
             last_heartbeat,
             deadline: get_time(item, node::DEADLINE),
         }
@@ -87,6 +90,7 @@ pub fn render(rows: &[NodeRow], now: DateTime<Utc>, color: bool) -> String {
         "TYPE",
         "MARKET",
         "STATUS",
+        "SLOTS",
         "TASK",
         "HEARTBEAT",
         "TIME LEFT",
@@ -103,6 +107,7 @@ pub fn render(rows: &[NodeRow], now: DateTime<Utc>, color: bool) -> String {
                 text: r.status.clone(),
                 warn: r.status == STALE,
             },
+            Cell::from(r.slots.map_or_else(|| "-".into(), |n| n.to_string())),
             opt(&r.task_id),
             Cell::from(r.last_heartbeat.map_or_else(
                 || "-".into(),
@@ -201,5 +206,26 @@ mod tests {
         for needle in ["name-a", "i-a", "running", "t-1", "12s ago", "2h"] {
             assert!(row.contains(needle), "{needle}: {text}");
         }
+    }
+
+    #[test]
+    fn the_table_shows_how_many_tasks_a_node_runs_at_once() {
+        let mut i = node_item("a", "running", 12);
+        i.insert(node::SLOTS.into(), Attr::n(4));
+        let row = NodeRow::from_item(&i, now());
+        assert_eq!(row.slots, Some(4));
+        let text = render(&[row], now(), false);
+        let header: Vec<&str> = text.lines().next().unwrap().split_whitespace().collect();
+        let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        let at = header.iter().position(|h| *h == "SLOTS").unwrap();
+        assert_eq!(cells[at], "4", "{text}");
+        // An agent that records no slots shows a dash.
+        let text = render(
+            &[NodeRow::from_item(&node_item("b", "idle", 1), now())],
+            now(),
+            false,
+        );
+        let cells: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(cells[at], "-", "{text}");
     }
 }

@@ -19,7 +19,7 @@ use crate::commands::launch::{LocalInputs, agent_source, read_local};
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
 use crate::plan::{self, Resolved};
-use crate::schedule::{self, PUBLISH_TARGET, RUN_INSTANCES_TARGET};
+use crate::schedule;
 use crate::scheduler::{NewSchedule, Schedules};
 use crate::{submit, userdata};
 
@@ -164,25 +164,27 @@ async fn create<C: Cloud, S: Schedules>(
                     input.len()
                 )));
             }
-            ("submit", PUBLISH_TARGET.to_string(), input)
+            ("submit", schedule::publish_target(&at.partition), input)
         }
         Prepared::Launch(launch) => {
             let (a, local) = *launch;
-            let archs = cloud.architectures(&a.instance_type).await?;
-            let arch = plan::pick_arch(&archs).to_string();
+            let choice = plan::default_image(&cloud.type_info(&a.instance_type).await?);
+            let arch = choice.arch.clone();
+            let agent = agent_source(cloud, &a, &arch).await?;
             let resolved = Resolved {
+                root_volume: None,
                 // Resolved by EC2 at each run, so every run gets the latest AMI.
                 image_id: a
                     .ami
                     .clone()
-                    .unwrap_or_else(|| format!("resolve:ssm:{}", plan::al2023_parameter(&arch))),
+                    .unwrap_or_else(|| format!("resolve:ssm:{}", choice.parameter)),
                 owner: a
                     .owner
                     .clone()
                     .unwrap_or_else(|| plan::owner_from_arn(&caller)),
                 user_data: userdata::render(
                     &local.agent_config,
-                    agent_source(&a, &arch).as_ref(),
+                    agent.as_ref(),
                     local.extra_user_data.as_deref(),
                 )?,
                 client_token: String::new(),
@@ -190,7 +192,11 @@ async fn create<C: Cloud, S: Schedules>(
             let plan = plan::build(&a, &local.terms, resolved, ctx.now)?;
             let token = schedule::client_token(&group, &args.name);
             let input = schedule::run_instances_input(&plan, &token)?.to_string();
-            ("launch", RUN_INSTANCES_TARGET.to_string(), input)
+            (
+                "launch",
+                schedule::run_instances_target(&at.partition),
+                input,
+            )
         }
     };
     if !schedules.group_exists(&group).await? {

@@ -21,6 +21,41 @@ use crate::setup::{self, AgentPackage, Clients, Outcome, Reaper, Report};
 const BUILT_DEBS: &str = "target/debian";
 /// Where `packaging/build-reaper.sh` leaves the reaper's package by default, likewise.
 const BUILT_REAPER: &str = "target/lambda/lease-reaper.zip";
+/// The scripts that make both packages, run by setup when it is run from a checkout
+/// and finds no package: a new user gets an agent and a backstop without knowing the
+/// packaging scripts exist. Both print the package's path on their last line.
+const BUILD_DEB: &str = "packaging/build-deb.sh";
+const BUILD_REAPER: &str = "packaging/build-reaper.sh";
+
+/// Runs a packaging script of the checkout setup runs in, if there is one: its
+/// progress on stderr, the path of what it built from its last line of stdout.
+fn build_with(script: &str, what: &str) -> Result<Option<PathBuf>> {
+    if !Path::new(script).is_file() {
+        return Ok(None);
+    }
+    eprintln!(
+        "No {what} found: building it with {script} (a release build; several minutes the first time)…"
+    );
+    let out = std::process::Command::new(script)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::io(format!("Failed to run {script}"), e))?;
+    if !out.status.success() {
+        return Err(Error::Refused(format!(
+            "{script} failed ({}) building the {what}: fix the build and run setup again",
+            out.status
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = stdout.lines().last().map(str::trim).unwrap_or_default();
+    if path.is_empty() || !Path::new(path).is_file() {
+        return Err(Error::Refused(format!(
+            "{script} succeeded but did not name the {what} it built (last line: '{path}')"
+        )));
+    }
+    Ok(Some(PathBuf::from(path)))
+}
 
 /// `--stack`, else the settings' default stack, else `main`; checked.
 pub fn stack_name(flag: Option<&str>, settings: &Settings) -> Result<Stack> {
@@ -79,14 +114,26 @@ fn package(path: &Path) -> Result<AgentPackage> {
     })
 }
 
-/// `--agent-deb`, else every package of this version in `target/debian/`.
+/// `--agent-deb`, else every package of this version in `target/debian/`, else the one
+/// `packaging/build-deb.sh` builds when setup runs in a checkout.
 fn packages(flag: Option<&Path>) -> Result<Vec<AgentPackage>> {
     if let Some(p) = flag {
         return Ok(vec![package(p)?]);
     }
+    let found = built_packages();
+    if !found.is_empty() {
+        return found.iter().map(|p| package(p)).collect();
+    }
+    match build_with(BUILD_DEB, "agent package")? {
+        Some(built) => Ok(vec![package(&built)?]),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn built_packages() -> Vec<PathBuf> {
     let prefix = format!("leased_{}_", lease_common::VERSION);
     let Ok(dir) = std::fs::read_dir(BUILT_DEBS) else {
-        return Ok(Vec::new());
+        return Vec::new();
     };
     let mut found: Vec<PathBuf> = dir
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -97,15 +144,23 @@ fn packages(flag: Option<&Path>) -> Result<Vec<AgentPackage>> {
         })
         .collect();
     found.sort();
-    found.iter().map(|p| package(p)).collect()
+    found
 }
 
 /// The reaper's package: `--reaper-zip`, else the one build-reaper.sh leaves in
 /// `target/lambda/`, checked like the agent's (a zip of this lease's version), or none.
-fn reaper_package(flag: Option<&Path>) -> Result<Option<ReaperPackage>> {
+fn reaper_package(flag: Option<&Path>, build: bool) -> Result<Option<ReaperPackage>> {
+    let built;
     let path = match flag {
         Some(p) => p,
         None if Path::new(BUILT_REAPER).is_file() => Path::new(BUILT_REAPER),
+        None if build => match build_with(BUILD_REAPER, "reaper package")? {
+            Some(p) => {
+                built = p;
+                built.as_path()
+            }
+            None => return Ok(None),
+        },
         None => return Ok(None),
     };
     let what = if flag.is_some() {
@@ -145,15 +200,21 @@ pub async fn run<C: Cloud>(
         validate_pool(p).map_err(|e| Error::usage(format!("--pool: {e}")))?;
     }
     let packages = packages(args.agent_deb.as_deref())?;
-    let reaper_package = reaper_package(args.reaper_zip.as_deref())?;
+    let reaper_package = reaper_package(args.reaper_zip.as_deref(), !args.no_backstop)?;
     let at = location(cloud).await?;
     let previous = settings.section(stack.name(), at.region.as_str()).cloned();
     let existing_pools: Vec<String> = previous
         .as_ref()
         .map(|s| s.pools.keys().cloned().collect())
         .unwrap_or_default();
+    // The choice stays what an earlier setup made unless the flag changes it.
+    let claude_auth = args
+        .claude_auth
+        .or_else(|| previous.as_ref().map(|p| p.claude_auth))
+        .unwrap_or_default();
     let wanted = Wanted {
         pools: plan::pools(&args.pools, &existing_pools),
+        claude_auth,
         stack,
         at,
     };
@@ -195,6 +256,15 @@ pub async fn run<C: Cloud>(
     };
     report.add("settings", settings_path.display().to_string(), outcome);
     print_report(ctx, &report, Some(&outputs))?;
+    if outputs.agent_packages.is_empty() {
+        eprintln!(
+            "No agent package in the bucket: `lease launch` will refuse AMIs without the agent. \
+             Run setup from a checkout of lease (it builds the package) or pass --agent-deb."
+        );
+    }
+    if let Some(e) = no_backstop(&wanted.stack, &outputs, args.no_backstop) {
+        return Err(e);
+    }
     if report.changed() {
         eprintln!(
             "Stack '{}' is set up in {}.",
@@ -209,6 +279,27 @@ pub async fn run<C: Cloud>(
         );
     }
     Ok(())
+}
+
+/// Refuses to report success for a stack with no reaper: an instance whose agent never
+/// started or died would run until someone noticed. Everything else is set up (and
+/// recorded) by then, so running setup again with the package resumes.
+fn no_backstop(stack: &Stack, outputs: &StackOutputs, accepted: bool) -> Option<Error> {
+    if outputs.reaper_function_arn.is_some() {
+        return None;
+    }
+    if accepted {
+        eprintln!(
+            "Stack '{stack}' has no backstop reaper (--no-backstop): end its instances yourself \
+             if their agent stops."
+        );
+        return None;
+    }
+    Some(Error::Refused(format!(
+        "stack '{stack}' has no backstop: the reaper could not be deployed (no --reaper-zip, no \
+         {BUILT_REAPER}, and {BUILD_REAPER} is not here to build it). Run setup from a checkout \
+         of lease, pass --reaper-zip FILE, or accept the risk with --no-backstop"
+    )))
 }
 
 /// The report, then (after setup) the outputs; as JSON with `-o json`.
@@ -323,12 +414,12 @@ mod tests {
         let good = dir.path().join("lease-reaper.zip");
         let comment = format!("lease-reaper {} x86_64", lease_common::VERSION);
         std::fs::write(&good, zip_with_comment(&comment)).unwrap();
-        let p = reaper_package(Some(&good)).unwrap().unwrap();
+        let p = reaper_package(Some(&good), false).unwrap().unwrap();
         assert_eq!(p.version(), lease_common::VERSION);
 
         let old = dir.path().join("old.zip");
         std::fs::write(&old, zip_with_comment("lease-reaper 0.0.1 x86_64")).unwrap();
-        let err = reaper_package(Some(&old)).unwrap_err();
+        let err = reaper_package(Some(&old), false).unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let err = err.to_string();
         assert!(
@@ -337,7 +428,9 @@ mod tests {
         );
 
         let missing = dir.path().join("missing.zip");
-        let err = reaper_package(Some(&missing)).unwrap_err().to_string();
+        let err = reaper_package(Some(&missing), false)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("--reaper-zip '"), "{err}");
         assert!(err.contains("missing.zip"), "{err}");
     }

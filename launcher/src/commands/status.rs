@@ -18,6 +18,32 @@ struct Status<'a> {
     lease: &'a LeaseTags,
     deadline: Option<DateTime<Utc>>,
     seconds_left: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_missing_secs: Option<i64>,
+    /// The end of the console output, for an instance whose agent never reported.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    console_tail: Option<String>,
+}
+
+/// How much of the console output `lease status` shows: enough for cloud-init's
+/// failing step and its error, short enough to read.
+const CONSOLE_TAIL_LINES: usize = 25;
+
+/// The end of the console output, only for an instance whose agent never came up: the
+/// console says why (cloud-init's failing step, the install's error), nothing else does.
+async fn console_tail<C: Cloud>(cloud: &C, i: &Instance, now: DateTime<Utc>) -> Option<String> {
+    i.agent_missing_for(now)?;
+    Some(match cloud.console_output(&i.id).await {
+        Ok(Some(text)) => tail(&text, CONSOLE_TAIL_LINES),
+        Ok(None) => "(EC2 has no console output for it yet)".to_string(),
+        Err(e) => format!("({e})"),
+    })
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &TargetArg) -> Result<()> {
@@ -27,14 +53,26 @@ pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &TargetArg) -> Result<()>
     };
     let lease = i.lease_tags()?;
     let deadline = lease.deadline(i.launch_time);
+    let missing = i.agent_missing_for(ctx.now);
+    let console_tail = console_tail(cloud, i, ctx.now).await;
     match ctx.output {
         OutputFormat::Json => output::print_json(&Status {
             instance: i,
             lease: &lease,
             deadline,
             seconds_left: deadline.map(|d| (d - ctx.now).num_seconds()),
+            agent_missing_secs: missing.map(|d| d.num_seconds()),
+            console_tail,
         }),
-        OutputFormat::Table => output::print(&render(i, &lease, ctx.now)),
+        OutputFormat::Table => {
+            let mut text = render(i, &lease, ctx.now);
+            if let Some(tail) = console_tail {
+                text.push_str(&format!(
+                    "\nConsole output (last {CONSOLE_TAIL_LINES} lines):\n{tail}\n"
+                ));
+            }
+            output::print(&text)
+        }
     }
 }
 
@@ -52,10 +90,18 @@ fn render(i: &Instance, lease: &LeaseTags, now: DateTime<Utc>) -> String {
     lines.push(("State", i.state.clone()));
     lines.push((
         "Agent status",
-        lease
-            .status
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| "-".into()),
+        match i.agent_missing_for(now) {
+            Some(d) => format!(
+                "starting, with no agent {} after launch (a boot takes under {}): the install \
+                 or the agent failed; see the console output below",
+                short_duration(d),
+                short_duration(crate::cloud::BOOT_LIMIT)
+            ),
+            None => lease
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "-".into()),
+        },
     ));
     lines.push(("Task", opt(lease.task.as_deref())));
     lines.push(("Owner", opt(lease.owner.as_deref())));
@@ -107,4 +153,44 @@ fn render(i: &Instance, lease: &LeaseTags, now: DateTime<Utc>) -> String {
         .iter()
         .map(|(k, v)| format!("{k:<width$}  {v}\n"))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stuck_start_shows_the_end_of_the_console() {
+        let now = Utc::now();
+        let mut i = crate::fake::instance(
+            "i-1",
+            &[("lease:managed", "true"), ("lease:status", "starting")],
+        );
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(15));
+        let text = render(&i, &i.lease_tags().unwrap(), now);
+        assert!(
+            text.contains("starting, with no agent 15m after launch"),
+            "{text}"
+        );
+        assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+
+    #[tokio::test]
+    async fn the_console_is_read_only_for_a_stuck_start() {
+        let cloud = crate::fake::FakeCloud::new("us-east-1");
+        let now = Utc::now();
+        let mut i = crate::fake::instance(
+            "i-1",
+            &[("lease:managed", "true"), ("lease:status", "starting")],
+        );
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(15));
+        let shown = console_tail(&cloud, &i, now).await.unwrap();
+        assert!(
+            shown.ends_with("leased.service: Failed with result 'exit-code'."),
+            "{shown}"
+        );
+        i.launch_time = Some(now - chrono::TimeDelta::minutes(2));
+        assert_eq!(console_tail(&cloud, &i, now).await, None);
+    }
 }

@@ -9,7 +9,7 @@
 //! the send and the write keeps its newer state.
 
 use lease_common::layout::task_spec_key;
-use lease_common::messages::{MAX_SQS_BODY, MESSAGE_VERSION, Task, TaskPointer};
+use lease_common::messages::{MAX_SQS_BODY, MAX_TASK_SPEC, MESSAGE_VERSION, Task, TaskPointer};
 use serde::Serialize;
 
 use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
@@ -48,6 +48,14 @@ async fn body_for<Q: TaskQueue>(
     let json = task.to_json();
     if json.len() <= MAX_SQS_BODY {
         return Ok((json, None));
+    }
+    if json.len() > MAX_TASK_SPEC {
+        // An agent would dead-letter it unread: refuse it here, before anything is sent.
+        return Err(Error::usage(format!(
+            "task '{}' is {} bytes, more than a task may be ({MAX_TASK_SPEC}); put large inputs in S3 and have the task fetch them",
+            task.id,
+            json.len()
+        )));
     }
     let bucket = bucket.ok_or_else(|| {
         Error::usage(format!(
@@ -417,6 +425,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_task_larger_than_an_agent_reads_is_refused_before_anything_is_sent() {
+        let q = RacingQueue::default();
+        let huge = Task::new(
+            "huge-1",
+            lease_common::messages::TaskSpec::Shell(lease_common::messages::ShellSpec {
+                command: "x".repeat(MAX_TASK_SPEC),
+            }),
+        );
+        let err = body_for(&q, Some("ctl"), &huge).await.unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(
+            err.to_string().contains("huge-1")
+                && err.to_string().contains("more than a task may be"),
+            "{err}"
+        );
+        assert!(q.sent.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn a_record_that_cannot_be_written_fails_the_command_after_sending() {
         let tables = FakeTables {
             broken: true,
@@ -465,6 +492,7 @@ mod destination_tests {
             instance_profile: "lease-main-agent".into(),
             agent_packages: vec![],
             reaper_function_arn: None,
+            claude_auth: Default::default(),
         }
     }
 

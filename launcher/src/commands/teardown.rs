@@ -69,6 +69,7 @@ pub async fn run<C: Cloud>(
         stack: stack.clone(),
         at,
         pools: Vec::new(),
+        claude_auth: Default::default(),
     };
     let mut report = Report::default();
     if let Err(e) = setup::remove(clients, &wanted, &mut report).await {

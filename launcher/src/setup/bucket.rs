@@ -5,10 +5,11 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
-    BucketLocationConstraint, CreateBucketConfiguration, Delete, ObjectIdentifier, ObjectOwnership,
-    OwnershipControls, OwnershipControlsRule, PublicAccessBlockConfiguration, ServerSideEncryption,
-    ServerSideEncryptionByDefault, ServerSideEncryptionConfiguration, ServerSideEncryptionRule,
-    Tag, Tagging,
+    AbortIncompleteMultipartUpload, BucketLifecycleConfiguration, BucketLocationConstraint,
+    CreateBucketConfiguration, Delete, ExpirationStatus, LifecycleRule, LifecycleRuleFilter,
+    ObjectIdentifier, ObjectOwnership, OwnershipControls, OwnershipControlsRule,
+    PublicAccessBlockConfiguration, ServerSideEncryption, ServerSideEncryptionByDefault,
+    ServerSideEncryptionConfiguration, ServerSideEncryptionRule, Tag, Tagging,
 };
 use sha2::{Digest, Sha256};
 
@@ -16,8 +17,9 @@ use super::{AgentPackage, Outcome, not_ours};
 use crate::error::{Error, Result};
 
 /// S3's "there is no such configuration" codes: absent means "not set yet", not a failure.
-const NOT_SET: [&str; 4] = [
+const NOT_SET: [&str; 5] = [
     "NoSuchPublicAccessBlockConfiguration",
+    "NoSuchLifecycleConfiguration",
     "ServerSideEncryptionConfigurationNotFoundError",
     "OwnershipControlsNotFoundError",
     "NoSuchTagSet",
@@ -25,7 +27,80 @@ const NOT_SET: [&str; 4] = [
 
 /// Object metadata holding the package's sha256, so a second setup can tell an
 /// identical upload from a rebuilt package without downloading it.
-const SHA256_METADATA: &str = "sha256";
+const SHA256_METADATA: &str = lease_common::layout::AGENT_SHA256_METADATA;
+
+/// The lifecycle rule setup owns: abort multipart uploads left incomplete (an agent
+/// killed mid-upload, an abort that failed), whose parts S3 keeps and bills until then.
+pub const ABORT_MULTIPART_RULE: &str = "lease-abort-incomplete-multipart-uploads";
+/// Days after which an incomplete upload is aborted: no bundle upload runs this long,
+/// and a day more keeps a slow one clear of it.
+pub const ABORT_MULTIPART_AFTER_DAYS: i32 = 2;
+
+fn is_abort_rule(r: &LifecycleRule) -> bool {
+    r.id() == Some(ABORT_MULTIPART_RULE)
+}
+
+/// Our rule as it should be: the whole bucket, enabled, nothing else.
+fn wanted_abort_rule(r: &LifecycleRule) -> bool {
+    is_abort_rule(r)
+        && r.status() == &ExpirationStatus::Enabled
+        && r.abort_incomplete_multipart_upload()
+            .and_then(|a| a.days_after_initiation())
+            == Some(ABORT_MULTIPART_AFTER_DAYS)
+        && r.filter()
+            .is_none_or(|f| f.prefix().unwrap_or_default().is_empty() && f.tag().is_none())
+        && r.expiration().is_none()
+        && r.transitions().is_empty()
+}
+
+fn abort_rule() -> Result<LifecycleRule> {
+    LifecycleRule::builder()
+        .id(ABORT_MULTIPART_RULE)
+        .filter(LifecycleRuleFilter::builder().prefix("").build())
+        .status(ExpirationStatus::Enabled)
+        .abort_incomplete_multipart_upload(
+            AbortIncompleteMultipartUpload::builder()
+                .days_after_initiation(ABORT_MULTIPART_AFTER_DAYS)
+                .build(),
+        )
+        .build()
+        .map_err(|e| build_err("lifecycle rule", e))
+}
+
+/// The bucket's lifecycle configuration holds [`ABORT_MULTIPART_RULE`] as wanted;
+/// other rules (someone else's) are kept, since a put replaces the whole set.
+/// Returns whether it changed anything.
+pub async fn ensure_lifecycle(s3: &Client, bucket: &str) -> Result<bool> {
+    let current = absent(
+        s3.get_bucket_lifecycle_configuration()
+            .bucket(bucket)
+            .send()
+            .await,
+        format!("Failed to read the lifecycle rules of bucket '{bucket}'"),
+    )?;
+    let mut rules: Vec<LifecycleRule> = current.map(|c| c.rules().to_vec()).unwrap_or_default();
+    if rules.iter().any(wanted_abort_rule) {
+        return Ok(false);
+    }
+    rules.retain(|r| !is_abort_rule(r));
+    rules.push(abort_rule()?);
+    let config = BucketLifecycleConfiguration::builder()
+        .set_rules(Some(rules))
+        .build()
+        .map_err(|e| build_err("lifecycle configuration", e))?;
+    s3.put_bucket_lifecycle_configuration()
+        .bucket(bucket)
+        .lifecycle_configuration(config)
+        .send()
+        .await
+        .map_err(|e| {
+            Error::aws(
+                format!("Failed to set the lifecycle rules of bucket '{bucket}'"),
+                e,
+            )
+        })?;
+    Ok(true)
+}
 
 fn build_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::usage(format!("{what}: {e}"))
@@ -79,7 +154,8 @@ async fn tags(s3: &Client, bucket: &str) -> Result<Vec<(String, String)>> {
 }
 
 /// The bucket exists, blocks all public access, encrypts with SSE-S3 by default,
-/// enforces bucket-owner ownership (no ACLs) and carries the stack's tag.
+/// enforces bucket-owner ownership (no ACLs), aborts incomplete multipart uploads
+/// and carries the stack's tag.
 pub async fn ensure_bucket(
     s3: &Client,
     bucket: &str,
@@ -220,6 +296,10 @@ pub async fn ensure_bucket(
                     e,
                 )
             })?;
+        updated = true;
+    }
+
+    if ensure_lifecycle(s3, bucket).await? {
         updated = true;
     }
 

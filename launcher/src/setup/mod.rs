@@ -253,8 +253,8 @@ pub async fn ensure(
     }
 
     let role_name = w.stack.agent_role();
-    let policy =
-        crate::iam::agent_policy(&w.stack, &w.at, &[]).map_err(|e| Error::usage(e.to_string()))?;
+    let policy = crate::iam::agent_policy(&w.stack, &w.at, &[], w.claude_auth)
+        .map_err(|e| Error::usage(e.to_string()))?;
     let policy_name = plan::agent_policy_name(w.at.region.as_str());
     let (role_outcome, policy_outcome) =
         role::ensure_role(&c.iam, &role_name, &policy_name, &policy, &tag).await?;
@@ -284,6 +284,7 @@ pub async fn ensure(
         instance_profile: role_name,
         agent_packages,
         reaper_function_arn,
+        claude_auth: w.claude_auth,
     })
 }
 
@@ -338,6 +339,7 @@ fn reaper_kind(resource: &str) -> &'static str {
         "Lambda function" => "lambda function",
         "schedule group" => "schedule group",
         "schedule" => "schedule",
+        "log group" => "log group",
         _ => "reaper",
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use lease_common::stack::{Location, STACK_TAG, Stack};
+use lease_common::stack::{ClaudeAuth, Location, STACK_TAG, Stack};
 use serde_json::{Value, json};
 
 /// A task whose message has been received this many times without being deleted (the
@@ -41,6 +41,8 @@ pub struct Wanted {
     pub at: Location,
     /// Every pool, sorted, the default pool among them.
     pub pools: Vec<String>,
+    /// How Claude Code tasks authenticate: what the agents' role is granted for it.
+    pub claude_auth: ClaudeAuth,
 }
 
 impl Wanted {
@@ -241,6 +243,7 @@ mod tests {
             stack: Stack::new("dev").unwrap(),
             at: Location::new("aws", "123456789012", "eu-west-1").unwrap(),
             pools: pools(&[], &[]),
+            claude_auth: ClaudeAuth::None,
         }
     }
 
