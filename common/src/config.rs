@@ -104,10 +104,12 @@ pub struct AgentConfig {
     /// refuses `bypassPermissions` as root, and a task should not hold root's power
     /// over the machine. Used when the agent runs as root; an agent running as any
     /// other user runs tasks as itself.
+    #[serde(skip_serializing_if = "is_default_task_user")]
     pub task_user: String,
     /// The tmux server's socket (`tmux -S`), so the agent never shares a server with
     /// a tmux someone else started and `lease attach` finds it by path. Its directory
     /// is created for the task user.
+    #[serde(skip_serializing_if = "is_default_tmux_socket")]
     pub tmux_socket: PathBuf,
     /// Variables set for every task, over the explicit environment the agent gives it
     /// (`PATH`, `HOME`, `USER`, `LANG`, the `LEASE_*` variables). Tasks never inherit
@@ -330,6 +332,15 @@ impl AgentConfig {
         }
         Ok(())
     }
+}
+
+// The defaults are left out of a rendered config (user-data has 16 KB for everything).
+fn is_default_task_user(user: &String) -> bool {
+    user == crate::session::DEFAULT_TASK_USER
+}
+
+fn is_default_tmux_socket(socket: &Path) -> bool {
+    socket == Path::new(crate::session::DEFAULT_TMUX_SOCKET)
 }
 
 /// A name `useradd` accepts: no shell or option metacharacters reach `runuser`.
