@@ -486,9 +486,13 @@ def allowed_by(policy, need, assumed):
 def load_policies(lease):
     env = dict(os.environ, AWS_REGION=REGION, LEASE_CONFIG="/nonexistent/lease.yaml")
     out = {}
+    # The agents' policy as a stack that keeps Claude's API key in SSM has it: the
+    # suite's Claude tasks read the key parameter (`lease setup --claude-auth api-key`).
+    extra = {"agent": ["--claude-auth", "api-key"]}
     for kind, comp in [("launcher", "launcher"), ("agent", "agent"), ("reaper", "reaper")]:
         text = subprocess.run(
-            [lease, "iam-policy", kind, "--account", ACCOUNT, "--stack", "main"],
+            [lease, "iam-policy", kind, "--account", ACCOUNT, "--stack", "main"]
+            + extra.get(kind, []),
             check=True,
             capture_output=True,
             text=True,

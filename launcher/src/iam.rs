@@ -274,26 +274,34 @@ pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
     json!({
         "Version": VERSION,
         "Statement": [
-            // None of these supports resource-level permissions.
+            // None of these supports resource-level permissions. `launch` reads the
+            // image it chose (architecture, root device, whether it carries the agent).
             statement(
                 "Describe",
                 &[
+                    "ec2:DescribeImages",
                     "ec2:DescribeInstances",
                     "ec2:DescribeInstanceTypes",
                     "ec2:DescribeRegions",
                 ],
                 vec!["*".into()],
             ),
-            // The latest Amazon Linux 2023 AMI, read by `launch` and resolved by
-            // RunInstances (`resolve:ssm:`); public parameters have no account.
+            // The latest Amazon Linux 2023 and Deep Learning Base AMIs, read by `launch`
+            // and resolved by RunInstances (`resolve:ssm:`); public parameters have no
+            // account.
             statement(
                 "ReadAmiParameters",
                 &["ssm:GetParameter", "ssm:GetParameters"],
-                vec![format!(
-                    "arn:{}:ssm:{}::parameter/aws/service/ami-amazon-linux-latest/*",
-                    at.partition,
-                    at.region.as_str()
-                )],
+                ["ami-amazon-linux-latest", "deeplearning/ami"]
+                    .iter()
+                    .map(|path| {
+                        format!(
+                            "arn:{}:ssm:{}::parameter/aws/service/{path}/*",
+                            at.partition,
+                            at.region.as_str()
+                        )
+                    })
+                    .collect(),
             ),
             // RunInstances may create an instance (and its volumes and spot request)
             // only when the request tags it `lease:managed=true`, which `launch` always
@@ -338,21 +346,44 @@ pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
                 ),
                 managed_tag_condition("aws:ResourceTag"),
             ),
-            // attach over SSM (`aws ssm start-session`): managed instances, one document.
+            // `status` shows the console of an instance whose agent never came up.
+            with_condition(
+                statement("ConsoleOfManagedInstances", &["ec2:GetConsoleOutput"], vec![
+                    instances.clone(),
+                ]),
+                managed_tag_condition("aws:ResourceTag"),
+            ),
+            // attach over SSM (`aws ssm start-session`): managed instances, two
+            // documents (a tmux command, or SSH tunnelled through the session).
             with_condition(
                 statement("AttachToManagedInstances", &["ssm:StartSession"], vec![
-                    instances,
+                    instances.clone(),
                 ]),
                 managed_tag_condition("ssm:resourceTag"),
             ),
             statement(
                 "AttachDocument",
                 &["ssm:StartSession"],
-                vec![format!(
-                    "arn:{}:ssm:{}::document/AWS-StartInteractiveCommand",
-                    at.partition,
-                    at.region.as_str()
-                )],
+                ["AWS-StartInteractiveCommand", "AWS-StartSSHSession"]
+                    .iter()
+                    .map(|doc| {
+                        format!(
+                            "arn:{}:ssm:{}::document/{doc}",
+                            at.partition,
+                            at.region.as_str()
+                        )
+                    })
+                    .collect(),
+            ),
+            // `attach --ssh --ssm` pushes the user's key for 60 seconds with EC2
+            // Instance Connect: managed instances only.
+            with_condition(
+                statement(
+                    "PushSshKeyToManagedInstances",
+                    &["ec2-instance-connect:SendSSHPublicKey"],
+                    vec![instances],
+                ),
+                managed_tag_condition("aws:ResourceTag"),
             ),
             statement(
                 "OwnSessions",
@@ -397,12 +428,15 @@ pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
                 &["s3:PutObject"],
                 vec![at.s3_arn(&format!("{bucket}/tasks/*"))],
             ),
+            // `launch` reads the agent package's recorded digest (HeadObject) under
+            // agent/.
             statement(
                 "ReadLogsAndBundles",
                 &["s3:GetObject"],
                 vec![
                     at.s3_arn(&format!("{bucket}/logs/*")),
                     at.s3_arn(&format!("{bucket}/jobs/*")),
+                    at.s3_arn(&format!("{bucket}/agent/*")),
                 ],
             ),
             // download lists an instance's task folders under jobs/.
@@ -666,6 +700,7 @@ mod tests {
     /// Actions the Service Authorization Reference lists with no resource type: `*`
     /// is their only form.
     const NO_RESOURCE_LEVEL: &[&str] = &[
+        "ec2:DescribeImages",
         "ec2:DescribeTags",
         "ec2:DescribeInstances",
         "ec2:DescribeInstanceTypes",
@@ -753,6 +788,7 @@ mod tests {
         assert_eq!(
             s.1,
             [
+                "ec2:DescribeImages",
                 "ec2:DescribeInstances",
                 "ec2:DescribeInstanceTypes",
                 "ec2:DescribeRegions"
@@ -762,7 +798,10 @@ mod tests {
         let s = find(&all, "ReadAmiParameters");
         assert_eq!(
             s.2,
-            ["arn:aws:ssm:eu-west-1::parameter/aws/service/ami-amazon-linux-latest/*"]
+            [
+                "arn:aws:ssm:eu-west-1::parameter/aws/service/ami-amazon-linux-latest/*",
+                "arn:aws:ssm:eu-west-1::parameter/aws/service/deeplearning/ami/*"
+            ]
         );
         let s = find(&all, "LaunchManagedInstances");
         assert_eq!(s.1, ["ec2:RunInstances"]);
@@ -809,8 +848,20 @@ mod tests {
         );
         assert_eq!(
             find(&all, "AttachDocument").2,
-            ["arn:aws:ssm:eu-west-1::document/AWS-StartInteractiveCommand"]
+            [
+                "arn:aws:ssm:eu-west-1::document/AWS-StartInteractiveCommand",
+                "arn:aws:ssm:eu-west-1::document/AWS-StartSSHSession"
+            ]
         );
+        for sid in ["ConsoleOfManagedInstances", "PushSshKeyToManagedInstances"] {
+            let s = find(&all, sid);
+            assert_eq!(s.2, [arn("instance/*")], "{sid}");
+            assert_eq!(
+                s.3.as_ref().unwrap()["StringEquals"]["aws:ResourceTag/lease:managed"],
+                "true",
+                "{sid}"
+            );
+        }
         let s = find(&all, "SubmitAndStats");
         assert_eq!(
             s.1,
@@ -844,7 +895,11 @@ mod tests {
         );
         assert_eq!(
             find(&all, "ReadLogsAndBundles").2,
-            [format!("{bucket}/logs/*"), format!("{bucket}/jobs/*")]
+            [
+                format!("{bucket}/logs/*"),
+                format!("{bucket}/jobs/*"),
+                format!("{bucket}/agent/*")
+            ]
         );
         let s = find(&all, "ListBundles");
         assert_eq!(s.2, [bucket]);

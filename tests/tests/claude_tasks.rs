@@ -474,7 +474,11 @@ async fn the_api_key_comes_from_the_ssm_parameter() {
     let mut plane = Plane::new().await;
     let (_instance, imds) = plane.instance().await;
     let ssm = aws_sdk_ssm::Client::new(&plane.moto.sdk_config().await);
-    let name = "/lease/test/anthropic-api-key";
+    // The stack's key parameter, as `lease setup --claude-auth api-key` grants it.
+    let name = lease_common::stack::Stack::new("main")
+        .unwrap()
+        .anthropic_key_parameter();
+    let name = name.as_str();
     ssm.put_parameter()
         .name(name)
         .value(GOOD_KEY)
