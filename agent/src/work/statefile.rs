@@ -117,7 +117,21 @@ pub fn save(state_dir: &Path, file: &TaskFile) -> Result<(), StateFileError> {
     std::fs::create_dir_all(&dir).map_err(err)?;
     let tmp = dir.join(format!("{FILE}.tmp"));
     let json = serde_json::to_vec_pretty(file).map_err(|e| err(std::io::Error::other(e)))?;
-    std::fs::write(&tmp, json).map_err(err)?;
+    // The spec's env may hold tokens, and tasks (the task user) can reach this folder;
+    // a leftover temporary file would keep its own mode.
+    let _ = std::fs::remove_file(&tmp);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&json))
+            .map_err(err)?;
+    }
     std::fs::rename(&tmp, &path).map_err(err)
 }
 
@@ -195,6 +209,16 @@ mod tests {
         f.log_offset = 42;
         save(dir.path(), &f).unwrap();
         assert_eq!(load_all(dir.path()), vec![f]);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(task_dir(dir.path(), "t-1").join(FILE))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(
+            mode & 0o777,
+            0o600,
+            "the task's spec and env are root's alone"
+        );
         assert_eq!(
             bundle_dir(dir.path(), &t),
             workdir(dir.path(), "t-1").join("out")
