@@ -349,6 +349,7 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
         "spot-1",
         &format!(
             "mkdir -p out; echo partial > out/part.txt; \
+             printf %s \"${{LEASE_PREVIOUS_ATTEMPT-unset}}\" > out/previous.txt; \
              if [ -e '{m}' ]; then echo final > out/final.txt; exit 0; fi; \
              touch '{m}'; sleep 120",
             m = marker.display()
@@ -385,6 +386,11 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
         partial.get("part.txt").map(Vec::as_slice),
         Some(&b"partial\n"[..])
     );
+    // A first attempt has no previous one to resume from.
+    assert_eq!(
+        partial.get("previous.txt").map(Vec::as_slice),
+        Some(&b"unset"[..])
+    );
     assert_eq!(
         plane.task_state("spot-1").await.as_deref(),
         Some("interrupted")
@@ -408,6 +414,18 @@ async fn a_spot_notice_requeues_the_task_for_another_node() {
     assert_eq!(
         files.get("final.txt").map(Vec::as_slice),
         Some(&b"final\n"[..])
+    );
+    // The second attempt was told where the first one's partial bundle is, and that
+    // is where the partial bundle was read back from above.
+    assert_eq!(
+        files.get("previous.txt").map(Vec::as_slice),
+        Some(
+            format!(
+                "s3://{BUCKET}/{}",
+                layout::attempt_bundle_prefix(&first, "spot-1", 1)
+            )
+            .as_bytes()
+        )
     );
     plane.wait_queue_empty(LIMIT, &agent2).await;
     plane.drain_events().await;

@@ -5,12 +5,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lease_common::layout::attempt_bundle_prefix;
 use lease_common::messages::{EventKind, Task, TaskMessage, TaskPointer};
 use tokio::sync::watch;
 
 use super::lifecycle::{self, Start};
 use super::queue::{MAX_RECEIVE, MAX_VISIBILITY_SECS, Received};
-use super::records::{Claim, Claimant};
+use super::records::{Claim, Claimant, PreviousAttempt};
 use super::statefile::{self, TaskFile};
 use super::store;
 use super::{Shared, Slot};
@@ -139,7 +140,7 @@ async fn take(shared: &Arc<Shared>, m: Received) {
     }
     // The slot is taken before the claim, so the next receive asks only for what is
     // still free, and the claim runs beside the next message's intake.
-    let file = TaskFile {
+    let mut file = TaskFile {
         message_id: Some(m.message_id.clone()),
         ..TaskFile::new(
             task,
@@ -151,10 +152,12 @@ async fn take(shared: &Arc<Shared>, m: Received) {
     let (rx, receipt) = reserve(shared, &file);
     let shared = shared.clone();
     tokio::spawn(async move {
-        if claim(&shared, &file.task, &m).await {
-            lifecycle::run(shared, file, Start::Fresh, rx, receipt).await;
-        } else {
-            shared.unreserve(&file.task.id);
+        match claim(&shared, &file.task, &m).await {
+            Some(previous) => {
+                file.previous = previous_uri(&shared, &file.task.id, previous);
+                lifecycle::run(shared, file, Start::Fresh, rx, receipt).await;
+            }
+            None => shared.unreserve(&file.task.id),
         }
     });
 }
@@ -190,10 +193,23 @@ async fn resolve_pointer(shared: &Shared, p: &TaskPointer) -> Result<Task, Optio
     Ok(task)
 }
 
-/// True when this node may run the task. Without a task table every delivery runs.
-async fn claim(shared: &Shared, task: &Task, m: &Received) -> bool {
+/// Where the previous attempt's partial bundle is, `s3://<bucket>/<prefix>`; `None`
+/// without a previous attempt or without a bucket to name.
+fn previous_uri(
+    shared: &Shared,
+    task_id: &str,
+    previous: Option<PreviousAttempt>,
+) -> Option<String> {
+    let p = previous?;
+    let store = shared.deps.store.as_ref()?;
+    Some(store.uri(&attempt_bundle_prefix(&p.instance_id, task_id, p.attempt)))
+}
+
+/// `Some` when this node may run the task, with the earlier attempt it takes over
+/// from, if any. Without a task table every delivery runs.
+async fn claim(shared: &Shared, task: &Task, m: &Received) -> Option<Option<PreviousAttempt>> {
     let Some(table) = &shared.deps.table else {
-        return true;
+        return Some(None);
     };
     let now = shared.deps.clock.now();
     let by = Claimant {
@@ -205,7 +221,7 @@ async fn claim(shared: &Shared, task: &Task, m: &Received) -> bool {
     };
     let queue = shared.deps.queue.as_ref();
     match table.claim(task, by).await {
-        Ok(Claim::Claimed) => true,
+        Ok(Claim::Claimed { previous }) => Some(previous),
         Ok(Claim::Finished(state)) => {
             tracing::info!(
                 "task '{}' is already {state}: deleting its duplicate message",
@@ -216,7 +232,7 @@ async fn claim(shared: &Shared, task: &Task, m: &Received) -> bool {
             {
                 tracing::warn!("{e}");
             }
-            false
+            None
         }
         Ok(Claim::Held { until }) => {
             // Hide it until the other claim would lapse: if its holder dies, the
@@ -235,11 +251,11 @@ async fn claim(shared: &Shared, task: &Task, m: &Received) -> bool {
             {
                 tracing::warn!("{e}");
             }
-            false
+            None
         }
         Err(e) => {
             tracing::warn!("{e}; the message returns to the queue");
-            false
+            None
         }
     }
 }

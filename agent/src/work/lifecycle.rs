@@ -192,6 +192,7 @@ impl Running {
                 &self.workdir(),
                 &self.shared.settings.instance_id,
                 &self.shared.settings.node_id,
+                self.file.previous.as_deref(),
             ),
         };
         if start == Start::Adopted {
@@ -511,18 +512,24 @@ impl Running {
 
 /// The variables that tell a task who it is: its id and attempt, where its bundle is,
 /// and the instance and node running it, so a script can name its outputs, find its
-/// own checkpoint and log with its id.
+/// own checkpoint and log with its id; and, when this attempt takes over from an
+/// earlier one, where that attempt's partial bundle is (`previous`), to resume from.
 pub(super) fn task_env(
     task: &lease_common::messages::Task,
     workdir: &std::path::Path,
     instance_id: &str,
     node_id: &str,
+    previous: Option<&str>,
 ) -> Vec<(String, String)> {
-    vec![
+    let mut env = vec![
         ("LEASE_TASK_ID".into(), task.id.clone()),
         ("LEASE_ATTEMPT".into(), task.attempt.to_string()),
         ("LEASE_BUNDLE_DIR".into(), workdir.display().to_string()),
         ("LEASE_INSTANCE_ID".into(), instance_id.to_string()),
         ("LEASE_NODE_ID".into(), node_id.to_string()),
-    ]
+    ];
+    if let Some(p) = previous {
+        env.push(("LEASE_PREVIOUS_ATTEMPT".into(), p.to_string()));
+    }
+    env
 }

@@ -46,12 +46,36 @@ pub enum RecordError {
 /// What a claim found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This node holds the task now.
-    Claimed,
+    /// This node holds the task now. `previous`: the earlier attempt the record named
+    /// (interrupted, or its claim lapsed), whose partial bundle the task may resume from.
+    Claimed { previous: Option<PreviousAttempt> },
     /// The task already ended (complete, failed, cancelled): its message is a duplicate.
     Finished(TaskState),
     /// Another live claim holds it, until this time (epoch seconds) when known.
     Held { until: Option<i64> },
+}
+
+/// An earlier attempt of a task: the instance that ran it and its number, which
+/// together name its partial bundle (`lease_common::layout::attempt_bundle_prefix`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousAttempt {
+    pub instance_id: String,
+    pub attempt: u32,
+}
+
+/// The earlier attempt `old` (the record before the claim) names, when it names an
+/// instance and an attempt lower than `attempt`; the same attempt again is a
+/// duplicate delivery, not a resumption.
+pub fn previous_attempt(
+    old: &HashMap<String, AttributeValue>,
+    attempt: u32,
+) -> Option<PreviousAttempt> {
+    let instance_id = old.get(task::INSTANCE_ID)?.as_s().ok()?;
+    let old_attempt: u32 = old.get(task::ATTEMPT)?.as_n().ok()?.parse().ok()?;
+    (!instance_id.is_empty() && old_attempt < attempt).then(|| PreviousAttempt {
+        instance_id: instance_id.clone(),
+        attempt: old_attempt,
+    })
 }
 
 /// Who claims a task, and until when.
@@ -209,12 +233,18 @@ impl TaskTable for DynamoTaskTable {
                     .expression_attribute_names("#pool", task::POOL)
                     .expression_attribute_values(":pool", s(pool));
             }
+            // The old record names the attempt this one takes over, if any.
             let result = req
                 .update_expression(format!("SET {}", set.join(", ")))
+                .return_values(ReturnValue::AllOld)
                 .send()
                 .await;
             match result {
-                Ok(_) => Ok(Claim::Claimed),
+                Ok(out) => Ok(Claim::Claimed {
+                    previous: out
+                        .attributes()
+                        .and_then(|old| previous_attempt(old, t.attempt)),
+                }),
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
@@ -402,6 +432,31 @@ impl UpdateBuilder {
 mod tests {
     use super::*;
     use lease_common::messages::ShellSpec;
+
+    #[test]
+    fn only_a_lower_attempt_of_a_named_instance_is_a_previous_one() {
+        let old = |instance: Option<&str>, attempt: Option<&str>| {
+            let mut m = HashMap::new();
+            if let Some(i) = instance {
+                m.insert(task::INSTANCE_ID.to_string(), s(i));
+            }
+            if let Some(a) = attempt {
+                m.insert(task::ATTEMPT.to_string(), AttributeValue::N(a.into()));
+            }
+            m
+        };
+        assert_eq!(
+            previous_attempt(&old(Some("i-0"), Some("1")), 2),
+            Some(PreviousAttempt {
+                instance_id: "i-0".into(),
+                attempt: 1
+            })
+        );
+        assert_eq!(previous_attempt(&old(Some("i-0"), Some("2")), 2), None);
+        assert_eq!(previous_attempt(&old(None, Some("1")), 2), None);
+        assert_eq!(previous_attempt(&old(Some("i-0"), None), 2), None);
+        assert_eq!(previous_attempt(&HashMap::new(), 1), None, "a new record");
+    }
 
     #[test]
     fn a_record_is_held_only_by_its_node_and_attempt() {

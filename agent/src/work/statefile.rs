@@ -52,6 +52,10 @@ pub struct TaskFile {
     /// The one-shot task of the config (no queue, ends the lease when done).
     #[serde(default)]
     pub one_shot: bool,
+    /// `s3://<bucket>/<prefix>` of the partial bundle the previous attempt left, when
+    /// the claim took over from one: the task sees it as `LEASE_PREVIOUS_ATTEMPT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
 }
 
 impl TaskFile {
@@ -71,6 +75,7 @@ impl TaskFile {
             log_offset: 0,
             seq: 0,
             one_shot: false,
+            previous: None,
         }
     }
 }

@@ -13,7 +13,7 @@ use lease_common::records::TaskState;
 use lease_common::tags::Action;
 
 use super::queue::{QueueError, Received, TaskQueue};
-use super::records::{Change, Claim, Claimant, RecordError, TaskTable};
+use super::records::{Change, Claim, Claimant, PreviousAttempt, RecordError, TaskTable};
 use super::store::{ResultStore, StoreError};
 use super::{QueueWorker, WorkDeps, WorkSettings};
 use crate::BoxFuture;
@@ -21,7 +21,7 @@ use crate::clock::TokioClock;
 use crate::ec2::{Ec2Api, Ec2Error};
 use crate::events::Emitter;
 use crate::events::fake::RecordingPublisher;
-use crate::run::MockRunner;
+use crate::run::{Exit, Launch, MockRunner, RunError, Runner};
 use crate::upload::{BundleDest, BundleUpload, ManifestMeta};
 use crate::worker::TaskWorker;
 
@@ -126,7 +126,7 @@ impl TaskTable for FakeTable {
         _by: Claimant<'a>,
     ) -> BoxFuture<'a, Result<Claim, RecordError>> {
         let c = self.claim.lock().unwrap().clone();
-        if c == Claim::Claimed {
+        if matches!(c, Claim::Claimed { .. }) {
             *self.state.lock().unwrap() = Some(TaskState::Running);
         }
         Box::pin(async move { Ok(c) })
@@ -218,6 +218,45 @@ impl ResultStore for FakeStore {
     }
 }
 
+/// The mock runner, keeping the environment each start was given.
+#[derive(Debug)]
+struct EnvRunner {
+    inner: MockRunner,
+    envs: Mutex<Vec<Vec<(String, String)>>>,
+}
+
+impl Runner for EnvRunner {
+    fn start(&self, launch: &Launch) -> BoxFuture<'_, Result<(), RunError>> {
+        self.envs.lock().unwrap().push(launch.env.clone());
+        self.inner.start(launch)
+    }
+    fn poll<'a>(
+        &'a self,
+        task_id: &'a str,
+        workdir: &'a Path,
+    ) -> BoxFuture<'a, Result<Option<Exit>, RunError>> {
+        self.inner.poll(task_id, workdir)
+    }
+    fn interrupt<'a>(
+        &'a self,
+        task_id: &'a str,
+        workdir: &'a Path,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), RunError>> {
+        self.inner.interrupt(task_id, workdir, grace)
+    }
+    fn cleanup<'a>(
+        &'a self,
+        task_id: &'a str,
+        workdir: &'a Path,
+    ) -> BoxFuture<'a, Result<(), RunError>> {
+        self.inner.cleanup(task_id, workdir)
+    }
+    fn live_sessions(&self) -> BoxFuture<'_, Result<Vec<String>, RunError>> {
+        self.inner.live_sessions()
+    }
+}
+
 #[derive(Debug, Default)]
 struct QuietEc2;
 
@@ -245,6 +284,7 @@ struct Rig {
     table: Arc<FakeTable>,
     store: Arc<FakeStore>,
     publisher: Arc<RecordingPublisher>,
+    runner: Arc<EnvRunner>,
     worker: QueueWorker,
     _dir: tempfile::TempDir,
 }
@@ -256,12 +296,16 @@ fn rig(claim: Claim, store: FakeStore, program: Duration) -> Rig {
     let table = Arc::new(FakeTable::new(claim));
     let store = Arc::new(store);
     let publisher = Arc::new(RecordingPublisher::default());
+    let runner = Arc::new(EnvRunner {
+        inner: MockRunner::new(program),
+        envs: Mutex::default(),
+    });
     let (to_loop, _rx) = tokio::sync::mpsc::channel(8);
     let deps = WorkDeps {
         queue: Some(queue.clone()),
         table: Some(table.clone()),
         store: Some(store.clone()),
-        runner: Arc::new(MockRunner::new(program)),
+        runner: runner.clone(),
         emitter: Emitter::new(publisher.clone(), clock.clone(), "n".into(), "i-1".into()),
         clock,
         ec2: Arc::new(QuietEc2),
@@ -274,6 +318,7 @@ fn rig(claim: Claim, store: FakeStore, program: Duration) -> Rig {
         table,
         store,
         publisher,
+        runner,
         worker: QueueWorker::new(deps, settings),
         _dir: dir,
     }
@@ -348,7 +393,7 @@ async fn a_task_held_elsewhere_waits_until_that_claim_lapses() {
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_task_is_stopped_recorded_and_its_message_deleted() {
     let r = rig(
-        Claim::Claimed,
+        Claim::Claimed { previous: None },
         FakeStore::default(),
         Duration::from_secs(600),
     );
@@ -387,7 +432,11 @@ async fn a_long_upload_is_recorded_as_uploading_and_a_short_one_is_not() {
             delay,
             ..FakeStore::default()
         };
-        let r = rig(Claim::Claimed, store, Duration::from_millis(30));
+        let r = rig(
+            Claim::Claimed { previous: None },
+            store,
+            Duration::from_millis(30),
+        );
         r.queue.inbox.lock().unwrap().push(message("t-5"));
         r.worker.start(None);
         until("the message deleted", || {
@@ -407,7 +456,11 @@ async fn a_failed_upload_gives_the_message_back_instead_of_deleting_it() {
         fail: true,
         ..FakeStore::default()
     };
-    let r = rig(Claim::Claimed, store, Duration::from_millis(30));
+    let r = rig(
+        Claim::Claimed { previous: None },
+        store,
+        Duration::from_millis(30),
+    );
     r.queue.inbox.lock().unwrap().push(message("t-4"));
     r.worker.start(None);
     until("the message given back", || {
@@ -429,7 +482,7 @@ async fn a_failed_upload_gives_the_message_back_instead_of_deleting_it() {
 #[tokio::test(start_paused = true)]
 async fn a_drain_requeues_the_running_task_with_the_next_attempt() {
     let r = rig(
-        Claim::Claimed,
+        Claim::Claimed { previous: None },
         FakeStore::default(),
         Duration::from_secs(600),
     );
@@ -453,7 +506,11 @@ async fn a_drain_requeues_the_running_task_with_the_next_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn without_a_dead_letter_queue_a_bad_body_stays_hidden_and_is_reported() {
-    let r = rig(Claim::Claimed, FakeStore::default(), Duration::ZERO);
+    let r = rig(
+        Claim::Claimed { previous: None },
+        FakeStore::default(),
+        Duration::ZERO,
+    );
     r.queue.inbox.lock().unwrap().push(Received {
         message_id: "m-bad".into(),
         receipt: "r-bad".into(),
@@ -483,7 +540,7 @@ async fn without_a_dead_letter_queue_a_bad_body_stays_hidden_and_is_reported() {
 #[tokio::test(start_paused = true)]
 async fn a_task_whose_claim_was_taken_over_is_stopped_and_kept_as_a_partial_attempt() {
     let r = rig(
-        Claim::Claimed,
+        Claim::Claimed { previous: None },
         FakeStore::default(),
         Duration::from_secs(600),
     );
@@ -530,4 +587,39 @@ async fn a_task_whose_claim_was_taken_over_is_stopped_and_kept_as_a_partial_atte
     let types = r.publisher.types();
     assert!(!types.contains(&"TaskCompleted"), "{types:?}");
     assert!(!types.contains(&"TaskFailed"), "{types:?}");
+}
+
+/// A claim that takes over from an earlier attempt tells the task where that
+/// attempt's partial bundle is; a first attempt gets no such variable.
+#[tokio::test(start_paused = true)]
+async fn a_task_taking_over_an_earlier_attempt_is_told_where_its_bundle_is() {
+    for (previous, want) in [
+        (
+            Some(PreviousAttempt {
+                instance_id: "i-0".into(),
+                attempt: 1,
+            }),
+            Some("s3://b/jobs/i-0/t-9/attempt-1/bundle/".to_string()),
+        ),
+        (None, None),
+    ] {
+        let r = rig(
+            Claim::Claimed { previous },
+            FakeStore::default(),
+            Duration::ZERO,
+        );
+        r.queue.inbox.lock().unwrap().push(message("t-9"));
+        r.worker.start(None);
+        until("the task started", || {
+            !r.runner.envs.lock().unwrap().is_empty()
+        })
+        .await;
+        let env = r.runner.envs.lock().unwrap()[0].clone();
+        let got = env
+            .iter()
+            .find(|(k, _)| k == "LEASE_PREVIOUS_ATTEMPT")
+            .map(|(_, v)| v.clone());
+        assert_eq!(got, want);
+        assert!(env.iter().any(|(k, v)| k == "LEASE_TASK_ID" && v == "t-9"));
+    }
 }
