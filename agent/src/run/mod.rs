@@ -33,6 +33,7 @@ mod process;
 mod secret;
 mod tail;
 mod tmux;
+mod tools;
 mod user;
 mod wrapper;
 
