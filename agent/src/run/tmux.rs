@@ -117,6 +117,13 @@ impl TmuxRunner {
         self
     }
 
+    /// Installs missing tools (the Claude Code CLI) through `exec` instead of real
+    /// processes.
+    pub fn with_installer(mut self, exec: Arc<dyn Exec>) -> Self {
+        self.tools = exec;
+        self
+    }
+
     /// Sets `key=value` for every task, over the base environment (as `task-env` does).
     pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((key.into(), value.into()));
