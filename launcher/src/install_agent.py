@@ -300,7 +300,13 @@ def ensure_docker():
         return True
     try:
         if shutil.which("dpkg"):
-            run("apt-get", "install", "-y", "docker.io")
+            os.environ.setdefault("DEBIAN_FRONTEND", "noninteractive")
+            try:
+                run("apt-get", "install", "-y", "docker.io")
+            except subprocess.CalledProcessError:
+                # A fresh cloud image may have no package lists yet.
+                run("apt-get", "update")
+                run("apt-get", "install", "-y", "docker.io")
         else:
             pm = shutil.which("dnf") or shutil.which("yum")
             if not pm:

@@ -536,6 +536,16 @@ fail = True
 ia.shutil.which = lambda name: {"dnf": "/usr/bin/dnf"}.get(name)
 calls = []
 print("failing", ia.ensure_docker(), calls)
+# No package lists yet: the first apt-get install fails, lists are fetched, it is retried.
+fail = False
+def run(*args):
+    calls.append(" ".join(args))
+    if args[:2] == ("apt-get", "install") and len(calls) == 1:
+        raise subprocess.CalledProcessError(100, args)
+ia.run = run
+ia.shutil.which = lambda name: {"dpkg": "/usr/bin/dpkg"}.get(name)
+calls = []
+print("no lists", ia.ensure_docker(), calls)
 "#,
         ));
         let user = lease_common::session::DEFAULT_TASK_USER;
@@ -565,6 +575,14 @@ print("failing", ia.ensure_docker(), calls)
             lines[6],
             "failing False ['/usr/bin/dnf install -y docker', 'systemctl enable --now docker']"
         );
+        assert_eq!(
+            lines[7],
+            format!(
+                "no lists True ['apt-get install -y docker.io', 'apt-get update', \
+                 'apt-get install -y docker.io', {started}]"
+            )
+        );
+        assert_eq!(lines.len(), 8, "{out}");
     }
 
     /// A fresh instance profile or role can take seconds to work: transient failures
