@@ -195,6 +195,11 @@ pub struct ClaudeConfig {
     /// so the key is never in user-data, tags or this file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_key_parameter: Option<String>,
+    /// The Claude Code version installed (as the task user, by Anthropic's native
+    /// installer) when a Claude task starts and the CLI is not on its PATH: `stable`,
+    /// `latest` or `X.Y.Z`; the installer's default when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cli_version: Option<String>,
 }
 
 impl AgentConfig {
@@ -280,6 +285,14 @@ impl AgentConfig {
         if !self.tmux_socket.is_absolute() {
             return bad("tmux-socket", "must be an absolute path");
         }
+        if let Some(v) = &self.claude.cli_version
+            && !is_cli_version(v)
+        {
+            return bad(
+                "claude.cli-version",
+                "must be 'stable', 'latest' or a version such as 2.1.0",
+            );
+        }
         if let Some(name) = self.task_env.keys().find(|k| !is_variable_name(k)) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -341,6 +354,23 @@ fn is_default_task_user(user: &String) -> bool {
 
 fn is_default_tmux_socket(socket: &Path) -> bool {
     socket == Path::new(crate::session::DEFAULT_TMUX_SOCKET)
+}
+
+/// What Claude Code's installer accepts: a channel, or `X.Y.Z` with an optional
+/// `-suffix`.
+fn is_cli_version(v: &str) -> bool {
+    if v == "stable" || v == "latest" {
+        return true;
+    }
+    let (core, suffix) = v.split_once('-').unwrap_or((v, ""));
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// A name `useradd` accepts: no shell or option metacharacters reach `runuser`.
@@ -423,6 +453,20 @@ mod tests {
         ] {
             let err = parse(yaml).unwrap_err().to_string();
             assert!(err.contains(key) && err.contains(why), "{yaml}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_claude_cli_version_is_a_channel_or_a_version() {
+        for v in ["stable", "latest", "2.1.337", "2.1.0-beta.1"] {
+            let c = parse(&format!("claude:\n  cli-version: {v}\n")).unwrap();
+            assert_eq!(c.claude.cli_version.as_deref(), Some(v));
+        }
+        for v in ["'2.1'", "'1.2.3; rm -rf ~'", "'$(id)'", "''", "v1.2.3"] {
+            let err = parse(&format!("claude:\n  cli-version: {v}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("claude.cli-version"), "{v}: {err}");
         }
     }
 

@@ -10,6 +10,7 @@
 # install it (dpkg where there is dpkg; elsewhere, e.g. Amazon Linux, unpack the
 # .deb's files into place ourselves). Any failure tags the instance
 # lease:status=install-failed, says why on the console and leaves nothing installed.
+# Then Docker, when the image lacks it (a failure there only warns).
 #
 # Endpoints: the standard AWS settings AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL, or
 # endpoint_url in the [default] profile of the AWS config file, as the agent's SDK
@@ -290,6 +291,37 @@ def install(deb):
         raise
 
 
+def ensure_docker():
+    # Container tasks (--image) need Docker, which plain Debian/Ubuntu and Amazon Linux
+    # images lack: install it from the image's own repositories and start it, and put
+    # the task user (created by now) in its group. Failing here only warns: the agent
+    # is installed and still enforces the deadline, and shell and claude tasks work.
+    if shutil.which("docker"):
+        return True
+    try:
+        if shutil.which("dpkg"):
+            os.environ.setdefault("DEBIAN_FRONTEND", "noninteractive")
+            try:
+                run("apt-get", "install", "-y", "docker.io")
+            except subprocess.CalledProcessError:
+                # A fresh cloud image may have no package lists yet.
+                run("apt-get", "update")
+                run("apt-get", "install", "-y", "docker.io")
+        else:
+            pm = shutil.which("dnf") or shutil.which("yum")
+            if not pm:
+                raise Failure("neither apt-get nor dnf is here to install it with")
+            run(pm, "install", "-y", "docker")
+        run("systemctl", "enable", "--now", "docker")
+        run("usermod", "--append", "--groups", "docker", TASK_USER)
+    except Exception as e:
+        print("install-agent: WARNING: could not install Docker (%s): --image tasks will fail "
+              "on this instance until Docker is installed; shell and claude tasks work" % e,
+              file=sys.stderr, flush=True)
+        return False
+    return True
+
+
 def main(argv):
     bucket, key, want, arch = argv[1:5]
     if shutil.which("leased"):
@@ -320,6 +352,7 @@ def main(argv):
                 print("install-agent: could not tag the instance: %s" % t, file=sys.stderr, flush=True)
         return 1
     print("install-agent: leased installed", flush=True)
+    ensure_docker()
     return 0
 
 

@@ -509,6 +509,82 @@ except subprocess.CalledProcessError:
         );
     }
 
+    /// Docker when the image lacks it, from the image's own package manager (apt on
+    /// Debian/Ubuntu, dnf on Amazon Linux), started, with the task user in its group;
+    /// none of it when `docker` is there; and a failure only warns, the install stands.
+    #[test]
+    fn docker_is_installed_started_and_opened_to_the_task_user_when_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = ok(&python(
+            Path::new("python3"),
+            dir.path(),
+            r#"
+import subprocess, sys
+sys.stderr = sys.stdout
+calls = []
+def run(*args):
+    calls.append(" ".join(args))
+    if fail and args[0] == "systemctl":
+        raise subprocess.CalledProcessError(1, args)
+ia.run = run
+fail = False
+for have in ({"dpkg": "/usr/bin/dpkg"}, {"dnf": "/usr/bin/dnf"}, {"docker": "/usr/bin/docker"}, {}):
+    ia.shutil.which = lambda name: have.get(name)
+    calls = []
+    print(sorted(have), ia.ensure_docker(), calls)
+fail = True
+ia.shutil.which = lambda name: {"dnf": "/usr/bin/dnf"}.get(name)
+calls = []
+print("failing", ia.ensure_docker(), calls)
+# No package lists yet: the first apt-get install fails, lists are fetched, it is retried.
+fail = False
+def run(*args):
+    calls.append(" ".join(args))
+    if args[:2] == ("apt-get", "install") and len(calls) == 1:
+        raise subprocess.CalledProcessError(100, args)
+ia.run = run
+ia.shutil.which = lambda name: {"dpkg": "/usr/bin/dpkg"}.get(name)
+calls = []
+print("no lists", ia.ensure_docker(), calls)
+"#,
+        ));
+        let user = lease_common::session::DEFAULT_TASK_USER;
+        let started =
+            format!("'systemctl enable --now docker', 'usermod --append --groups docker {user}'");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("['dpkg'] True ['apt-get install -y docker.io', {started}]")
+        );
+        assert_eq!(
+            lines[1],
+            format!("['dnf'] True ['/usr/bin/dnf install -y docker', {started}]")
+        );
+        assert_eq!(lines[2], "['docker'] True []");
+        assert!(
+            lines[3].contains("WARNING: could not install Docker (neither apt-get nor dnf")
+                && lines[4] == "[] False []",
+            "{out}"
+        );
+        assert!(
+            lines[5].contains("WARNING: could not install Docker")
+                && lines[5].contains("--image tasks will fail"),
+            "{out}"
+        );
+        assert_eq!(
+            lines[6],
+            "failing False ['/usr/bin/dnf install -y docker', 'systemctl enable --now docker']"
+        );
+        assert_eq!(
+            lines[7],
+            format!(
+                "no lists True ['apt-get install -y docker.io', 'apt-get update', \
+                 'apt-get install -y docker.io', {started}]"
+            )
+        );
+        assert_eq!(lines.len(), 8, "{out}");
+    }
+
     /// A fresh instance profile or role can take seconds to work: transient failures
     /// are retried a bounded number of times, a wrong digest never.
     #[test]

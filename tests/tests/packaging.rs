@@ -47,6 +47,7 @@ fn every_setting_shown_is_a_real_key_with_its_default() {
     // The identity and control-plane settings show examples, not defaults.
     assert!(parsed.queue_url.is_some() && parsed.topic_arn.is_some());
     assert!(parsed.node_id.is_some() && parsed.claude.model.is_some());
+    assert_eq!(parsed.claude.cli_version.as_deref(), Some("stable"));
     let defaults_only = AgentConfig {
         node_id: None,
         node_name: None,
@@ -59,6 +60,7 @@ fn every_setting_shown_is_a_real_key_with_its_default() {
         profile: None,
         claude: lease_common::config::ClaudeConfig {
             model: None,
+            cli_version: None,
             ..parsed.claude.clone()
         },
         ..parsed

@@ -15,7 +15,8 @@ use lease_common::config::AgentConfig;
 use lease_common::messages::{ClaudeSpec, DockerSpec, ShellSpec, Task, TaskSpec};
 use lease_tests::{Moto, wait_until};
 use leased::run::{
-    Exit, Launch, LogTail, OutputParser, RunError, Runner, SdkEcr, TmuxRunner, runner_dir,
+    Exec, Exit, Finished, Launch, LogTail, OutputParser, RunError, Runner, SdkEcr, TmuxRunner,
+    runner_dir,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -524,6 +525,130 @@ async fn a_claude_task_runs_with_its_options_and_parses_into_lines_and_a_summary
     assert_eq!(summary.result.as_deref(), Some("I wrote hello.txt."));
     assert_eq!(summary.turns, Some(2));
     assert!(!summary.failed());
+}
+
+/// Stands in for Claude Code's native installer (the real one downloads from the
+/// internet): records each command it is given and, when `works`, puts a `claude`
+/// into `bin`, as the installer puts it into `~/.local/bin`.
+#[derive(Debug)]
+struct Installer {
+    calls: std::sync::Mutex<Vec<Vec<String>>>,
+    bin: PathBuf,
+    works: bool,
+}
+
+impl Exec for Installer {
+    fn run<'a>(
+        &'a self,
+        program: &'a str,
+        args: &'a [String],
+        _session: &'a str,
+        _limit: Duration,
+    ) -> leased::BoxFuture<'a, Result<Finished, RunError>> {
+        let mut call = vec![program.to_string()];
+        call.extend(args.iter().cloned());
+        self.calls.lock().unwrap().push(call);
+        if self.works {
+            let claude = self.bin.join("claude");
+            std::fs::create_dir_all(&self.bin).unwrap();
+            std::fs::write(&claude, "#!/bin/sh\necho installed-claude-ran \"$@\"\n").unwrap();
+            Command::new("chmod")
+                .arg("+x")
+                .arg(&claude)
+                .status()
+                .unwrap();
+        }
+        let works = self.works;
+        Box::pin(async move {
+            Ok(Finished {
+                success: works,
+                stdout: String::new(),
+                stderr: if works {
+                    String::new()
+                } else {
+                    "curl: (6) Could not resolve host: claude.ai".into()
+                },
+            })
+        })
+    }
+}
+
+/// A Claude task whose CLI is not on the task's PATH: the runner has the installer
+/// put it there (pinned version, before the session starts) and the task then runs
+/// it; when the install fails the task does not start, saying what to do, and no
+/// session is left.
+#[tokio::test]
+async fn a_missing_claude_cli_is_installed_before_the_task_or_the_task_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bin = tmp.path().join("local-bin");
+    let tmux = Tmux::new("claude-install");
+    let mut config = AgentConfig::default();
+    config.claude.cli_version = Some("2.1.337".into());
+    let spec = TaskSpec::Claude(ClaudeSpec {
+        prompt: "hello".into(),
+        model: None,
+        permission_mode: None,
+        allowed_tools: Vec::new(),
+        max_turns: None,
+    });
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+
+    let failing = Arc::new(Installer {
+        calls: Default::default(),
+        bin: bin.clone(),
+        works: false,
+    });
+    let r = runner(&tmux, &config, tmp.path())
+        .await
+        .with_env("PATH", path.clone())
+        .with_installer(failing.clone());
+    let l = launch(tmp.path(), "ci1", spec.clone());
+    let err = r.start(&l).await.unwrap_err().to_string();
+    assert!(
+        err.contains("Task 'ci1' did not start")
+            && err.contains("installing 2.1.337 failed")
+            && err.contains("Could not resolve host")
+            && err.contains("bake Claude Code into the image"),
+        "{err}"
+    );
+    assert_eq!(failing.calls.lock().unwrap().len(), 1);
+    assert!(
+        r.live_sessions().await.unwrap().is_empty(),
+        "a task whose CLI could not be installed left a session"
+    );
+
+    let working = Arc::new(Installer {
+        calls: Default::default(),
+        bin: bin.clone(),
+        works: true,
+    });
+    let r = runner(&tmux, &config, tmp.path())
+        .await
+        .with_env("PATH", path.clone())
+        .with_installer(working.clone());
+    let l = launch(tmp.path(), "ci2", spec.clone());
+    r.start(&l).await.unwrap();
+    let exit = wait_exit(&r, &l).await;
+    assert_eq!(exit, Exit::Code(0), "log: {:?}", log_lines(&l));
+    assert!(
+        log_lines(&l)
+            .iter()
+            .any(|x| x.starts_with("installed-claude-ran -p")),
+        "the installed CLI did not run: {:?}",
+        log_lines(&l)
+    );
+    let calls = working.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    // As the task (here: the test's own user, so no runuser), with the task's PATH.
+    assert_eq!(calls[0][..2], ["env", "-i"]);
+    assert!(calls[0].contains(&format!("PATH={path}")), "{calls:?}");
+    assert_eq!(calls[0][calls[0].len() - 2..], ["bash", "2.1.337"]);
+
+    // Now present: the next Claude task installs nothing.
+    let l = launch(tmp.path(), "ci3", spec);
+    r.start(&l).await.unwrap();
+    assert_eq!(wait_exit(&r, &l).await, Exit::Code(0));
+    assert_eq!(working.calls.lock().unwrap().len(), 1);
 }
 
 /// A FROM-scratch image holding one static program (tests/fixtures/docker-probe.c),

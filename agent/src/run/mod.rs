@@ -33,6 +33,7 @@ mod process;
 mod secret;
 mod tail;
 mod tmux;
+mod tools;
 mod user;
 mod wrapper;
 
@@ -41,9 +42,11 @@ pub use command::ecr_registry;
 pub use ecr::{Credentials, EcrError, EcrLogin, SdkEcr};
 pub use mock::{DEFAULT_MOCK_DURATION, MOCK_RESULT_FILE, MockRunner};
 pub use parse::{OutputParser, Summary};
+pub use process::Finished;
 pub use secret::{SdkSsm, SecretError, SecretStore};
 pub use tail::LogTail;
 pub use tmux::{TmuxRunner, session_name};
+pub use tools::{Exec, INSTALL_LIMIT, Processes};
 pub use user::TaskUser;
 pub use wrapper::runner_dir;
 

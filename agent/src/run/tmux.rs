@@ -15,6 +15,7 @@ use super::command::{self, Settings, ecr_registry};
 use super::ecr::EcrLogin;
 use super::process::{self, Finished};
 use super::secret::SecretStore;
+use super::tools::{self, Exec, Processes};
 use super::user::{TaskUser, merge_env};
 use super::wrapper::{
     self, GO, KIND, LOG, PID, PROMPT, SCRIPT, Script, log_complete, read_exit, runner_dir,
@@ -54,6 +55,12 @@ pub struct TmuxRunner {
     env: Vec<(String, String)>,
     /// `claude.api-key-parameter` and where to read it.
     api_key: Option<(String, Arc<dyn SecretStore>)>,
+    /// `claude.cli-version`: what the installer installs when the CLI is missing.
+    claude_version: Option<String>,
+    /// Runs the CLI's installer.
+    tools: Arc<dyn Exec>,
+    /// One install at a time: tasks starting together must not race in `~/.local`.
+    install: tokio::sync::Mutex<()>,
 }
 
 /// What tmux says about a session's pane.
@@ -86,6 +93,9 @@ impl TmuxRunner {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             api_key: None,
+            claude_version: config.claude.cli_version.clone(),
+            tools: Arc::new(Processes),
+            install: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -104,6 +114,13 @@ impl TmuxRunner {
     /// of `claude` on the agent's PATH.
     pub fn with_claude_program(mut self, program: impl Into<String>) -> Self {
         self.settings.claude_program = program.into();
+        self
+    }
+
+    /// Installs missing tools (the Claude Code CLI) through `exec` instead of real
+    /// processes.
+    pub fn with_installer(mut self, exec: Arc<dyn Exec>) -> Self {
+        self.tools = exec;
         self
     }
 
@@ -360,6 +377,24 @@ impl TmuxRunner {
         user.give_tree(&launch.workdir)
             .map_err(|e| prepare(&launch.workdir, e))?;
         user.give(&dir).map_err(|e| prepare(&dir, e))?;
+
+        if let TaskSpec::Claude(_) = &launch.task.spec {
+            // The task's environment without its secrets: the installer's command
+            // line is visible to every user in `ps`.
+            let env = merge_env(&[&user.base_env(), &self.env]);
+            let _one = self.install.lock().await;
+            tools::ensure_claude(
+                self.tools.as_ref(),
+                &user,
+                &env,
+                &self.settings.claude_program,
+                self.claude_version.as_deref(),
+                &session,
+                tools::INSTALL_LIMIT,
+            )
+            .await
+            .map_err(not_started)?;
+        }
 
         if let TaskSpec::Docker(d) = &launch.task.spec
             && let Some(registry) = ecr_registry(&d.image)
