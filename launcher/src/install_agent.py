@@ -352,6 +352,13 @@ def main(argv):
                 print("install-agent: could not tag the instance: %s" % t, file=sys.stderr, flush=True)
         return 1
     print("install-agent: leased installed", flush=True)
+    # The agent first, so the deadline is enforced while Docker installs (a minute on
+    # a fresh image; longer when its mirrors are slow). cloud-init's next step starts
+    # it again, which is harmless, if this fails.
+    try:
+        run("systemctl", "enable", "--now", "leased.service")
+    except Exception as e:
+        print("install-agent: WARNING: could not start leased yet: %s" % e, file=sys.stderr, flush=True)
     ensure_docker()
     return 0
 
