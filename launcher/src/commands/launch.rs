@@ -702,7 +702,7 @@ mod tests {
         }
     }
 
-    fn ctx() -> Ctx {
+    pub(super) fn ctx() -> Ctx {
         Ctx {
             output: OutputFormat::Json,
             yes: false,
@@ -1177,17 +1177,12 @@ mod tests {
     async fn the_agent_package_and_its_digest_go_into_the_user_data_or_the_launch_is_refused() {
         let key = lease_common::layout::agent_deb_key(lease_common::VERSION, "amd64");
         // No package for the architecture, default AMI: refused before RunInstances.
+        let args = LaunchArgs {
+            agent_bucket: Some("ctl".into()),
+            ..bare_args(&[])
+        };
         let cloud = FakeCloud::new("us-east-1");
-        let err = run(
-            &cloud,
-            &ctx(),
-            &LaunchArgs {
-                agent_bucket: Some("ctl".into()),
-                ..bare_args(&[])
-            },
-        )
-        .await
-        .unwrap_err();
+        let err = run(&cloud, &ctx(), &args).await.unwrap_err();
         assert_eq!(err.exit_code(), 4, "{err}");
         let text = err.to_string();
         assert!(
@@ -1202,16 +1197,7 @@ mod tests {
             agent_packages: [(("ctl".to_string(), key.clone()), digest.clone())].into(),
             ..FakeCloud::new("us-east-1")
         };
-        run(
-            &cloud,
-            &ctx(),
-            &LaunchArgs {
-                agent_bucket: Some("ctl".into()),
-                ..bare_args(&[])
-            },
-        )
-        .await
-        .unwrap();
+        run(&cloud, &ctx(), &args).await.unwrap();
         let plans = cloud.launched.lock().unwrap().clone();
         let ud = &plans[0].user_data;
         assert!(
@@ -1223,19 +1209,11 @@ mod tests {
 
 #[cfg(test)]
 mod slots_tests {
+    use super::tests::ctx;
     use super::*;
     use crate::cli::Cli;
     use crate::fake::FakeCloud;
     use clap::Parser;
-
-    fn ctx() -> Ctx {
-        Ctx {
-            output: OutputFormat::Json,
-            yes: false,
-            color: false,
-            now: chrono::Utc::now(),
-        }
-    }
 
     fn parse(extra: &[&str]) -> std::result::Result<LaunchArgs, clap::Error> {
         // With an agent package: without one, and on an image that does not carry the
