@@ -2,6 +2,7 @@
 //! the command line and calls [`run`]; everything else lives here, written against the
 //! [`cloud::Cloud`] trait.
 
+pub mod aws;
 pub mod bucket;
 pub mod cli;
 pub mod cloud;
@@ -21,7 +22,6 @@ pub mod schedule;
 pub mod scheduler;
 pub mod setup;
 pub mod submit;
-pub mod table;
 pub mod userdata;
 
 pub use error::{Error, Result};

@@ -25,13 +25,13 @@ use lease_common::tags::Action;
 use crate::bucket::AwsBucket;
 use clap::CommandFactory;
 
+use crate::aws::dynamodb::AwsTables;
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
 use crate::plan::owner_from_arn;
 use crate::profile::StackOutputs;
 use crate::queue::AwsQueue;
-use crate::table::AwsTables;
 
 /// No queue named, and no stack set up to take one from.
 pub fn no_queue() -> Error {

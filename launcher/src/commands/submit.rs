@@ -12,6 +12,7 @@ use lease_common::layout::task_spec_key;
 use lease_common::messages::{MAX_SQS_BODY, MAX_TASK_SPEC, MESSAGE_VERSION, Task, TaskPointer};
 use serde::Serialize;
 
+use crate::aws::dynamodb::{Created, Tables, queued_record};
 use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
@@ -19,7 +20,6 @@ use crate::output;
 use crate::profile::StackOutputs;
 use crate::queue::{Outgoing, TaskQueue};
 use crate::submit;
-use crate::table::{Created, Tables, queued_record};
 
 /// Records written at once: enough to keep a large array quick, few enough to stay far
 /// below a table's on-demand write throttling.
@@ -303,9 +303,9 @@ mod tests {
     use lease_common::records::{self, task};
 
     use super::*;
+    use crate::aws::dynamodb::fake::FakeTables;
+    use crate::aws::dynamodb::{Attr, Item, get_s};
     use crate::queue::QueueCounts;
-    use crate::table::fake::FakeTables;
-    use crate::table::{Attr, Item, get_s};
 
     /// A queue whose sends an agent answers at once: each sent task is claimed
     /// (recorded `running`) before `lease submit` gets to write its record.

@@ -1,0 +1,3 @@
+//! One file per AWS service the launcher uses.
+
+pub mod dynamodb;
