@@ -9,7 +9,7 @@ use lease_common::layout::log_key;
 use lease_common::records::{TaskState, task};
 
 use crate::aws::dynamodb::{Tables, get_s};
-use crate::bucket::Bucket;
+use crate::aws::s3::Bucket;
 use crate::cli::LogsArgs;
 use crate::error::{Error, Result};
 

@@ -6,11 +6,11 @@ use lease_common::records::{TaskState, task};
 use serde::Serialize;
 
 use crate::aws::dynamodb::{Item, Tables, get_s};
+use crate::aws::sqs::{QueueCounts, TaskQueue};
 use crate::cli::{OutputFormat, StatsArgs};
 use crate::commands::Ctx;
 use crate::error::Result;
 use crate::output::{self, Cell, Table};
-use crate::queue::{QueueCounts, TaskQueue};
 
 #[derive(Debug, Serialize)]
 struct Stats {
