@@ -14,7 +14,7 @@ use lease_common::stack::{ClaudeAuth, Location, Stack};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::iam;
+use crate::model::policies as iam;
 use crate::reaper_deploy::policy;
 use crate::setup::bucket::ABORT_MULTIPART_RULE;
 use crate::setup::plan;

@@ -26,7 +26,7 @@ pub enum Error {
     #[error("{0}")]
     MissingProgram(String),
     #[error(transparent)]
-    Profile(#[from] crate::profile::ProfileError),
+    Settings(#[from] crate::settings::SettingsError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -41,10 +41,11 @@ impl Error {
             Error::NotFound(_) => 3,
             Error::Refused(_) => 4,
             Error::MissingProgram(_) => 5,
-            Error::Profile(
-                crate::profile::ProfileError::Parse { .. } | crate::profile::ProfileError::NoHome,
+            Error::Settings(
+                crate::settings::SettingsError::Parse { .. }
+                | crate::settings::SettingsError::NoHome,
             ) => 2,
-            Error::Aws { .. } | Error::Io { .. } | Error::Profile(_) => 1,
+            Error::Aws { .. } | Error::Io { .. } | Error::Settings(_) => 1,
         }
     }
 

@@ -7,18 +7,13 @@ pub mod cli;
 pub mod commands;
 pub mod doctor;
 pub mod error;
-pub mod iam;
 pub mod logging;
+pub mod model;
 pub mod output;
-pub mod plan;
-pub mod profile;
-pub mod quota;
 pub mod reaper_deploy;
 pub mod resolve;
-pub mod schedule;
+pub mod settings;
 pub mod setup;
-pub mod submit;
-pub mod userdata;
 
 pub use error::{Error, Result};
 

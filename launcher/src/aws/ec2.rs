@@ -16,7 +16,7 @@ use lease_common::tags::{Action, LeaseTags, TagError};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
+use crate::model::launch_plan::{ImageInfo, LaunchPlan, TypeInfo};
 
 /// One EC2 instance as the launcher sees it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -558,7 +558,7 @@ pub mod fake {
     use super::{Ec2, Instance, Query};
     use crate::aws::fake::FakeCloud;
     use crate::error::{Error, Result};
-    use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
+    use crate::model::launch_plan::{ImageInfo, LaunchPlan, TypeInfo};
 
     /// A running spot t3.micro with the given tags, for tests of pure command logic.
     pub fn instance(id: &str, tags: &[(&str, &str)]) -> Instance {

@@ -15,7 +15,7 @@ use aws_types::SdkConfig;
 use lease_common::tags::Action;
 
 use crate::error::Result;
-use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
+use crate::model::launch_plan::{ImageInfo, LaunchPlan, TypeInfo};
 use ec2::{AwsEc2, Ec2, Instance, Query};
 use s3::{AgentPackages, AwsBucket};
 use ssm::{AwsParameters, Parameters};
@@ -122,7 +122,7 @@ pub mod fake {
 
     use super::ec2::Instance;
     use crate::error::{Error, Result};
-    use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
+    use crate::model::launch_plan::{ImageInfo, LaunchPlan, TypeInfo};
 
     #[derive(Debug, Default)]
     pub struct FakeCloud {

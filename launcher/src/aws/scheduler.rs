@@ -6,7 +6,7 @@ use aws_types::SdkConfig;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::schedule::kind_of_target;
+use crate::model::schedule_spec::kind_of_target;
 
 /// A schedule to create.
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -95,7 +95,7 @@ pub fn remote_tmux(login: &str, session: &str) -> String {
 pub fn login_user(requested: Option<&str>, image_name: Option<&str>) -> String {
     match (requested, image_name) {
         (Some(u), _) => u.to_string(),
-        (None, Some(name)) => crate::plan::login_user_for(name).to_string(),
+        (None, Some(name)) => crate::model::launch_plan::login_user_for(name).to_string(),
         (None, None) => "ec2-user".to_string(),
     }
 }

@@ -11,7 +11,7 @@ use crate::commands::setup::{location, stack_name};
 use crate::doctor::{self, Check, Clients, Inputs, Status};
 use crate::error::{Error, Result};
 use crate::output;
-use crate::profile::Settings;
+use crate::settings::Settings;
 
 /// Every check, in the order a first-run user fixes them: who and where, then the
 /// network, the stack, what it runs, and permissions.

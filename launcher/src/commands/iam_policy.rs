@@ -11,9 +11,9 @@ use lease_common::stack::{ClaudeAuth, Location, Stack};
 use crate::aws::Cloud;
 use crate::cli::{IamPolicyArgs, PolicyKind};
 use crate::error::{Error, Result};
-use crate::iam;
-use crate::profile::Settings;
+use crate::model::policies;
 use crate::reaper_deploy::policy;
+use crate::settings::Settings;
 
 /// The account id in an ARN (`arn:aws:sts::123456789012:assumed-role/…`): its fifth field.
 fn account_of(arn: &str) -> Option<&str> {
@@ -53,9 +53,9 @@ pub async fn render<C: Cloud>(
     let policy = match args.kind {
         PolicyKind::Agent => {
             let claude = args.claude_auth.unwrap_or(recorded_claude_auth);
-            iam::agent_policy(&stack, &at, &args.pools, claude).map_err(|e| usage(&e))?
+            policies::agent_policy(&stack, &at, &args.pools, claude).map_err(|e| usage(&e))?
         }
-        PolicyKind::Launcher => iam::launcher_policy(&stack, &at),
+        PolicyKind::Launcher => policies::launcher_policy(&stack, &at),
         PolicyKind::Reaper => policy::reaper_policy(&stack, &at),
         PolicyKind::ReaperInvoke => policy::invoke_policy(&stack, &at),
         PolicyKind::Schedules => policy::schedules_policy(&stack, &at),

@@ -19,11 +19,13 @@ use crate::aws::ec2::{Instance, Query};
 use crate::cli::{LaunchArgs, OutputFormat};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
+use crate::model::launch_plan::{
+    self, BlockDeviceMapping, ImageInfo, LaunchPlan, LeaseTerms, Resolved,
+};
+use crate::model::quota::{self, LaunchFailure};
+use crate::model::userdata::{self, AgentSource};
 use crate::output::{self, Cell, Table};
-use crate::plan::{self, BlockDeviceMapping, ImageInfo, LaunchPlan, LeaseTerms, Resolved};
-use crate::profile::StackOutputs;
-use crate::quota::{self, LaunchFailure};
-use crate::userdata::{self, AgentSource};
+use crate::settings::StackOutputs;
 
 /// How long `--wait` waits for every instance to be running.
 const WAIT_LIMIT: Duration = Duration::from_secs(600);
@@ -77,7 +79,7 @@ pub fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
     let terms = LeaseTerms::from_args(args, ctx.yes)?;
     // The tag values too (a --job or --name too long for a tag), with a stand-in for
     // the owner, which is known only once AWS says who the caller is.
-    plan::lease_tags(args, &terms, "-", ctx.now)?;
+    launch_plan::lease_tags(args, &terms, "-", ctx.now)?;
     let mut agent_config = match &args.agent_config {
         Some(path) => {
             AgentConfig::load(path).map_err(|e| Error::usage(format!("--agent-config: {e}")))?
@@ -127,7 +129,7 @@ pub fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
         Some(task) => vec![task],
         None if args.task.is_given() => {
             let random = uuid::Uuid::new_v4().simple().to_string();
-            crate::submit::per_instance(&args.task, args.count as usize, ctx.now, &random)?
+            crate::model::task::per_instance(&args.task, args.count as usize, ctx.now, &random)?
         }
         None => Vec::new(),
     };
@@ -166,13 +168,13 @@ pub struct Chosen {
     pub agent: Option<AgentSource>,
 }
 
-/// Chooses the image for the type (see [`plan::default_image`]) unless `--ami` names
+/// Chooses the image for the type (see [`launch_plan::default_image`]) unless `--ami` names
 /// one, sizes its root volume, and finds the agent package for its architecture:
 /// refused (exit 4) before anything launches when neither the image nor a package can
 /// provide the agent, since an instance without one is never ended but by the reaper.
 pub async fn choose<C: Cloud>(cloud: &C, args: &LaunchArgs, terms: &LeaseTerms) -> Result<Chosen> {
     let info = cloud.type_info(&args.instance_type).await?;
-    let choice = plan::default_image(&info);
+    let choice = launch_plan::default_image(&info);
     let (image_id, source) = match &args.ami {
         // EC2's own placeholder for a parameter, resolved here so the image can be
         // looked at (architecture, root device, whether it carries the agent).
@@ -202,7 +204,7 @@ pub async fn choose<C: Cloud>(cloud: &C, args: &LaunchArgs, terms: &LeaseTerms) 
         Some(a) => a.to_string(),
         None => choice.arch.clone(),
     };
-    let root_volume = plan::root_volume(args, terms, &info, &image, choice.root_gib)?;
+    let root_volume = launch_plan::root_volume(args, terms, &info, &image, choice.root_gib)?;
     let agent = agent_for(cloud, args, &arch, &image).await?;
     Ok(Chosen {
         arch,
@@ -287,7 +289,7 @@ fn plans(
             chosen.agent.as_ref(),
             local.extra_user_data.as_deref(),
         )?;
-        plan::build(
+        launch_plan::build(
             args,
             &local.terms,
             Resolved {
@@ -434,7 +436,7 @@ pub async fn run_prepared<C: Cloud>(
         if let Some(s) = stack {
             for (plan, _) in plans.iter_mut() {
                 for spec in &mut plan.tag_specifications {
-                    spec.tags.push(plan::KeyValue {
+                    spec.tags.push(launch_plan::KeyValue {
                         key: STACK_TAG.to_string(),
                         value: s.stack.clone(),
                     });
@@ -466,7 +468,7 @@ pub async fn run_prepared<C: Cloud>(
     );
     let owner = match &args.owner {
         Some(o) => o.clone(),
-        None => plan::owner_from_arn(&cloud.caller_arn().await?),
+        None => launch_plan::owner_from_arn(&cloud.caller_arn().await?),
     };
     let mut plans = plans(args, &local, &chosen, &owner, ctx)?;
     stack_tag(&mut plans);
@@ -713,7 +715,7 @@ mod tests {
     }
 
     fn stack() -> StackOutputs {
-        let pool = |p: &str| crate::profile::PoolOutputs {
+        let pool = |p: &str| crate::settings::PoolOutputs {
             queue_url: format!("https://sqs/lease-main-pool-{p}"),
             dead_letter_queue_url: format!("https://sqs/lease-main-dlq-{p}"),
         };
@@ -1014,13 +1016,13 @@ mod tests {
 
     #[tokio::test]
     async fn gpu_and_graviton_types_get_their_image_and_package() {
-        let g5 = plan::TypeInfo {
+        let g5 = launch_plan::TypeInfo {
             nvidia_gpus: 1,
             memory_mib: 16384,
             hibernation_supported: false,
             ..crate::aws::ec2::fake::plain_type("g5.xlarge")
         };
-        let m7g = plan::TypeInfo {
+        let m7g = launch_plan::TypeInfo {
             architectures: vec!["arm64".into()],
             ..crate::aws::ec2::fake::plain_type("m7g.large")
         };
@@ -1052,7 +1054,7 @@ mod tests {
         }
         assert_eq!(
             cloud.parameters_read.lock().unwrap().last().unwrap(),
-            &plan::dlami_parameter("x86_64")
+            &launch_plan::dlami_parameter("x86_64")
         );
 
         let cloud = FakeCloud {
@@ -1066,7 +1068,7 @@ mod tests {
         assert!(install_step(&last).unwrap().contains("_arm64.deb"));
         assert_eq!(
             cloud.parameters_read.lock().unwrap().last().unwrap(),
-            &plan::al2023_parameter("arm64")
+            &launch_plan::al2023_parameter("arm64")
         );
         // An image for another architecture than the type's is named before any launch.
         let mut a = launch_args(&["--ami", "ami-fake"]);
@@ -1124,7 +1126,7 @@ mod tests {
             ),
             types: [(
                 "g5.xlarge".to_string(),
-                plan::TypeInfo {
+                launch_plan::TypeInfo {
                     nvidia_gpus: 1,
                     ..crate::aws::ec2::fake::plain_type("g5.xlarge")
                 },

@@ -32,8 +32,8 @@ use crate::aws::sqs::AwsQueue;
 use crate::aws::sts::Identity;
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::error::{Error, Result};
-use crate::plan::owner_from_arn;
-use crate::profile::StackOutputs;
+use crate::model::launch_plan::owner_from_arn;
+use crate::settings::StackOutputs;
 
 /// No queue named, and no stack set up to take one from.
 pub fn no_queue() -> Error {
@@ -52,7 +52,7 @@ pub fn no_bucket() -> Error {
 /// The stack recorded by `lease setup` for this region (`LEASE_STACK`, else the
 /// default stack), read only when a command has a value to default.
 fn stack_in(region: &str) -> Result<Option<StackOutputs>> {
-    Ok(crate::profile::active_stack(region)?)
+    Ok(crate::settings::active_stack(region)?)
 }
 
 /// What every command needs besides AWS: how to print, whether to ask, and the time.
@@ -145,7 +145,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let mut a = (**a).clone();
             a.work.bucket = bucket;
             (a.table.tasks_table, _) =
-                crate::profile::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
+                crate::settings::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
             submit::run_to(
                 &AwsQueue::new(&sdk),
                 &AwsBucket::new(&sdk),
@@ -166,7 +166,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                         .and_then(|s| s.pool(None).map(|p| p.queue_url.clone()));
                 }
                 (a.table.tasks_table, _) =
-                    crate::profile::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
+                    crate::settings::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
             }
             stats::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, &a).await
         }
@@ -174,7 +174,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let mut a = a.clone();
             if a.tasks_table.is_none() {
                 (a.tasks_table, _) =
-                    crate::profile::tables(None, None, stack_in(cloud.region())?.as_ref());
+                    crate::settings::tables(None, None, stack_in(cloud.region())?.as_ref());
             }
             tasks::run(&AwsTables::new(&sdk), &ctx, &a).await
         }
@@ -182,7 +182,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             let mut a = a.clone();
             if a.nodes_table.is_none() {
                 (_, a.nodes_table) =
-                    crate::profile::tables(None, None, stack_in(cloud.region())?.as_ref());
+                    crate::settings::tables(None, None, stack_in(cloud.region())?.as_ref());
             }
             nodes::run(&AwsTables::new(&sdk), &ctx, &a).await
         }
@@ -193,7 +193,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
                 a.bucket = stack.as_ref().map(|s| s.bucket.clone());
             }
             if a.tasks_table.is_none() {
-                (a.tasks_table, _) = crate::profile::tables(None, None, stack.as_ref());
+                (a.tasks_table, _) = crate::settings::tables(None, None, stack.as_ref());
             }
             let tables = AwsTables::new(&sdk);
             logs::run(
@@ -212,7 +212,9 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             }
             download::run(&AwsBucket::new(&sdk), &ctx, &a).await
         }
-        Command::IamPolicy(a) => iam_policy::run(&cloud, a, &crate::profile::default_path()?).await,
+        Command::IamPolicy(a) => {
+            iam_policy::run(&cloud, a, &crate::settings::default_path()?).await
+        }
         Command::Schedule(a) => {
             schedule::run(
                 &cloud,
@@ -223,11 +225,11 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             .await
         }
         Command::Setup(a) => {
-            let path = crate::profile::default_path()?;
+            let path = crate::settings::default_path()?;
             setup::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
         }
         Command::Doctor(a) => {
-            let path = crate::profile::default_path()?;
+            let path = crate::settings::default_path()?;
             let clients = crate::doctor::Clients {
                 setup: crate::setup::Clients::new(&sdk),
                 ec2: aws_sdk_ec2::Client::new(&sdk),
@@ -243,7 +245,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             .await
         }
         Command::Teardown(a) => {
-            let path = crate::profile::default_path()?;
+            let path = crate::settings::default_path()?;
             teardown::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
         }
         Command::Completions { .. } => Ok(()),

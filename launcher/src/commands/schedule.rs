@@ -18,10 +18,10 @@ use crate::cli::{
 use crate::commands::Ctx;
 use crate::commands::launch::{LocalInputs, agent_source, read_local};
 use crate::error::{Error, Result};
+use crate::model::launch_plan::{self, Resolved};
+use crate::model::schedule_spec;
+use crate::model::userdata;
 use crate::output::{self, Cell, Table};
-use crate::plan::{self, Resolved};
-use crate::schedule;
-use crate::{submit, userdata};
 
 /// What may follow `--`: the `submit` and `launch` commands, with the very flag
 /// definitions `lease submit` and `lease launch` use.
@@ -63,15 +63,15 @@ fn parse_scheduled(words: &[String]) -> Result<Scheduled> {
 
 /// The stack and the schedule's expression and time zone, checked.
 fn checked(args: &ScheduleCreateArgs) -> Result<(Stack, String)> {
-    schedule::validate_name(&args.name)?;
+    schedule_spec::validate_name(&args.name)?;
     let stack = Stack::new(&args.stack.stack).map_err(|e| Error::usage(e.to_string()))?;
     let expression = match (&args.cron, &args.rate) {
-        (Some(cron), None) => schedule::cron_expression(cron)?,
-        (None, Some(rate)) => schedule::rate_expression(rate)?,
+        (Some(cron), None) => schedule_spec::cron_expression(cron)?,
+        (None, Some(rate)) => schedule_spec::rate_expression(rate)?,
         _ => return Err(Error::usage("give exactly one of --cron and --rate")),
     };
     if let Some(tz) = &args.timezone {
-        schedule::validate_timezone(tz)?;
+        schedule_spec::validate_timezone(tz)?;
     }
     Ok((stack, expression))
 }
@@ -98,10 +98,10 @@ fn scheduled_task(name: &str, args: &SubmitArgs, ctx: &Ctx) -> Result<Task> {
             "--array and --param do not apply to a scheduled submit: each run publishes one task (create one schedule per variant)",
         ));
     }
-    let mut task = submit::build(args, ctx.now, "scheduled")?
+    let mut task = crate::model::task::build(args, ctx.now, "scheduled")?
         .pop()
         .ok_or_else(|| Error::usage("submit: no task to schedule"))?;
-    task.id = schedule::task_id(name);
+    task.id = schedule_spec::task_id(name);
     if let Some(pool) = &task.pool {
         lease_common::stack::validate_pool(pool).map_err(|e| Error::usage(e.to_string()))?;
     }
@@ -157,18 +157,22 @@ async fn create<C: Cloud, S: Schedules>(
                 .topic_arn
                 .clone()
                 .unwrap_or_else(|| at.arn("sns", &stack.command_topic()));
-            let input = schedule::publish_input(&topic, &task).to_string();
+            let input = schedule_spec::publish_input(&topic, &task).to_string();
             if input.len() > MAX_SQS_BODY {
                 return Err(Error::usage(format!(
                     "the scheduled task is {} bytes, more than a message takes ({MAX_SQS_BODY})",
                     input.len()
                 )));
             }
-            ("submit", schedule::publish_target(&at.partition), input)
+            (
+                "submit",
+                schedule_spec::publish_target(&at.partition),
+                input,
+            )
         }
         Prepared::Launch(launch) => {
             let (a, local) = *launch;
-            let choice = plan::default_image(&cloud.type_info(&a.instance_type).await?);
+            let choice = launch_plan::default_image(&cloud.type_info(&a.instance_type).await?);
             let arch = choice.arch.clone();
             let agent = agent_source(cloud, &a, &arch).await?;
             let resolved = Resolved {
@@ -181,7 +185,7 @@ async fn create<C: Cloud, S: Schedules>(
                 owner: a
                     .owner
                     .clone()
-                    .unwrap_or_else(|| plan::owner_from_arn(&caller)),
+                    .unwrap_or_else(|| launch_plan::owner_from_arn(&caller)),
                 user_data: userdata::render(
                     &local.agent_config,
                     agent.as_ref(),
@@ -189,12 +193,12 @@ async fn create<C: Cloud, S: Schedules>(
                 )?,
                 client_token: String::new(),
             };
-            let plan = plan::build(&a, &local.terms, resolved, ctx.now)?;
-            let token = schedule::client_token(&group, &args.name);
-            let input = schedule::run_instances_input(&plan, &token)?.to_string();
+            let plan = launch_plan::build(&a, &local.terms, resolved, ctx.now)?;
+            let token = schedule_spec::client_token(&group, &args.name);
+            let input = schedule_spec::run_instances_input(&plan, &token)?.to_string();
             (
                 "launch",
-                schedule::run_instances_target(&at.partition),
+                schedule_spec::run_instances_target(&at.partition),
                 input,
             )
         }

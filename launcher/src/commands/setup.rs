@@ -11,8 +11,8 @@ use crate::cli::{OutputFormat, SetupArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
-use crate::profile::{Settings, StackOutputs};
 use crate::reaper_deploy::{PackageError, ReaperPackage};
+use crate::settings::{Settings, StackOutputs};
 use crate::setup::plan::{self, Wanted};
 use crate::setup::{self, AgentPackage, Clients, Outcome, Reaper, Report};
 

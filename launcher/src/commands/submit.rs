@@ -18,9 +18,9 @@ use crate::aws::sqs::{Outgoing, TaskQueue};
 use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
+use crate::model;
 use crate::output;
-use crate::profile::StackOutputs;
-use crate::submit;
+use crate::settings::StackOutputs;
 
 /// Records written at once: enough to keep a large array quick, few enough to stay far
 /// below a table's on-demand write throttling.
@@ -175,7 +175,7 @@ pub async fn run_to<Q: TaskQueue, S: Uploads, T: Tables>(
         }
     };
     let random = uuid::Uuid::new_v4().simple().to_string();
-    let tasks = submit::build(args, ctx.now, &random)?;
+    let tasks = model::task::build(args, ctx.now, &random)?;
     let mut sent: Vec<Submitted> = Vec::new();
     let mut refused: Vec<(String, String)> = Vec::new();
     for chunk in tasks.chunks(BATCH) {
@@ -209,7 +209,7 @@ pub async fn run_to<Q: TaskQueue, S: Uploads, T: Tables>(
         for (t, spec_s3) in pointers {
             match results.iter().find(|(id, _)| id == &t.id) {
                 Some((_, Ok(message_id))) => sent.push(Submitted {
-                    summary: submit::summary(&t.spec),
+                    summary: model::task::summary(&t.spec),
                     id: t.id.clone(),
                     kind: t.spec.kind(),
                     message_id: message_id.clone(),
@@ -477,7 +477,7 @@ mod tests {
 mod destination_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::profile::PoolOutputs;
+    use crate::settings::PoolOutputs;
 
     fn stack() -> StackOutputs {
         StackOutputs {

@@ -13,7 +13,7 @@ use crate::cli::TeardownArgs;
 use crate::commands::Ctx;
 use crate::commands::setup::{location, print_report, stack_name};
 use crate::error::{Error, Result};
-use crate::profile::Settings;
+use crate::settings::Settings;
 use crate::setup::plan::Wanted;
 use crate::setup::{self, Clients, Outcome, Report};
 

@@ -24,8 +24,8 @@ use aws_types::SdkConfig;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::profile::{PoolOutputs, StackOutputs};
 use crate::reaper_deploy::{self, Change, DeployClients, DeployError, ReaperPackage};
+use crate::settings::{PoolOutputs, StackOutputs};
 use plan::Wanted;
 
 /// What happened to one resource.
@@ -253,7 +253,7 @@ pub async fn ensure(
     }
 
     let role_name = w.stack.agent_role();
-    let policy = crate::iam::agent_policy(&w.stack, &w.at, &[], w.claude_auth)
+    let policy = crate::model::policies::agent_policy(&w.stack, &w.at, &[], w.claude_auth)
         .map_err(|e| Error::usage(e.to_string()))?;
     let policy_name = plan::agent_policy_name(w.at.region.as_str());
     let (role_outcome, policy_outcome) =

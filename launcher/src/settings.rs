@@ -21,7 +21,7 @@ pub const CONFIG_ENV: &str = "LEASE_CONFIG";
 pub const STACK_ENV: &str = "LEASE_STACK";
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProfileError {
+pub enum SettingsError {
     #[error("Failed to read lease settings '{path}': {source}")]
     Read {
         path: PathBuf,
@@ -87,7 +87,7 @@ pub struct PoolOutputs {
 }
 
 /// Where the settings file is, given how to read an environment variable.
-pub fn settings_path(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, ProfileError> {
+pub fn settings_path(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, SettingsError> {
     let set = |k: &str| env(k).filter(|v| !v.is_empty());
     if let Some(p) = set(CONFIG_ENV) {
         return Ok(PathBuf::from(p));
@@ -98,7 +98,7 @@ pub fn settings_path(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, 
     {
         return Ok(x.join("lease").join("config.yaml"));
     }
-    let home = set("HOME").ok_or(ProfileError::NoHome)?;
+    let home = set("HOME").ok_or(SettingsError::NoHome)?;
     Ok(PathBuf::from(home)
         .join(".config")
         .join("lease")
@@ -106,18 +106,18 @@ pub fn settings_path(env: impl Fn(&str) -> Option<OsString>) -> Result<PathBuf, 
 }
 
 /// The settings file of this process's environment.
-pub fn default_path() -> Result<PathBuf, ProfileError> {
+pub fn default_path() -> Result<PathBuf, SettingsError> {
     settings_path(|k| std::env::var_os(k))
 }
 
 impl Settings {
     /// Reads the file; a missing file is empty settings (nothing set up yet).
-    pub fn load(path: &Path) -> Result<Self, ProfileError> {
+    pub fn load(path: &Path) -> Result<Self, SettingsError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
             Err(source) => {
-                return Err(ProfileError::Read {
+                return Err(SettingsError::Read {
                     path: path.to_path_buf(),
                     source,
                 });
@@ -126,7 +126,7 @@ impl Settings {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(&text).map_err(|e| ProfileError::Parse {
+        serde_yaml_ng::from_str(&text).map_err(|e| SettingsError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })
@@ -140,8 +140,8 @@ impl Settings {
     }
 
     /// Writes the file atomically, creating its folder.
-    pub fn save(&self, path: &Path) -> Result<(), ProfileError> {
-        let write_err = |source| ProfileError::Write {
+    pub fn save(&self, path: &Path) -> Result<(), SettingsError> {
+        let write_err = |source| SettingsError::Write {
             path: path.to_path_buf(),
             source,
         };
@@ -248,7 +248,7 @@ pub fn tables(
 
 /// The active stack's section for `region`, read from this process's settings file;
 /// `None` when nothing is set up there.
-pub fn active_stack(region: &str) -> Result<Option<StackOutputs>, ProfileError> {
+pub fn active_stack(region: &str) -> Result<Option<StackOutputs>, SettingsError> {
     let path = default_path()?;
     let settings = Settings::load(&path)?;
     let chosen = std::env::var(STACK_ENV).ok().filter(|s| !s.is_empty());
@@ -307,7 +307,10 @@ mod tests {
             p.unwrap(),
             PathBuf::from("/home/a/.config/lease/config.yaml")
         );
-        assert!(matches!(settings_path(env(&[])), Err(ProfileError::NoHome)));
+        assert!(matches!(
+            settings_path(env(&[])),
+            Err(SettingsError::NoHome)
+        ));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::plan::LaunchPlan;
+use crate::model::launch_plan::LaunchPlan;
 
 /// Scheduler's own names for a run, substituted into a target's input at each run.
 pub const EXECUTION_ID: &str = "<aws.scheduler.execution-id>";
