@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod doctor;
 pub mod error;
+pub mod launch_inputs;
 pub mod logging;
 pub mod model;
 pub mod output;

@@ -16,8 +16,8 @@ use crate::cli::{
     LaunchArgs, OutputFormat, ScheduleCommand, ScheduleCreateArgs, ScheduleNameArgs, SubmitArgs,
 };
 use crate::commands::Ctx;
-use crate::commands::launch::{LocalInputs, agent_source, read_local};
 use crate::error::{Error, Result};
+use crate::launch_inputs::{LocalInputs, agent_source, read_local};
 use crate::model::launch_plan::{self, Resolved};
 use crate::model::schedule_spec;
 use crate::model::userdata;
