@@ -158,3 +158,71 @@ impl Ec2Api for SdkEc2 {
         })
     }
 }
+
+#[cfg(test)]
+pub mod fake {
+    //! An EC2 that records the tags written and the actions taken, and can be told to
+    //! refuse the action a number of times.
+    use std::sync::{Arc, Mutex};
+
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::clock::Clock;
+
+    #[derive(Debug)]
+    pub struct FakeEc2 {
+        pub clock: Arc<dyn Clock>,
+        pub acts: Mutex<Vec<(Action, DateTime<Utc>)>>,
+        pub tagged: Mutex<Vec<(String, String)>>,
+        pub fail_acts: Mutex<u32>,
+    }
+
+    impl FakeEc2 {
+        pub fn new(clock: Arc<dyn Clock>) -> Self {
+            Self {
+                clock,
+                acts: Mutex::default(),
+                tagged: Mutex::default(),
+                fail_acts: Mutex::new(0),
+            }
+        }
+    }
+
+    impl Ec2Api for FakeEc2 {
+        fn describe_tags<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<BTreeMap<String, String>, Ec2Error>> {
+            Box::pin(async move {
+                Err(Ec2Error::DescribeTags {
+                    instance_id: id.into(),
+                    reason: "not used".into(),
+                })
+            })
+        }
+        fn create_tags<'a>(
+            &'a self,
+            _id: &'a str,
+            tags: Vec<(String, String)>,
+        ) -> BoxFuture<'a, Result<(), Ec2Error>> {
+            self.tagged.lock().unwrap().extend(tags);
+            Box::pin(async { Ok(()) })
+        }
+        fn act<'a>(&'a self, id: &'a str, action: Action) -> BoxFuture<'a, Result<(), Ec2Error>> {
+            let mut fail = self.fail_acts.lock().unwrap();
+            if *fail > 0 {
+                *fail -= 1;
+                return Box::pin(async move {
+                    Err(Ec2Error::Act {
+                        instance_id: id.into(),
+                        action,
+                        reason: "injected".into(),
+                    })
+                });
+            }
+            self.acts.lock().unwrap().push((action, self.clock.now()));
+            Box::pin(async { Ok(()) })
+        }
+    }
+}

@@ -1,11 +1,12 @@
 //! `leased`, the agent on every instance `lease` launches: it enforces the lease's
 //! deadline, shuts idle machines down, reacts to spot interruption notices, and reports
 //! to the control bus. `main.rs` is wiring; everything else is here, with its
-//! dependencies passed in so tests can hand it fakes.
+//! dependencies passed in ([`Deps`]) so tests can hand it fakes.
 //!
-//! Shape: watchers ([`watchers`], [`spot`], [`control`]) feed one channel; the
-//! [`decide::DecisionLoop`] is the only place that decides to end the lease; every
-//! decision is a pure function of the clock's time and the loop's state.
+//! Shape: sources ([`sources`], [`control`], the one-shot task's end) feed one channel;
+//! the [`lease::DecisionLoop`] is the only place that decides to end the lease; every
+//! decision is a pure function of the loop's state, its input and the clock's time
+//! ([`lease::state`]), which returns the effects the loop then carries out.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lease_common::aws::{AwsConfigError, AwsOptions, load_sdk_config};
+use lease_common::aws::AwsConfigError;
 use lease_common::config::AgentConfig;
 use lease_common::messages::EventKind;
 use tokio::sync::mpsc;
@@ -22,26 +23,29 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod deadline;
-pub mod decide;
+pub mod deps;
 pub mod ec2;
 pub mod events;
 pub mod idle;
 pub mod imds;
+pub mod lease;
 pub mod memory;
 pub mod notify;
 pub mod power;
+pub mod report;
 pub mod run;
+pub mod sources;
 pub mod spot;
 pub mod state;
 pub mod tagread;
+pub mod tagwrite;
 pub mod upload;
-pub mod watchers;
 pub mod work;
-pub mod worker;
 
-pub use decide::{Outcome, StopReason};
+pub use deps::Deps;
+pub use lease::{Outcome, StopReason};
 
-/// A boxed future, for the traits the decision loop holds as `dyn` (async functions in
+/// A boxed future, for the traits the lease loop holds as `dyn` (async functions in
 /// traits are not object safe).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -70,20 +74,18 @@ pub struct RunOptions {
     pub config_file: Option<PathBuf>,
     /// The command-line layer, applied again on reload.
     pub overrides: config::Overrides,
-    /// `LEASED_TMUX_SOCKET`: the tmux server's socket path over the config's
-    /// `tmux-socket` (tests running side by side each use their own).
-    pub tmux_socket: Option<PathBuf>,
 }
 
 /// Runs the daemon until the lease ends or `shutdown` resolves.
 pub async fn run(
     opts: RunOptions,
+    deps: Deps,
     shutdown: impl Future<Output = StopReason>,
 ) -> Result<Outcome, AgentError> {
     tokio::pin!(shutdown);
     let config = opts.config.clone();
-    let clock: Arc<dyn clock::Clock> = Arc::new(clock::SystemClock);
-    let metadata: Arc<dyn imds::Metadata> = Arc::new(imds::Imds::from_env()?);
+    let clock = deps.clock.clone();
+    let metadata = deps.metadata.clone();
     let saved = state::load(&config.state_dir);
 
     let identity = tokio::select! {
@@ -101,23 +103,8 @@ pub async fn run(
         .region
         .clone()
         .unwrap_or_else(|| identity.region.clone());
-    let sdk = load_sdk_config(&AwsOptions {
-        profile: config.profile.clone(),
-        region: Some(region),
-        endpoint_url: None,
-    })
-    .await?;
-    let ec2: Arc<dyn ec2::Ec2Api> = Arc::new(ec2::SdkEc2::new(aws_sdk_ec2::Client::new(&sdk)));
-    let publisher: Arc<dyn events::Publisher> = match &config.topic_arn {
-        Some(arn) => Arc::new(events::SnsPublisher::new(
-            aws_sdk_sns::Client::new(&sdk),
-            arn.clone(),
-        )),
-        None => {
-            tracing::warn!("no topic-arn configured: events are logged, not published");
-            Arc::new(events::LogPublisher)
-        }
-    };
+    let clients = deps.connect.connect(&config, region).await?;
+    let ec2 = clients.ec2.clone();
     // One API call now, in the background: it fills the SDK's credential cache (the
     // instance role's credentials come from IMDS), so an IMDS outage at the deadline
     // cannot also take away the credentials the terminate needs; and a role that
@@ -163,52 +150,59 @@ pub async fn run(
         })
         .unwrap_or_else(|| identity.instance_id.clone());
     let emitter = events::Emitter::new(
-        publisher,
+        clients.publisher.clone(),
         clock.clone(),
         node_id.clone(),
         identity.instance_id.clone(),
     );
+    let status_tags = tagwrite::StatusTags::new(ec2.clone(), identity.instance_id.clone());
     let (tx, rx) = mpsc::channel(64);
-    let (worker, queue_worker) = match build_worker(
-        &opts,
-        &sdk,
-        &identity.instance_id,
-        &node_id,
-        ec2.clone(),
-        emitter.clone(),
-        clock.clone(),
-        tx.clone(),
-    ) {
-        Some(w) => (Arc::new(w.clone()) as Arc<dyn worker::TaskWorker>, Some(w)),
-        None => (
-            Arc::new(worker::NoopWorker::default()) as Arc<dyn worker::TaskWorker>,
-            None,
-        ),
+    let queue_worker = clients.work.map(|w| {
+        let deps = work::WorkDeps {
+            queue: w.queue,
+            table: w.table,
+            store: w.store,
+            runner: w.runner,
+            emitter: emitter.clone(),
+            clock: clock.clone(),
+            status: status_tags.clone(),
+            lease: Arc::new(tx.clone()),
+        };
+        let settings = work::WorkSettings::new(
+            config.state_dir.clone(),
+            node_id.clone(),
+            identity.instance_id.clone(),
+            config.max_concurrent_tasks,
+        )
+        .with_test_overrides();
+        work::QueueWorker::new(deps, settings)
+    });
+    let worker: Arc<dyn work::TaskWorker> = match &queue_worker {
+        Some(w) => Arc::new(w.clone()) as Arc<dyn work::TaskWorker>,
+        None => Arc::new(work::NoopWorker::default()) as Arc<dyn work::TaskWorker>,
     };
     let reload = opts.config_file.clone().map(|file| {
         let overrides = opts.overrides.clone();
-        decide::Reloader(Arc::new(move || {
+        lease::Reloader(Arc::new(move || {
             config::resolve(Some(&file), &overrides).map_err(|e| e.to_string())
         }))
     });
-    let deps = decide::Deps {
+    let lease_deps = lease::Deps {
         clock: clock.clone(),
         ec2: ec2.clone(),
+        status: status_tags,
         tags: tags.clone(),
         emitter: emitter.clone(),
         worker,
-        power: Arc::new(power::SystemdPowerOff),
-        notifier: notify::Notifier::from_env(),
+        power: deps.power.clone(),
+        notifier: deps.notifier.clone(),
         reload,
         terminate_grace: TERMINATE_GRACE,
-        // Messages to logged-in terminals are for the instance's users; a run by hand
-        // or from a test must not write to a workstation's terminals. systemd sets
-        // INVOCATION_ID for every unit it starts.
-        wall: std::env::var_os("INVOCATION_ID").is_some(),
+        wall: deps.wall,
     };
-    let (decision_loop, snapshot) = decide::DecisionLoop::new(
-        deps,
-        decide::Settings::from_config(&config),
+    let (decision_loop, snapshot) = lease::DecisionLoop::new(
+        lease_deps,
+        lease::Settings::from_config(&config),
         identity.clone(),
         node_id,
         node_name.clone(),
@@ -217,26 +211,21 @@ pub async fn run(
     );
 
     let listener = control::bind(&config.runtime_dir).await?;
-    let node_table: Option<Arc<dyn work::nodes::NodeTable>> = config.nodes_table.clone().map(|t| {
-        Arc::new(work::nodes::DynamoNodeTable::new(
-            aws_sdk_dynamodb::Client::new(&sdk),
-            t,
-        )) as Arc<dyn work::nodes::NodeTable>
-    });
+    let node_table = clients.node_table;
     let registry_snapshot = snapshot.clone();
     let mut watchers = vec![
-        tokio::spawn(spot::watch(
+        tokio::spawn(sources::spot::watch(
             metadata.clone(),
             config.spot_poll_interval.as_duration(),
             tx.clone(),
         )),
-        tokio::spawn(watchers::refresh_tags(
+        tokio::spawn(sources::tags::refresh_tags(
             tags,
             config.tag_refresh_interval.as_duration(),
             tx.clone(),
         )),
-        tokio::spawn(watchers::sample_idle(config.idle.clone(), tx.clone())),
-        tokio::spawn(watchers::heartbeat(
+        tokio::spawn(sources::idle::sample_idle(config.idle.clone(), tx.clone())),
+        tokio::spawn(report::heartbeat(
             emitter.clone(),
             snapshot.clone(),
             clock.clone(),
@@ -244,13 +233,13 @@ pub async fn run(
         )),
         tokio::spawn(control::serve(
             listener,
-            snapshot,
+            status_reply(snapshot, clock.clone()),
             tx.clone(),
-            clock.clone(),
+            lease::Input::Control,
         )),
     ];
     if let Some(table) = &node_table {
-        watchers.push(tokio::spawn(work::nodes::keep_registered(
+        watchers.push(tokio::spawn(report::nodes::keep_registered(
             table.clone(),
             registry_snapshot.clone(),
             clock.clone(),
@@ -277,84 +266,24 @@ pub async fn run(
         w.abort();
     }
     if let Some(table) = &node_table {
-        let last = work::nodes::NodeRecord::from_snapshot(
+        let last = report::nodes::NodeRecord::from_snapshot(
             &registry_snapshot.borrow(),
             (config.pool.clone(), config.max_concurrent_tasks),
             registered_at,
             clock.now(),
         );
-        work::nodes::deregister(table.as_ref(), last, clock.now()).await;
+        report::nodes::deregister(table.as_ref(), last, clock.now()).await;
     }
     let _ = std::fs::remove_file(control::socket_path(&config.runtime_dir));
     Ok(outcome)
 }
 
-/// The task worker, when there is work to take: a queue, or a one-shot task.
-#[allow(clippy::too_many_arguments)]
-fn build_worker(
-    opts: &RunOptions,
-    sdk: &aws_types::SdkConfig,
-    instance_id: &str,
-    node_id: &str,
-    ec2: Arc<dyn ec2::Ec2Api>,
-    emitter: events::Emitter,
+/// `leased status`'s answer, from the loop's latest snapshot without disturbing it.
+fn status_reply(
+    snapshot: tokio::sync::watch::Receiver<lease::Snapshot>,
     clock: Arc<dyn clock::Clock>,
-    to_loop: mpsc::Sender<decide::Input>,
-) -> Option<work::QueueWorker> {
-    let config = &opts.config;
-    if config.queue_url.is_none() && config.task.is_none() {
-        return None;
-    }
-    // Each client only where its setting is: an agent without a worker, or with part
-    // of one, does not carry (in memory) the code of what it never calls.
-    let runner: Arc<dyn run::Runner> = if config.mock_mode {
-        Arc::new(run::MockRunner::default())
-    } else {
-        let ecr = Arc::new(run::SdkEcr::new(aws_sdk_ecr::Client::new(sdk)));
-        let region = sdk.region().map(|r| r.to_string()).unwrap_or_default();
-        let mut tmux = run::TmuxRunner::new(config, region, ecr);
-        if let Some(socket) = &opts.tmux_socket {
-            tmux = tmux.with_socket(socket.clone());
-        }
-        if let Some(name) = &config.claude.api_key_parameter {
-            let ssm = run::SdkSsm::new(aws_sdk_ssm::Client::new(sdk));
-            tmux = tmux.with_api_key_parameter(name.clone(), Arc::new(ssm));
-        }
-        Arc::new(tmux)
-    };
-    let deps = work::WorkDeps {
-        queue: config.queue_url.clone().map(|url| {
-            Arc::new(work::queue::SqsQueue::new(
-                aws_sdk_sqs::Client::new(sdk),
-                url,
-            )) as Arc<dyn work::queue::TaskQueue>
-        }),
-        table: config.tasks_table.clone().map(|t| {
-            Arc::new(work::records::DynamoTaskTable::new(
-                aws_sdk_dynamodb::Client::new(sdk),
-                t,
-            )) as Arc<dyn work::records::TaskTable>
-        }),
-        store: config.log_bucket.clone().map(|b| {
-            Arc::new(work::store::S3Store::new(
-                lease_common::aws::s3_client(sdk),
-                b,
-            )) as Arc<dyn work::store::ResultStore>
-        }),
-        runner,
-        emitter,
-        clock,
-        ec2,
-        to_loop,
-    };
-    let settings = work::WorkSettings::new(
-        config.state_dir.clone(),
-        node_id.to_string(),
-        instance_id.to_string(),
-        config.max_concurrent_tasks,
-    )
-    .with_test_overrides();
-    Some(work::QueueWorker::new(deps, settings))
+) -> control::server::StatusFn {
+    Arc::new(move || snapshot.borrow().reply(clock.now()))
 }
 
 /// Reads the identity from IMDS, retrying. After [`IDENTITY_PATIENCE`] without an

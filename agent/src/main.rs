@@ -8,7 +8,7 @@ use lease_common::HumanDuration;
 use lease_common::config::AgentConfig;
 use leased::config::{self, Overrides};
 use leased::control::{self, Reply, Request};
-use leased::{Outcome, RunOptions, StopReason};
+use leased::{Deps, Outcome, RunOptions, StopReason};
 
 /// sysexits' EX_CONFIG: the configuration is wrong. systemd units can tell it apart
 /// (`RestartPreventExitStatus=78`) so a bad config is not restarted in a loop.
@@ -157,9 +157,17 @@ async fn run(cli: Cli) -> ExitCode {
                 config,
                 config_file: file,
                 overrides,
-                tmux_socket: std::env::var_os("LEASED_TMUX_SOCKET").map(PathBuf::from),
             };
-            match leased::run(opts, signals()).await {
+            let deps = match Deps::system(std::env::var_os("LEASED_TMUX_SOCKET").map(PathBuf::from))
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("leased: {e}");
+                    tracing::error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match leased::run(opts, deps, signals()).await {
                 Ok(Outcome::Stopped(_)) => ExitCode::SUCCESS,
                 Ok(Outcome::Ended { acted: true, .. }) => ExitCode::SUCCESS,
                 Ok(Outcome::Ended { acted: false, .. }) => ExitCode::FAILURE,

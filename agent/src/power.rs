@@ -34,6 +34,9 @@ pub trait PowerOff: Send + Sync + Debug {
     /// `Ok` when a poweroff would be carried out, else why not.
     fn allowed(&self) -> Result<(), String>;
     fn power_off(&self) -> BoxFuture<'_, Result<(), PowerError>>;
+    /// True when the whole machine is going down (not merely the agent stopping): the
+    /// stop then interrupts running tasks, which would not survive it.
+    fn machine_stopping(&self) -> BoxFuture<'_, bool>;
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -79,6 +82,10 @@ impl PowerOff for SystemdPowerOff {
             }
         })
     }
+
+    fn machine_stopping(&self) -> BoxFuture<'_, bool> {
+        Box::pin(system_is_stopping())
+    }
 }
 
 /// Never powers anything off (tests).
@@ -97,11 +104,35 @@ impl PowerOff for NeverPowerOff {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async { Err(PowerError::NotAllowed("power-off is disabled here".into())) })
     }
+
+    /// Tests never run on a machine going down.
+    fn machine_stopping(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
+}
+
+/// A poweroff that is "allowed" and only counts (tests of the fallback).
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub struct CountingPowerOff(pub std::sync::Mutex<u32>);
+
+#[cfg(test)]
+impl PowerOff for CountingPowerOff {
+    fn allowed(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn power_off(&self) -> BoxFuture<'_, Result<(), PowerError>> {
+        *self.0.lock().unwrap() += 1;
+        Box::pin(async { Ok(()) })
+    }
+    fn machine_stopping(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async { false })
+    }
 }
 
 /// True when systemd says the whole machine is going down (not merely this service
 /// stopping). Only asked where systemd is PID 1; bounded by a timeout.
-pub async fn system_is_stopping() -> bool {
+async fn system_is_stopping() -> bool {
     let pid1 = std::fs::read_to_string("/proc/1/comm").unwrap_or_default();
     if pid1.trim() != "systemd" {
         return false;

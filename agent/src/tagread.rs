@@ -87,3 +87,29 @@ impl TagSource for TagReader {
         })
     }
 }
+
+#[cfg(test)]
+pub mod fake {
+    //! Tags a test sets and changes; `None` reads as unreadable.
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    pub type TagMap = Arc<Mutex<Option<BTreeMap<String, String>>>>;
+
+    #[derive(Debug)]
+    pub struct FakeTags(pub TagMap);
+
+    impl TagSource for FakeTags {
+        fn read(&self, _budget: Budget) -> BoxFuture<'_, TagRead> {
+            let r = self.0.lock().unwrap().clone();
+            Box::pin(async move {
+                r.map(|t| (t, TagOrigin::Metadata)).ok_or(TagReadError {
+                    instance_id: "i-1".into(),
+                    imds: "down".into(),
+                    ec2: "down".into(),
+                })
+            })
+        }
+    }
+}

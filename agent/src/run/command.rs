@@ -5,7 +5,7 @@ use std::path::Path;
 
 use lease_common::messages::{ClaudeSpec, DockerSpec, Task, TaskSpec};
 
-use super::tmux::session_name;
+use lease_common::session::task_session;
 
 /// What the agent's config and identity add to a task's command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +111,7 @@ fn docker(task_id: &str, d: &DockerSpec, workdir: &Path) -> Result<Plan, String>
     if d.image.trim().is_empty() || d.image.starts_with('-') {
         return Err(format!("'image' {:?} is not an image reference", d.image));
     }
-    let name = session_name(task_id);
+    let name = task_session(task_id);
     let mut argv: Vec<String> = vec![
         "docker".into(),
         "run".into(),

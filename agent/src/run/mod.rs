@@ -45,7 +45,7 @@ pub use parse::{OutputParser, Summary};
 pub use process::Finished;
 pub use secret::{SdkSsm, SecretError, SecretStore};
 pub use tail::LogTail;
-pub use tmux::{TmuxRunner, session_name};
+pub use tmux::TmuxRunner;
 pub use tools::{Exec, INSTALL_LIMIT, Processes};
 pub use user::TaskUser;
 pub use wrapper::runner_dir;

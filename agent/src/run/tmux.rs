@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use lease_common::config::AgentConfig;
 use lease_common::messages::TaskSpec;
+use lease_common::session::task_session;
 use tokio::time::Instant;
 
 use super::command::{self, Settings, ecr_registry};
@@ -36,11 +37,6 @@ const DOCKER_STOP_SLACK: Duration = Duration::from_secs(30);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How often a wait re-reads the task's state.
 const POLL_EVERY: Duration = Duration::from_millis(25);
-
-/// The tmux session of a task.
-pub fn session_name(task_id: &str) -> String {
-    lease_common::session::task_session(task_id)
-}
 
 /// Runs each task in tmux session `lease-<task-id>`.
 #[derive(Debug)]
@@ -291,12 +287,12 @@ impl TmuxRunner {
         .to_vec();
         // As the task user, whose `docker run` then finds the login in its own
         // ~/.docker/config.json.
-        let user = self.task_user(&session_name(task_id)).await?;
+        let user = self.task_user(&task_session(task_id)).await?;
         let (program, args) = user.command("docker", &args);
         let out = process::run(
             &program,
             &args,
-            &session_name(task_id),
+            &task_session(task_id),
             Some(&creds.password),
             LOGIN_LIMIT,
         )
@@ -310,7 +306,7 @@ impl TmuxRunner {
 
     async fn start_task(&self, launch: &Launch) -> Result<(), RunError> {
         let task_id = launch.task.id.as_str();
-        let session = session_name(task_id);
+        let session = task_session(task_id);
         let not_started = |reason: String| RunError::NotStarted {
             task_id: task_id.to_string(),
             reason,
@@ -509,7 +505,7 @@ impl TmuxRunner {
         if let Some(exit) = read_exit(task_id, &dir)? {
             return Ok(log_complete(&dir).then_some(exit));
         }
-        let session = session_name(task_id);
+        let session = task_session(task_id);
         match self.pane(&session).await? {
             Pane::Running => {
                 // An agent that died between creating the session and the go signal:
@@ -558,7 +554,7 @@ impl TmuxRunner {
 
     /// Sends `signal` to the task's process group (the wrapper's pid).
     async fn signal_group(&self, task_id: &str, dir: &Path, signal: &str) -> Result<(), RunError> {
-        let session = session_name(task_id);
+        let session = task_session(task_id);
         let pid_path = dir.join(PID);
         let pid: u32 = match std::fs::read_to_string(&pid_path) {
             Ok(text) => text.trim().parse().map_err(|_| RunError::BadStatus {
@@ -599,7 +595,7 @@ impl TmuxRunner {
             Err(e) => return Err(e),
         }
         let dir = runner_dir(workdir);
-        let session = session_name(task_id);
+        let session = task_session(task_id);
         let docker = std::fs::read_to_string(dir.join(KIND)).is_ok_and(|k| k == "docker");
         let mut stopped = false;
         let mut patience = grace;
@@ -639,7 +635,7 @@ impl TmuxRunner {
     }
 
     async fn cleanup_task(&self, task_id: &str, workdir: &Path) -> Result<(), RunError> {
-        let session = session_name(task_id);
+        let session = task_session(task_id);
         let dir = runner_dir(workdir);
         if std::fs::read_to_string(dir.join(KIND)).is_ok_and(|k| k == "docker") {
             // A container whose client was killed keeps running; it must not outlive

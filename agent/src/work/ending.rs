@@ -14,8 +14,6 @@ use super::Interruption;
 use super::lifecycle::{ClaimLost, End, Running};
 use super::records::Change;
 use super::statefile;
-use crate::control::Request;
-use crate::decide::Input;
 use crate::run::{Exit, Summary};
 use crate::upload::BundleDest;
 
@@ -382,8 +380,8 @@ impl Running {
         }
     }
 
-    /// The one-shot task is done: remember it, then end the lease through the decision
-    /// loop's `leased complete` path (tags, events, `lease:on-complete`).
+    /// The one-shot task is done: remember it, then tell the lease loop, which ends the
+    /// lease as `leased complete` does (tags, events, `lease:on-complete`).
     pub(super) async fn one_shot_done(&self, failed: bool, reason: Option<String>) {
         if let Err(e) = statefile::mark_one_shot_ran(&self.shared.settings.state_dir, self.id()) {
             tracing::error!("{e}");
@@ -394,22 +392,11 @@ impl Running {
             .taking
             .store(false, std::sync::atomic::Ordering::SeqCst);
         self.shared.release(self.id());
-        let (tx, _rx) = tokio::sync::oneshot::channel();
-        let request = Request::Complete {
-            failed,
-            message: Some(match reason {
-                Some(r) => format!("task '{}': {r}", self.id()),
-                None => format!("task '{}' complete", self.id()),
-            }),
+        let message = match reason {
+            Some(r) => format!("task '{}': {r}", self.id()),
+            None => format!("task '{}' complete", self.id()),
         };
-        if self
-            .shared
-            .deps
-            .to_loop
-            .send(Input::Control(request, tx))
-            .await
-            .is_err()
-        {
+        if !self.shared.deps.lease.task_done(failed, message).await {
             tracing::error!("the decision loop is gone: the lease is not ended");
         }
     }

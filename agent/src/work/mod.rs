@@ -5,11 +5,11 @@
 //!
 //! - [`queue`]: the SQS queue and its dead-letter queue, behind [`queue::TaskQueue`];
 //! - [`records`]: the claim and the task's record, behind [`records::TaskTable`];
-//! - [`nodes`]: the node registry, behind [`nodes::NodeTable`];
 //! - [`store`]: task specs, bundles and logs in S3, behind [`store::ResultStore`];
 //! - [`statefile`]: what survives a restart, per task;
 //! - [`intake`]: what happens to a received message before its task runs;
-//! - [`lifecycle`]: one task from start to deleted message.
+//! - [`lifecycle`]: one task from start to deleted message;
+//! - [`worker`]: the seams to the lease loop, [`TaskWorker`] and [`LeaseEnd`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -18,27 +18,27 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lease_common::tags::{self, NodeStatus};
-use tokio::sync::{Notify, mpsc, watch};
+use lease_common::tags::NodeStatus;
+use tokio::sync::{Notify, watch};
 
 use crate::BoxFuture;
 use crate::clock::Clock;
-use crate::decide::Input;
-use crate::ec2::Ec2Api;
 use crate::events::Emitter;
 use crate::run::Runner;
-use crate::worker::TaskWorker;
+use crate::tagwrite::{StatusTags, Wish};
 
 mod ending;
 pub mod intake;
 pub mod lifecycle;
-pub mod nodes;
 pub mod queue;
 pub mod records;
 pub mod statefile;
 pub mod store;
 #[cfg(test)]
 mod tests;
+pub mod worker;
+
+pub use worker::{LeaseEnd, NoopWorker, TaskWorker};
 
 /// Receives in flight at once when more than one task may run: while one waits for
 /// its answer, slots freed meanwhile are asked for by the other.
@@ -120,9 +120,10 @@ pub struct WorkDeps {
     pub runner: Arc<dyn Runner>,
     pub emitter: Emitter,
     pub clock: Arc<dyn Clock>,
-    pub ec2: Arc<dyn Ec2Api>,
-    /// The decision loop, told when the one-shot task is done.
-    pub to_loop: mpsc::Sender<Input>,
+    /// Where `running`, `uploading` and `idle` are written.
+    pub status: StatusTags,
+    /// The lease loop, told when the one-shot task is done.
+    pub lease: Arc<dyn LeaseEnd>,
 }
 
 /// Why a running task must stop now and be requeued.
@@ -153,43 +154,7 @@ pub(crate) struct Shared {
     /// A slot was freed, or taking stopped.
     pub(crate) changed: Notify,
     /// The tags the worker wants on the instance (see [`Shared::tag`]).
-    pub(crate) tags: watch::Sender<Option<(NodeStatus, String)>>,
-}
-
-/// The worker's tags are written at most this often (the latest wish wins).
-pub const TAG_EVERY: Duration = Duration::from_secs(1);
-
-/// Writes the worker's latest tag wish, skipping repeats, while it takes tasks.
-async fn tag_writer(shared: Arc<Shared>) {
-    let mut wishes = shared.tags.subscribe();
-    let mut written: Option<(NodeStatus, String)> = None;
-    loop {
-        if wishes.changed().await.is_err() {
-            return;
-        }
-        let wish = wishes.borrow_and_update().clone();
-        if let Some((status, task)) = wish
-            && written.as_ref() != Some(&(status, task.clone()))
-            && shared.taking()
-        {
-            let tags = vec![
-                (tags::STATUS.to_string(), status.to_string()),
-                (tags::TASK.to_string(), task.clone()),
-            ];
-            let id = &shared.settings.instance_id;
-            match tokio::time::timeout(
-                Duration::from_secs(5),
-                shared.deps.ec2.create_tags(id, tags),
-            )
-            .await
-            {
-                Ok(Ok(())) => written = Some((status, task)),
-                Ok(Err(e)) => tracing::warn!("{e}"),
-                Err(_) => tracing::warn!("tagging instance '{id}' timed out"),
-            }
-        }
-        tokio::time::sleep(TAG_EVERY).await;
-    }
+    pub(crate) tags: watch::Sender<Wish>,
 }
 
 /// The real [`TaskWorker`].
@@ -220,7 +185,12 @@ impl QueueWorker {
         one_shot: Option<lease_common::messages::Task>,
     ) -> tokio::task::JoinHandle<()> {
         let shared = self.shared.clone();
-        tokio::spawn(tag_writer(shared.clone()));
+        {
+            let shared = shared.clone();
+            let wishes = shared.tags.subscribe();
+            let status = shared.deps.status.clone();
+            tokio::spawn(status.follow(wishes, move || shared.taking()));
+        }
         tokio::spawn(async move {
             intake::adopt(&shared).await;
             if let Some(task) = one_shot {
@@ -300,11 +270,9 @@ impl Shared {
         self.taking.load(Ordering::SeqCst)
     }
 
-    /// Asks for `lease:status` (and `lease:task`); [`tag_writer`] writes the latest
-    /// wish at most once a [`TAG_EVERY`], so a stream of short tasks does not turn into
-    /// a stream of EC2 calls. The decision loop writes the statuses that end or
-    /// interrupt the lease; the worker writes `running`, `uploading` and, back to
-    /// nothing to do, `idle`, and only while it takes tasks.
+    /// Asks for `lease:status` (and `lease:task`); [`StatusTags::follow`] writes the
+    /// latest wish at most once a second, and only while the worker takes tasks (see
+    /// [`crate::tagwrite`] for who decides which status).
     pub(crate) fn tag(&self, status: NodeStatus, task: Option<&str>) {
         let wish = Some((status, task.unwrap_or_default().to_string()));
         self.tags.send_if_modified(|cur| {

@@ -12,6 +12,7 @@ use lease_common::messages::{EventKind, ShellSpec, Task, TaskSpec};
 use lease_common::records::TaskState;
 use lease_common::tags::Action;
 
+use super::TaskWorker;
 use super::queue::{QueueError, Received, TaskQueue};
 use super::records::{Change, Claim, Claimant, PreviousAttempt, RecordError, TaskTable};
 use super::store::{ResultStore, StoreError};
@@ -22,8 +23,8 @@ use crate::ec2::{Ec2Api, Ec2Error};
 use crate::events::Emitter;
 use crate::events::fake::RecordingPublisher;
 use crate::run::{Exit, Launch, MockRunner, RunError, Runner};
+use crate::tagwrite::StatusTags;
 use crate::upload::{BundleDest, BundleUpload, ManifestMeta};
-use crate::worker::TaskWorker;
 
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()
@@ -300,7 +301,6 @@ fn rig(claim: Claim, store: FakeStore, program: Duration) -> Rig {
         inner: MockRunner::new(program),
         envs: Mutex::default(),
     });
-    let (to_loop, _rx) = tokio::sync::mpsc::channel(8);
     let deps = WorkDeps {
         queue: Some(queue.clone()),
         table: Some(table.clone()),
@@ -308,8 +308,8 @@ fn rig(claim: Claim, store: FakeStore, program: Duration) -> Rig {
         runner: runner.clone(),
         emitter: Emitter::new(publisher.clone(), clock.clone(), "n".into(), "i-1".into()),
         clock,
-        ec2: Arc::new(QuietEc2),
-        to_loop,
+        status: StatusTags::new(Arc::new(QuietEc2), "i-1".into()),
+        lease: Arc::new(super::worker::fake::RecordingLease::default()),
     };
     let mut settings = WorkSettings::new(dir.path().to_path_buf(), "n".into(), "i-1".into(), 1);
     settings.extend_every = Duration::from_secs(1);

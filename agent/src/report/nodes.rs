@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::BoxFuture;
 use crate::clock::Clock;
-use crate::decide::Snapshot;
+use crate::lease::Snapshot;
 
 #[derive(Debug, thiserror::Error)]
 #[error("Failed to write node '{node}' to table '{table}': {reason}")]
