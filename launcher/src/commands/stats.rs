@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use lease_common::records::{TaskState, task};
+use lease_common::records::{RecordedState, TaskRecord, TaskState};
 use serde::Serialize;
 
 use crate::cli::{OutputFormat, StatsArgs};
@@ -10,7 +10,7 @@ use crate::commands::Ctx;
 use crate::error::Result;
 use crate::output::{self, Cell, Table};
 use crate::queue::{QueueCounts, TaskQueue};
-use crate::table::{Item, Tables, get_s};
+use crate::table::{Item, Tables};
 
 #[derive(Debug, Serialize)]
 struct Stats {
@@ -33,7 +33,8 @@ pub fn by_state(items: &[Item]) -> BTreeMap<String, u64> {
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
     for i in items {
-        let state = get_s(i, task::STATE).unwrap_or("unknown");
+        let state = TaskRecord::from_item(i).state;
+        let state = state.as_ref().map_or("unknown", RecordedState::as_str);
         *counts.entry(state.to_string()).or_default() += 1;
     }
     counts
@@ -127,6 +128,7 @@ pub async fn run<Q: TaskQueue, T: Tables>(
 mod tests {
     use super::*;
     use crate::table::Attr;
+    use lease_common::records::task;
 
     fn with_state(state: &str) -> Item {
         Item::from([(task::STATE.to_string(), Attr::s(state))])
