@@ -277,7 +277,7 @@ pub async fn run(
         w.abort();
     }
     if let Some(table) = &node_table {
-        let last = work::nodes::NodeRecord::from_snapshot(
+        let last = work::nodes::node_record(
             &registry_snapshot.borrow(),
             (config.pool.clone(), config.max_concurrent_tasks),
             registered_at,
