@@ -57,9 +57,11 @@ impl SdkEc2 {
     }
 }
 
-fn sdk_reason<E: std::error::Error + 'static>(e: &aws_sdk_ec2::error::SdkError<E>) -> String {
-    use aws_sdk_ec2::error::DisplayErrorContext;
-    DisplayErrorContext(e).to_string()
+fn sdk_reason<E>(e: &aws_sdk_ec2::error::SdkError<E>) -> String
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    lease_common::sdk_error::render(e)
 }
 
 impl Ec2Api for SdkEc2 {

@@ -266,7 +266,7 @@ pub async fn run(
         w.abort();
     }
     if let Some(table) = &node_table {
-        let last = report::nodes::NodeRecord::from_snapshot(
+        let last = report::nodes::node_record(
             &registry_snapshot.borrow(),
             (config.pool.clone(), config.max_concurrent_tasks),
             registered_at,

@@ -6,6 +6,18 @@
 //! Task table `lease-<stack>-tasks`: partition key [`TASK_ID`] (S), no sort key.
 //! Node table `lease-<stack>-nodes`: partition key [`NODE_ID`] (S), no sort key.
 //! Both carry [`EXPIRES`] (N, epoch seconds) as their DynamoDB TTL attribute.
+//!
+//! [`TaskRecord`] and [`NodeRecord`] are the items, typed, with the one encoding both
+//! binaries write and read (`to_item`/`from_item`); conditional writes still name the
+//! attributes themselves, through the constants here.
+
+mod attr;
+mod node_record;
+mod task_record;
+
+pub use attr::{Attr, Item, SdkItem, from_sdk_item, get_n, get_s, get_time, to_sdk_item};
+pub use node_record::{DEREGISTERED, NodeRecord};
+pub use task_record::{RecordedState, TaskRecord};
 
 use std::fmt;
 use std::str::FromStr;

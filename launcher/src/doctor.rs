@@ -181,8 +181,11 @@ pub struct Clients {
 
 const SETUP_FIX: &str = "run `lease setup` (it creates what is missing and corrects what differs)";
 
-fn describe(e: &impl std::error::Error) -> String {
-    aws_smithy_types::error::display::DisplayErrorContext(e).to_string()
+fn describe<E>(e: &E) -> String
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error,
+{
+    lease_common::sdk_error::render(e)
 }
 
 /// A default VPC, where `lease launch` puts instances without `--subnet-id`.

@@ -67,30 +67,10 @@ impl Error {
     where
         E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error,
     {
-        let message = match (err.code(), err.message()) {
-            (Some(code), Some(msg)) => format!("{code}: {msg}"),
-            (Some(code), None) => code.to_string(),
-            _ => render_chain(&err),
-        };
+        let message = lease_common::sdk_error::render(&err);
         Error::Aws {
             what: what.into(),
             message,
         }
     }
-}
-
-/// "a: b: c" from an error and its sources, for errors with no service code
-/// (connection refused, timeouts, credentials missing).
-fn render_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }

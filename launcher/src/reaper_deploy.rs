@@ -101,28 +101,6 @@ pub enum DeployError {
     Package(#[from] PackageError),
 }
 
-/// The service's error code and message, or the error's chain when there is none
-/// (connection refused, timeouts).
-fn reason<E>(err: &E) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error,
-{
-    match (err.code(), err.message()) {
-        (Some(code), Some(msg)) => format!("{code}: {msg}"),
-        (Some(code), None) => code.to_string(),
-        _ => {
-            let mut out = err.to_string();
-            let mut source = err.source();
-            while let Some(s) = source {
-                out.push_str(": ");
-                out.push_str(&s.to_string());
-                source = s.source();
-            }
-            out
-        }
-    }
-}
-
 /// A request the SDK's builder refused (a required field missing): a bug here, but
 /// still reported by name rather than a panic.
 fn build_error(
@@ -147,7 +125,7 @@ where
         action,
         resource,
         name: name.to_string(),
-        message: reason(err),
+        message: lease_common::sdk_error::render(err),
     }
 }
 

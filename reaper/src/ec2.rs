@@ -11,8 +11,7 @@
 use std::future::Future;
 
 use aws_sdk_ec2::types::Filter;
-use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use lease_common::tags;
+use lease_common::{sdk_error, tags};
 
 use crate::decide::{InstanceFacts, InstanceState};
 
@@ -55,28 +54,6 @@ pub struct AwsEc2 {
 impl AwsEc2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Self {
         Self { client }
-    }
-}
-
-/// The service's error code and message ("UnauthorizedOperation: …"), or the error's
-/// chain when there is none (connection refused, timeouts).
-fn message<E>(err: &E) -> String
-where
-    E: ProvideErrorMetadata + std::error::Error,
-{
-    match (err.code(), err.message()) {
-        (Some(code), Some(msg)) => format!("{code}: {msg}"),
-        (Some(code), None) => code.to_string(),
-        _ => {
-            let mut out = err.to_string();
-            let mut source = err.source();
-            while let Some(s) = source {
-                out.push_str(": ");
-                out.push_str(&s.to_string());
-                source = s.source();
-            }
-            out
-        }
     }
 }
 
@@ -126,7 +103,7 @@ impl Ec2 for AwsEc2 {
             .send();
         let mut out = Vec::new();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| Ec2Error::List(message(&e)))?;
+            let page = page.map_err(|e| Ec2Error::List(sdk_error::render(&e)))?;
             out.extend(
                 page.reservations()
                     .iter()
@@ -146,7 +123,7 @@ impl Ec2 for AwsEc2 {
             .await
             .map_err(|e| Ec2Error::Describe {
                 id: id.to_string(),
-                message: message(&e),
+                message: sdk_error::render(&e),
             })?;
         Ok(out
             .reservations()
@@ -164,7 +141,7 @@ impl Ec2 for AwsEc2 {
             .map(|_| ())
             .map_err(|e| Ec2Error::Terminate {
                 id: id.to_string(),
-                message: message(&e),
+                message: sdk_error::render(&e),
             })
     }
 
@@ -177,7 +154,7 @@ impl Ec2 for AwsEc2 {
             .map(|_| ())
             .map_err(|e| Ec2Error::Stop {
                 id: id.to_string(),
-                message: message(&e),
+                message: sdk_error::render(&e),
             })
     }
 }

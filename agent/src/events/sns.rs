@@ -1,7 +1,6 @@
 //! The control bus itself: an SNS topic, one event per `Publish` or up to ten per
 //! `PublishBatch` (authorised by the same `sns:Publish` action).
 
-use aws_sdk_sns::error::DisplayErrorContext;
 use aws_sdk_sns::types::{MessageAttributeValue, PublishBatchRequestEntry};
 use lease_common::messages::Event;
 
@@ -62,7 +61,7 @@ impl Publisher for SnsPublisher {
                 .map_err(|e| {
                     self.failed(
                         std::slice::from_ref(event),
-                        DisplayErrorContext(&e).to_string(),
+                        lease_common::sdk_error::render(&e),
                     )
                 })
         })
@@ -89,7 +88,7 @@ impl Publisher for SnsPublisher {
             let out = req
                 .send()
                 .await
-                .map_err(|e| self.failed(events, DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| self.failed(events, lease_common::sdk_error::render(&e)))?;
             // An entry the answer does not mention is sent again.
             let mut outcomes = vec![
                 Err(Refused {

@@ -83,7 +83,7 @@ impl EcrLogin for SdkEcr {
                 .get_authorization_token()
                 .send()
                 .await
-                .map_err(|e| fail(aws_sdk_ecr::error::DisplayErrorContext(e).to_string()))?;
+                .map_err(|e| fail(lease_common::sdk_error::render(&e)))?;
             let token = out
                 .authorization_data()
                 .first()

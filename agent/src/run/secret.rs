@@ -44,10 +44,7 @@ impl SecretStore for SdkSsm {
                     name: name.to_string(),
                     // SSM's own words when it answered (ParameterNotFound, AccessDenied);
                     // the whole chain for a transport failure.
-                    message: e.as_service_error().map_or_else(
-                        || aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-                        ToString::to_string,
-                    ),
+                    message: lease_common::sdk_error::render(&e),
                 })?;
             out.parameter()
                 .and_then(|p| p.value())

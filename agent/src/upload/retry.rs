@@ -9,7 +9,8 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use lease_common::sdk_error;
 
 /// Attempts per request (part, small file, manifest, log, abort).
 pub const ATTEMPTS: u32 = 3;
@@ -49,12 +50,12 @@ impl Failure {
                 message: e
                     .message()
                     .map(str::to_string)
-                    .unwrap_or_else(|| DisplayErrorContext(e).to_string()),
+                    .unwrap_or_else(|| sdk_error::render_chain(e)),
             },
             _ => Self {
                 status,
                 code: None,
-                message: DisplayErrorContext(e).to_string(),
+                message: sdk_error::render_chain(e),
             },
         }
     }

@@ -4,8 +4,8 @@
 use std::fmt::Debug;
 use std::time::Duration;
 
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use lease_common::sdk_error;
 use tokio::sync::OnceCell;
 
 use crate::BoxFuture;
@@ -111,7 +111,7 @@ impl SqsQueue {
                     .attribute_names(QueueAttributeName::RedrivePolicy)
                     .send()
                     .await
-                    .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
+                    .map_err(|e| err(sdk_error::render(&e)))?;
                 let Some(policy) = out
                     .attributes()
                     .and_then(|a| a.get(&QueueAttributeName::RedrivePolicy))
@@ -128,7 +128,7 @@ impl SqsQueue {
                     .queue_owner_aws_account_id(account)
                     .send()
                     .await
-                    .map_err(|e| err(DisplayErrorContext(&e).to_string()))?
+                    .map_err(|e| err(sdk_error::render(&e)))?
                     .queue_url()
                     .map(str::to_string)
                     .ok_or_else(|| err(format!("no URL for '{arn}'")))?;
@@ -181,7 +181,7 @@ impl TaskQueue for SqsQueue {
                 .await
                 .map_err(|e| QueueError::Receive {
                     queue: self.url.clone(),
-                    reason: DisplayErrorContext(&e).to_string(),
+                    reason: sdk_error::render(&e),
                 })?;
             Ok(out
                 .messages()
@@ -220,7 +220,7 @@ impl TaskQueue for SqsQueue {
                 .map_err(|e| QueueError::Delete {
                     task: task.to_string(),
                     queue: self.url.clone(),
-                    reason: DisplayErrorContext(&e).to_string(),
+                    reason: sdk_error::render(&e),
                 })
         })
     }
@@ -242,7 +242,7 @@ impl TaskQueue for SqsQueue {
                 .map(|_| ())
                 .map_err(|e| QueueError::Visibility {
                     task: task.to_string(),
-                    reason: DisplayErrorContext(&e).to_string(),
+                    reason: sdk_error::render(&e),
                 })
         })
     }
@@ -259,7 +259,7 @@ impl TaskQueue for SqsQueue {
                 .map_err(|e| QueueError::Send {
                     task: task.to_string(),
                     queue: self.url.clone(),
-                    reason: DisplayErrorContext(&e).to_string(),
+                    reason: sdk_error::render(&e),
                 })
         })
     }
@@ -291,7 +291,7 @@ impl TaskQueue for SqsQueue {
                 .message_attributes("reason", attr)
                 .send()
                 .await
-                .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| err(sdk_error::render(&e)))?;
             Ok(true)
         })
     }

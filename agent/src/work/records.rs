@@ -2,16 +2,14 @@
 //! beside the first, and the task's state as `lease tasks` and `lease stats` read it.
 //! Attribute names and states are `lease_common::records`' contract.
 
-use std::collections::HashMap;
 use std::fmt::Debug;
 
-use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use chrono::{DateTime, Utc};
 use lease_common::messages::{Task, TaskSpec};
-use lease_common::records::{self, CLAIM_CONDITION, EXPIRES, TASK_ID, TaskState, task};
-use lease_common::tags::render_time;
+use lease_common::records::{CLAIM_CONDITION, SdkItem, TASK_ID, TaskRecord, TaskState, task};
+use lease_common::sdk_error;
 
 use crate::BoxFuture;
 
@@ -66,12 +64,9 @@ pub struct PreviousAttempt {
 /// The earlier attempt `old` (the record before the claim) names, when it names an
 /// instance and an attempt lower than `attempt`; the same attempt again is a
 /// duplicate delivery, not a resumption.
-pub fn previous_attempt(
-    old: &HashMap<String, AttributeValue>,
-    attempt: u32,
-) -> Option<PreviousAttempt> {
-    let instance_id = old.get(task::INSTANCE_ID)?.as_s().ok()?;
-    let old_attempt: u32 = old.get(task::ATTEMPT)?.as_n().ok()?.parse().ok()?;
+pub fn previous_attempt(old: &TaskRecord, attempt: u32) -> Option<PreviousAttempt> {
+    let instance_id = old.instance_id.as_ref()?;
+    let old_attempt = old.attempt?;
     (!instance_id.is_empty() && old_attempt < attempt).then(|| PreviousAttempt {
         instance_id: instance_id.clone(),
         attempt: old_attempt,
@@ -169,10 +164,8 @@ pub fn summary(spec: &TaskSpec) -> String {
     line.chars().take(120).collect()
 }
 
-fn state_of(item: &HashMap<String, AttributeValue>) -> Option<TaskState> {
-    item.get(task::STATE)
-        .and_then(|v| v.as_s().ok())
-        .and_then(|v| v.parse().ok())
+fn state_of(item: &SdkItem) -> Option<TaskState> {
+    TaskRecord::from_sdk_item(item).task_state()
 }
 
 impl TaskTable for DynamoTaskTable {
@@ -187,18 +180,21 @@ impl TaskTable for DynamoTaskTable {
                 table: self.table.clone(),
                 reason,
             };
-            let mut set = vec![
-                "#state = :running",
-                "#attempt = :attempt",
-                "#node = :node",
-                "#instance = :instance",
-                "#claim = :claim_until",
-                "#started = :at",
-                "#updated = :at",
-                "#kind = :kind",
-                "#summary = :summary",
-            ];
-            let mut req = self
+            let claimed = TaskRecord {
+                state: Some(TaskState::Running.into()),
+                attempt: Some(t.attempt),
+                node_id: Some(by.node_id.to_string()),
+                instance_id: Some(by.instance_id.to_string()),
+                claim_until: Some(by.claim_until.timestamp()),
+                started_at: Some(by.now),
+                updated_at: Some(by.now),
+                kind: Some(t.spec.kind().to_string()),
+                summary: Some(summary(&t.spec)),
+                pool: t.pool.clone(),
+                ..TaskRecord::default()
+            };
+            let set = SetExpression::of(&claimed);
+            let req = self
                 .client
                 .update_item()
                 .table_name(&self.table)
@@ -206,44 +202,23 @@ impl TaskTable for DynamoTaskTable {
                 .condition_expression(CLAIM_CONDITION)
                 .expression_attribute_names("#state", task::STATE)
                 .expression_attribute_names("#claim", task::CLAIM_UNTIL)
-                .expression_attribute_names("#attempt", task::ATTEMPT)
-                .expression_attribute_names("#node", task::NODE_ID)
-                .expression_attribute_names("#instance", task::INSTANCE_ID)
-                .expression_attribute_names("#started", task::STARTED_AT)
-                .expression_attribute_names("#updated", task::UPDATED_AT)
-                .expression_attribute_names("#kind", task::KIND)
-                .expression_attribute_names("#summary", task::SUMMARY)
                 .expression_attribute_values(":now", n(by.now.timestamp()))
-                .expression_attribute_values(":running", s(TaskState::Running.as_str()))
                 .expression_attribute_values(":complete", s(TaskState::Complete.as_str()))
                 .expression_attribute_values(":failed", s(TaskState::Failed.as_str()))
                 .expression_attribute_values(":cancelled", s(TaskState::Cancelled.as_str()))
                 .expression_attribute_values(":queued", s(TaskState::Queued.as_str()))
-                .expression_attribute_values(":interrupted", s(TaskState::Interrupted.as_str()))
-                .expression_attribute_values(":attempt", n(t.attempt))
-                .expression_attribute_values(":node", s(by.node_id))
-                .expression_attribute_values(":instance", s(by.instance_id))
-                .expression_attribute_values(":claim_until", n(by.claim_until.timestamp()))
-                .expression_attribute_values(":at", s(render_time(by.now)))
-                .expression_attribute_values(":kind", s(t.spec.kind()))
-                .expression_attribute_values(":summary", s(summary(&t.spec)));
-            if let Some(pool) = &t.pool {
-                set.push("#pool = :pool");
-                req = req
-                    .expression_attribute_names("#pool", task::POOL)
-                    .expression_attribute_values(":pool", s(pool));
-            }
+                .expression_attribute_values(":interrupted", s(TaskState::Interrupted.as_str()));
             // The old record names the attempt this one takes over, if any.
-            let result = req
-                .update_expression(format!("SET {}", set.join(", ")))
+            let result = set
+                .apply(req)
                 .return_values(ReturnValue::AllOld)
                 .send()
                 .await;
             match result {
                 Ok(out) => Ok(Claim::Claimed {
-                    previous: out
-                        .attributes()
-                        .and_then(|old| previous_attempt(old, t.attempt)),
+                    previous: out.attributes().and_then(|old| {
+                        previous_attempt(&TaskRecord::from_sdk_item(old), t.attempt)
+                    }),
                 }),
                 Err(e)
                     if e.as_service_error()
@@ -257,19 +232,19 @@ impl TaskTable for DynamoTaskTable {
                         .consistent_read(true)
                         .send()
                         .await
-                        .map_err(|e| err(DisplayErrorContext(&e).to_string()))?;
-                    let item = item.item().cloned().unwrap_or_default();
-                    match state_of(&item) {
+                        .map_err(|e| err(sdk_error::render(&e)))?;
+                    let record = item
+                        .item()
+                        .map(TaskRecord::from_sdk_item)
+                        .unwrap_or_default();
+                    match record.task_state() {
                         Some(st) if st.is_final() => Ok(Claim::Finished(st)),
                         _ => Ok(Claim::Held {
-                            until: item
-                                .get(task::CLAIM_UNTIL)
-                                .and_then(|v| v.as_n().ok())
-                                .and_then(|v| v.parse().ok()),
+                            until: record.claim_until,
                         }),
                     }
                 }
-                Err(e) => Err(err(DisplayErrorContext(&e).to_string())),
+                Err(e) => Err(err(sdk_error::render(&e))),
             }
         })
     }
@@ -281,44 +256,25 @@ impl TaskTable for DynamoTaskTable {
         now: DateTime<Utc>,
     ) -> BoxFuture<'a, Result<Option<TaskState>, RecordError>> {
         Box::pin(async move {
-            let mut u = UpdateBuilder::default();
-            u.set("updated", task::UPDATED_AT, s(render_time(now)));
-            if let Some(st) = change.state {
-                u.set("state", task::STATE, s(st.as_str()));
-            }
-            if let Some(c) = change.claim_until {
-                u.set("claim", task::CLAIM_UNTIL, n(c.timestamp()));
-            }
-            if let Some(a) = change.attempt {
-                u.set("attempt", task::ATTEMPT, n(a));
-            }
-            if let Some(c) = change.exit_code {
-                u.set("exit", task::EXIT_CODE, n(c));
-            }
-            if let Some(r) = change.reason {
-                u.set("reason", task::REASON, s(r));
-            }
-            if let Some(b) = change.bundle {
-                u.set("bundle", task::BUNDLE, s(b));
-            }
-            if let Some(l) = change.log {
-                u.set("log", task::LOG, s(l));
-            }
-            if change.ended {
-                u.set("ended", task::ENDED_AT, s(render_time(now)));
-                u.set(
-                    "expires",
-                    EXPIRES,
-                    n(now.timestamp() + records::TASK_RETENTION_SECS),
-                );
-            }
-            let UpdateBuilder { set, names, values } = u;
+            let changed = TaskRecord {
+                updated_at: Some(now),
+                state: change.state.map(Into::into),
+                claim_until: change.claim_until.map(|c| c.timestamp()),
+                attempt: change.attempt,
+                exit_code: change.exit_code,
+                reason: change.reason,
+                bundle: change.bundle,
+                log: change.log,
+                ended_at: change.ended.then_some(now),
+                expires: change.ended.then(|| TaskRecord::expires_after(now)),
+                ..TaskRecord::default()
+            };
+            let set = SetExpression::of(&changed);
             let mut req = self
                 .client
                 .update_item()
                 .table_name(&self.table)
                 .key(TASK_ID, s(task_id))
-                .update_expression(format!("SET {}", set.join(", ")))
                 .return_values(ReturnValue::AllNew);
             let mut conditions = Vec::new();
             if let Some(st) = change.if_state {
@@ -345,32 +301,27 @@ impl TaskTable for DynamoTaskTable {
                 req = req.condition_expression(conditions.join(" AND "));
             }
             // `#attempt` may be both written and checked: the same name, set twice.
-            for (k, v) in names {
-                req = req.expression_attribute_names(k, v);
-            }
-            for (k, v) in values {
-                req = req.expression_attribute_values(k, v);
-            }
-            match req.send().await {
+            match set.apply(req).send().await {
                 Ok(out) => Ok(out.attributes().and_then(state_of)),
                 Err(e)
                     if e.as_service_error()
                         .is_some_and(|se| se.is_conditional_check_failed_exception()) =>
                 {
+                    // No item (or an empty one): the record is gone.
                     let found = e
                         .as_service_error()
                         .and_then(|se| match se {
                             UpdateItemError::ConditionalCheckFailedException(c) => c.item(),
                             _ => None,
                         })
-                        .cloned()
-                        .unwrap_or_default();
+                        .filter(|item| !item.is_empty())
+                        .map(TaskRecord::from_sdk_item);
                     match &change.holder {
-                        Some(h) if !holds(&found, h) => Err(RecordError::ClaimLost {
+                        Some(h) if !holds(found.as_ref(), h) => Err(RecordError::ClaimLost {
                             task: task_id.to_string(),
                             table: self.table.clone(),
                             attempt: h.attempt,
-                            holder: holder_of(&found),
+                            holder: found.as_ref().map_or("another node".into(), holder_of),
                         }),
                         // The holder's own record, in another state than `if_state`.
                         _ => Ok(None),
@@ -379,52 +330,62 @@ impl TaskTable for DynamoTaskTable {
                 Err(e) => Err(RecordError::Update {
                     task: task_id.to_string(),
                     table: self.table.clone(),
-                    reason: DisplayErrorContext(&e).to_string(),
+                    reason: sdk_error::render(&e),
                 }),
             }
         })
     }
 }
 
-/// Whether `item` (the record as it is) still names `h`; a record that is gone counts,
+/// Whether `found` (the record as it is) still names `h`; a record that is gone counts,
 /// as [`HOLDER_CONDITION`] has it.
-fn holds(item: &HashMap<String, AttributeValue>, h: &Holder) -> bool {
-    if item.is_empty() {
-        return true;
-    }
-    let node = item.get(task::NODE_ID).and_then(|v| v.as_s().ok());
-    let attempt = item
-        .get(task::ATTEMPT)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse::<u32>().ok());
-    node == Some(&h.node_id) && attempt == Some(h.attempt)
+fn holds(found: Option<&TaskRecord>, h: &Holder) -> bool {
+    found.is_none_or(|r| r.node_id.as_deref() == Some(&h.node_id) && r.attempt == Some(h.attempt))
 }
 
 /// "node 'X' (attempt 2)", as far as the record says.
-fn holder_of(item: &HashMap<String, AttributeValue>) -> String {
-    let node = item
-        .get(task::NODE_ID)
-        .and_then(|v| v.as_s().ok())
+fn holder_of(r: &TaskRecord) -> String {
+    let node = r
+        .node_id
+        .as_ref()
         .map_or("another node".to_string(), |n| format!("node '{n}'"));
-    match item.get(task::ATTEMPT).and_then(|v| v.as_n().ok()) {
+    match r.attempt {
         Some(a) => format!("{node} (attempt {a})"),
         None => node,
     }
 }
 
-/// A `SET a = :a, …` expression with its names and values.
-#[derive(Debug, Default)]
-struct UpdateBuilder {
+/// `SET #a = :a, …` for each attribute a partial record sets, encoded as the record
+/// encodes it. The placeholders are the attribute names, so a condition that names
+/// the same attribute under the same placeholder (`#attempt`) refers to the same one.
+#[derive(Debug)]
+struct SetExpression {
     set: Vec<String>,
-    names: Vec<(String, &'static str)>,
     values: Vec<(String, AttributeValue)>,
 }
 
-impl UpdateBuilder {
-    fn set(&mut self, placeholder: &str, attr: &'static str, value: AttributeValue) {
-        self.set.push(format!("#{placeholder} = :{placeholder}"));
-        self.names.push((format!("#{placeholder}"), attr));
-        self.values.push((format!(":{placeholder}"), value));
+impl SetExpression {
+    fn of(record: &TaskRecord) -> Self {
+        let mut set = Vec::new();
+        let mut values = Vec::new();
+        for (name, value) in record.to_item() {
+            set.push(format!("#{name} = :{name}"));
+            values.push((name, value.to_sdk()));
+        }
+        Self { set, values }
+    }
+
+    fn apply(
+        self,
+        mut req: aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        req = req.update_expression(format!("SET {}", self.set.join(", ")));
+        for (name, value) in self.values {
+            req = req
+                .expression_attribute_names(format!("#{name}"), &name)
+                .expression_attribute_values(format!(":{name}"), value);
+        }
+        req
     }
 }
 
@@ -435,15 +396,16 @@ mod tests {
 
     #[test]
     fn only_a_lower_attempt_of_a_named_instance_is_a_previous_one() {
+        // As the old item reads back: attributes absent unless given.
         let old = |instance: Option<&str>, attempt: Option<&str>| {
-            let mut m = HashMap::new();
+            let mut m = SdkItem::new();
             if let Some(i) = instance {
                 m.insert(task::INSTANCE_ID.to_string(), s(i));
             }
             if let Some(a) = attempt {
                 m.insert(task::ATTEMPT.to_string(), AttributeValue::N(a.into()));
             }
-            m
+            TaskRecord::from_sdk_item(&m)
         };
         assert_eq!(
             previous_attempt(&old(Some("i-0"), Some("1")), 2),
@@ -455,7 +417,11 @@ mod tests {
         assert_eq!(previous_attempt(&old(Some("i-0"), Some("2")), 2), None);
         assert_eq!(previous_attempt(&old(None, Some("1")), 2), None);
         assert_eq!(previous_attempt(&old(Some("i-0"), None), 2), None);
-        assert_eq!(previous_attempt(&HashMap::new(), 1), None, "a new record");
+        assert_eq!(
+            previous_attempt(&TaskRecord::default(), 1),
+            None,
+            "a new record"
+        );
     }
 
     #[test]
@@ -465,19 +431,40 @@ mod tests {
             attempt: 2,
         };
         let item = |node: &str, attempt: &str| {
-            HashMap::from([
+            TaskRecord::from_sdk_item(&SdkItem::from([
                 (task::NODE_ID.to_string(), s(node)),
                 (task::ATTEMPT.to_string(), AttributeValue::N(attempt.into())),
-            ])
+            ]))
         };
-        assert!(holds(&item("i-a", "2"), &h));
-        assert!(!holds(&item("i-b", "2"), &h), "another node took it over");
-        assert!(!holds(&item("i-a", "3"), &h), "a later attempt, even here");
+        assert!(holds(Some(&item("i-a", "2")), &h));
         assert!(
-            holds(&HashMap::new(), &h),
-            "no record: nobody else holds it"
+            !holds(Some(&item("i-b", "2")), &h),
+            "another node took it over"
         );
+        assert!(
+            !holds(Some(&item("i-a", "3")), &h),
+            "a later attempt, even here"
+        );
+        assert!(holds(None, &h), "no record: nobody else holds it");
         assert_eq!(holder_of(&item("i-b", "2")), "node 'i-b' (attempt 2)");
+    }
+
+    #[test]
+    fn a_change_sets_each_attribute_it_carries_under_its_own_name() {
+        let change = TaskRecord {
+            attempt: Some(2),
+            exit_code: Some(0),
+            ..TaskRecord::default()
+        };
+        let set = SetExpression::of(&change);
+        assert_eq!(set.set, ["#attempt = :attempt", "#exit_code = :exit_code"]);
+        assert_eq!(
+            set.values,
+            [
+                ("attempt".to_string(), AttributeValue::N("2".into())),
+                ("exit_code".to_string(), AttributeValue::N("0".into())),
+            ]
+        );
     }
 
     #[test]

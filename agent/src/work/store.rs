@@ -4,8 +4,6 @@
 use std::fmt::Debug;
 use std::path::Path;
 
-use aws_sdk_s3::error::DisplayErrorContext;
-
 use lease_common::messages::{MAX_TASK_SPEC, Task};
 
 use crate::BoxFuture;
@@ -123,7 +121,7 @@ impl ResultStore for S3Store {
                 Err(e) => {
                     return Err(StoreError::Fetch {
                         uri: uri.to_string(),
-                        reason: DisplayErrorContext(&e).to_string(),
+                        reason: lease_common::sdk_error::render(&e),
                     });
                 }
             };

@@ -2,89 +2,17 @@
 //! them: create a task's `queued` record, read every task or node, read one task, and
 //! cancel one. Items are plain maps of [`Attr`]s named by `lease_common::records`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_types::SdkConfig;
 use chrono::{DateTime, Utc};
-use lease_common::records::{self, TaskState, task};
-use serde::Serialize;
+use lease_common::records::{self, TaskRecord, TaskState, from_sdk_item, task, to_sdk_item};
 
 use crate::error::{Error, Result};
 
-/// One attribute value, in the types the records use.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Attr {
-    S(String),
-    /// Numbers stay in DynamoDB's decimal text, so nothing is lost on the way through.
-    N(String),
-    Bool(bool),
-    /// Any other type (lists, maps, sets), shown as DynamoDB's debug text: the launcher
-    /// writes none and reads none, but `lease tasks show` must not hide one.
-    Other(String),
-}
-
-impl Attr {
-    pub fn s(v: impl Into<String>) -> Self {
-        Attr::S(v.into())
-    }
-
-    pub fn n(v: impl ToString) -> Self {
-        Attr::N(v.to_string())
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            Attr::S(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_i64(&self) -> Option<i64> {
-        match self {
-            Attr::N(n) => n.parse().ok(),
-            _ => None,
-        }
-    }
-
-    /// The value as a person reads it in a table.
-    pub fn text(&self) -> String {
-        match self {
-            Attr::S(s) | Attr::N(s) | Attr::Other(s) => s.clone(),
-            Attr::Bool(b) => b.to_string(),
-        }
-    }
-}
-
-/// JSON output shows numbers as numbers and everything else as it is.
-impl Serialize for Attr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        match self {
-            Attr::N(n) => match (n.parse::<i64>(), n.parse::<f64>()) {
-                (Ok(i), _) => s.serialize_i64(i),
-                (_, Ok(f)) => s.serialize_f64(f),
-                _ => s.serialize_str(n),
-            },
-            Attr::S(v) | Attr::Other(v) => s.serialize_str(v),
-            Attr::Bool(b) => s.serialize_bool(*b),
-        }
-    }
-}
-
-/// A record: attribute name to value, sorted by name so output is stable.
-pub type Item = BTreeMap<String, Attr>;
-
-/// Reads a string attribute.
-pub fn get_s<'a>(item: &'a Item, name: &str) -> Option<&'a str> {
-    item.get(name).and_then(Attr::as_str)
-}
-
-/// Reads an RFC 3339 time attribute; a value that does not parse counts as absent.
-pub fn get_time(item: &Item, name: &str) -> Option<DateTime<Utc>> {
-    get_s(item, name)
-        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        .map(|t| t.with_timezone(&Utc))
-}
+/// Items are `lease_common`'s: one encoding for the launcher and the agent.
+pub use lease_common::records::{Attr, Item, get_s, get_time};
 
 /// What creating a task record did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,27 +61,25 @@ pub fn queued_record(
     summary: &str,
     now: DateTime<Utc>,
 ) -> Item {
-    let at = lease_common::tags::render_time(now);
     let pool = task
         .pool
         .clone()
         .unwrap_or_else(|| lease_common::stack::DEFAULT_POOL.to_string());
-    let mut item = Item::new();
-    item.insert(records::TASK_ID.into(), Attr::s(&task.id));
-    item.insert(task::STATE.into(), Attr::s(TaskState::Queued.as_str()));
-    item.insert(task::KIND.into(), Attr::s(task.spec.kind()));
-    item.insert(task::POOL.into(), Attr::s(pool));
-    item.insert(task::ATTEMPT.into(), Attr::n(task.attempt));
-    item.insert(task::SUBMITTED_AT.into(), Attr::s(&at));
-    item.insert(task::UPDATED_AT.into(), Attr::s(&at));
-    item.insert(task::SUMMARY.into(), Attr::s(summary));
-    // A queued task cannot outlive its message (SQS keeps one 14 days at most), so the
-    // retention counted from submission covers it; the agent moves it once the task ends.
-    item.insert(
-        records::EXPIRES.into(),
-        Attr::n(now.timestamp() + records::TASK_RETENTION_SECS),
-    );
-    item
+    TaskRecord {
+        state: Some(TaskState::Queued.into()),
+        kind: Some(task.spec.kind().to_string()),
+        pool: Some(pool),
+        attempt: Some(task.attempt),
+        submitted_at: Some(now),
+        updated_at: Some(now),
+        summary: Some(summary.to_string()),
+        // A queued task cannot outlive its message (SQS keeps one 14 days at most), so
+        // the retention counted from submission covers it; the agent moves it once the
+        // task ends.
+        expires: Some(TaskRecord::expires_after(now)),
+        ..TaskRecord::new(&task.id)
+    }
+    .to_item()
 }
 
 #[derive(Debug, Clone)]
@@ -167,27 +93,6 @@ impl AwsTables {
             ddb: aws_sdk_dynamodb::Client::new(config),
         }
     }
-}
-
-fn to_attr(v: &AttributeValue) -> Attr {
-    match v {
-        AttributeValue::S(s) => Attr::S(s.clone()),
-        AttributeValue::N(n) => Attr::N(n.clone()),
-        AttributeValue::Bool(b) => Attr::Bool(*b),
-        other => Attr::Other(format!("{other:?}")),
-    }
-}
-
-fn from_attr(a: &Attr) -> AttributeValue {
-    match a {
-        Attr::S(s) | Attr::Other(s) => AttributeValue::S(s.clone()),
-        Attr::N(n) => AttributeValue::N(n.clone()),
-        Attr::Bool(b) => AttributeValue::Bool(*b),
-    }
-}
-
-fn to_item(m: &HashMap<String, AttributeValue>) -> Item {
-    m.iter().map(|(k, v)| (k.clone(), to_attr(v))).collect()
 }
 
 fn is_condition_failure<E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(e: &E) -> bool {
@@ -221,11 +126,7 @@ impl Tables for AwsTables {
             .ddb
             .put_item()
             .table_name(table)
-            .set_item(Some(
-                item.iter()
-                    .map(|(k, v)| (k.clone(), from_attr(v)))
-                    .collect(),
-            ))
+            .set_item(Some(to_sdk_item(item)))
             .condition_expression("attribute_not_exists(#id)")
             .expression_attribute_names("#id", records::TASK_ID)
             .send()
@@ -252,7 +153,7 @@ impl Tables for AwsTables {
                 .send()
                 .await
                 .map_err(|e| Error::aws(format!("Failed to read table '{table}'"), e))?;
-            items.extend(out.items().iter().map(to_item));
+            items.extend(out.items().iter().map(from_sdk_item));
             match out.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),
                 _ => return Ok(items),
@@ -270,7 +171,7 @@ impl Tables for AwsTables {
             .send()
             .await
             .map_err(|e| Error::aws(format!("Failed to read task '{id}' from '{table}'"), e))?;
-        Ok(out.item().map(to_item))
+        Ok(out.item().map(from_sdk_item))
     }
 
     async fn cancel_task(&self, table: &str, id: &str, at: DateTime<Utc>) -> Result<Cancel> {
@@ -297,7 +198,7 @@ impl Tables for AwsTables {
             .expression_attribute_values(":reason", AttributeValue::S(CANCEL_REASON.into()))
             .expression_attribute_values(
                 ":expires",
-                AttributeValue::N((at.timestamp() + records::TASK_RETENTION_SECS).to_string()),
+                AttributeValue::N(TaskRecord::expires_after(at).to_string()),
             )
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
@@ -306,7 +207,7 @@ impl Tables for AwsTables {
         }
         match req.send().await {
             Ok(out) => Ok(Cancel::Cancelled(
-                out.attributes().map(to_item).unwrap_or_default(),
+                out.attributes().map(from_sdk_item).unwrap_or_default(),
             )),
             Err(e) if e.as_service_error().is_some_and(is_condition_failure) => {
                 // Read it back rather than trusting the error to carry the item: an
@@ -327,6 +228,7 @@ impl Tables for AwsTables {
 /// An in-memory [`Tables`] with DynamoDB's semantics for the calls lease makes.
 #[cfg(test)]
 pub mod fake {
+    use std::collections::BTreeMap;
     use std::sync::Mutex;
 
     use super::*;
@@ -422,7 +324,7 @@ pub mod fake {
             item.entry(task::ENDED_AT.into()).or_insert(Attr::s(&now));
             item.insert(
                 records::EXPIRES.into(),
-                Attr::n(at.timestamp() + records::TASK_RETENTION_SECS),
+                Attr::n(TaskRecord::expires_after(at)),
             );
             Ok(Cancel::Cancelled(before))
         }

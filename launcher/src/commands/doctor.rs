@@ -58,7 +58,7 @@ pub async fn checks<C: Cloud>(
                 .filter_map(|r| r.region_name().map(str::to_string))
                 .collect::<Vec<_>>()
         })
-        .map_err(|e| aws_smithy_types::error::display::DisplayErrorContext(e).to_string());
+        .map_err(|e| lease_common::sdk_error::render(&e));
     match regions {
         Ok(regions) if regions.iter().any(|r| r == cloud.region()) => {
             out.push(Check::ok("region", cloud.region()));

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use lease_common::layout::log_key;
-use lease_common::records::{TaskState, task};
+use lease_common::records::{TaskRecord, TaskState};
 
 use crate::aws::dynamodb::{Tables, get_s};
 use crate::aws::s3::Bucket;
@@ -80,8 +80,7 @@ pub async fn run<B: Bucket, T: Tables>(
                         .task(table, &args.task_id)
                         .await?
                         .as_ref()
-                        .and_then(|item| item.get(task::ATTEMPT))
-                        .and_then(|a| a.as_i64()),
+                        .and_then(|item| TaskRecord::from_item(item).attempt),
                     None => None,
                 };
                 let which =
@@ -118,8 +117,7 @@ pub async fn run<B: Bucket, T: Tables>(
                 .task(table, &args.task_id)
                 .await?
                 .as_ref()
-                .and_then(|item| get_s(item, task::STATE))
-                .and_then(|s| s.parse::<TaskState>().ok())
+                .and_then(|item| TaskRecord::from_item(item).task_state())
                 .is_some_and(TaskState::is_final);
             if ended {
                 continue;
@@ -138,6 +136,7 @@ mod tests {
     use super::*;
     use crate::aws::dynamodb::fake::FakeTables;
     use crate::aws::dynamodb::{Attr, Item};
+    use lease_common::records::task;
 
     /// A log that grows by one line each time it is read, up to `lines`.
     #[derive(Debug, Default)]

@@ -1,7 +1,7 @@
 //! `lease nodes`: the node registry the agents keep by heartbeat.
 
 use chrono::{DateTime, TimeDelta, Utc};
-use lease_common::records::{self, node};
+use lease_common::records::{DEREGISTERED, NodeRecord};
 use serde::Serialize;
 
 use crate::aws::dynamodb::{Item, Tables, get_s, get_time};
@@ -16,8 +16,6 @@ const HEARTBEAT: TimeDelta = TimeDelta::seconds(30);
 /// network, three is a dead agent or a gone machine.
 pub const STALE_AFTER: TimeDelta = TimeDelta::seconds(3 * HEARTBEAT.num_seconds());
 
-/// What the agent records when it leaves.
-const DEREGISTERED: &str = "deregistered";
 /// Shown instead of the recorded status for a node past [`STALE_AFTER`].
 const STALE: &str = "stale";
 
@@ -41,28 +39,26 @@ pub struct NodeRow {
 
 impl NodeRow {
     pub fn from_item(item: &Item, now: DateTime<Utc>) -> Self {
-        let s = |name: &str| get_s(item, name).map(str::to_string);
-        let recorded_status = s(node::STATUS);
-        let last_heartbeat =
-            get_time(item, node::LAST_HEARTBEAT).or_else(|| get_time(item, node::REGISTERED_AT));
-        let deregistered = recorded_status.as_deref() == Some(DEREGISTERED);
+        let r = NodeRecord::from_item(item);
+        let last_heartbeat = r.last_heartbeat.or(r.registered_at);
+        let deregistered = r.status.as_deref() == Some(DEREGISTERED);
         let stale = !deregistered && last_heartbeat.is_none_or(|t| now - t > STALE_AFTER);
         Self {
-            node_id: s(records::NODE_ID).unwrap_or_default(),
-            name: s(node::NODE_NAME),
-            instance_id: s(node::INSTANCE_ID),
-            instance_type: s(node::INSTANCE_TYPE),
-            market: s(node::MARKET),
+            node_id: r.node_id,
+            name: r.node_name,
+            instance_id: r.instance_id,
+            instance_type: r.instance_type,
+            market: r.market,
             status: if stale {
                 STALE.to_string()
             } else {
-                recorded_status.clone().unwrap_or_else(|| "-".into())
+                r.status.clone().unwrap_or_else(|| "-".into())
             },
-            recorded_status,
-            task_id: s(node::TASK_ID),
-            slots: item.get(node::SLOTS).and_then(|a| a.as_i64()),
+            recorded_status: r.status,
+            task_id: r.task_id,
+            slots: r.slots.map(i64::from),
             last_heartbeat,
-            deadline: get_time(item, node::DEADLINE),
+            deadline: r.deadline,
         }
     }
 
@@ -146,6 +142,7 @@ mod tests {
     use super::*;
     use crate::aws::dynamodb::Attr;
     use chrono::TimeZone;
+    use lease_common::records::{self, node};
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()

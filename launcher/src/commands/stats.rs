@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use lease_common::records::{TaskState, task};
+use lease_common::records::{RecordedState, TaskRecord, TaskState};
 use serde::Serialize;
 
 use crate::aws::dynamodb::{Item, Tables, get_s};
@@ -33,7 +33,8 @@ pub fn by_state(items: &[Item]) -> BTreeMap<String, u64> {
         .map(|s| (s.as_str().to_string(), 0))
         .collect();
     for i in items {
-        let state = get_s(i, task::STATE).unwrap_or("unknown");
+        let state = TaskRecord::from_item(i).state;
+        let state = state.as_ref().map_or("unknown", RecordedState::as_str);
         *counts.entry(state.to_string()).or_default() += 1;
     }
     counts
@@ -127,6 +128,7 @@ pub async fn run<Q: TaskQueue, T: Tables>(
 mod tests {
     use super::*;
     use crate::aws::dynamodb::Attr;
+    use lease_common::records::task;
 
     fn with_state(state: &str) -> Item {
         Item::from([(task::STATE.to_string(), Attr::s(state))])

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use lease_common::layout;
-use lease_common::records::{self, TaskState, task};
+use lease_common::records::{self, RecordedState, TaskRecord, TaskState, task};
 use serde::Serialize;
 
 use crate::aws::dynamodb::{Attr, Cancel, Item, Tables, get_s, get_time};
@@ -28,17 +28,22 @@ pub struct TaskRow {
 
 impl TaskRow {
     pub fn from_item(item: &Item) -> Self {
-        let s = |name: &str| get_s(item, name).map(str::to_string);
+        Self::from_record(TaskRecord::from_item(item))
+    }
+
+    fn from_record(r: TaskRecord) -> Self {
         Self {
-            id: s(records::TASK_ID).unwrap_or_default(),
-            state: s(task::STATE).unwrap_or_else(|| "-".into()),
-            kind: s(task::KIND),
-            node_id: s(task::NODE_ID),
-            instance_id: s(task::INSTANCE_ID),
-            attempt: item.get(task::ATTEMPT).and_then(Attr::as_i64),
-            submitted_at: get_time(item, task::SUBMITTED_AT),
-            updated_at: get_time(item, task::UPDATED_AT),
-            summary: s(task::SUMMARY),
+            id: r.task_id,
+            state: r
+                .state
+                .map_or_else(|| "-".into(), |s| s.as_str().to_string()),
+            kind: r.kind,
+            node_id: r.node_id,
+            instance_id: r.instance_id,
+            attempt: r.attempt.map(i64::from),
+            submitted_at: r.submitted_at,
+            updated_at: r.updated_at,
+            summary: r.summary,
         }
     }
 
@@ -119,12 +124,13 @@ pub struct Locations {
 }
 
 pub fn locations(item: &Item, bucket: Option<&str>) -> Locations {
-    let id = get_s(item, records::TASK_ID).unwrap_or_default();
-    let log = get_s(item, task::LOG)
-        .map(str::to_string)
+    let r = TaskRecord::from_item(item);
+    let id = r.task_id.as_str();
+    let log = r
+        .log
         .or_else(|| bucket.map(|b| format!("s3://{b}/{}", layout::log_key(id))));
-    let bundle = get_s(item, task::BUNDLE).map(str::to_string).or_else(|| {
-        let instance = get_s(item, task::INSTANCE_ID)?;
+    let bundle = r.bundle.or_else(|| {
+        let instance = r.instance_id.as_deref()?;
         bucket.map(|b| format!("s3://{b}/{}", layout::bundle_prefix(instance, id)))
     });
     Locations { log, bundle }
@@ -159,11 +165,17 @@ pub fn render_show(item: &Item, loc: &Locations) -> String {
 
 /// What `lease tasks cancel` tells the person, given the state the task was in.
 pub fn cancel_message(id: &str, before: &Item) -> String {
-    let state = get_s(before, task::STATE).unwrap_or("unknown");
-    match state.parse::<TaskState>() {
-        Ok(TaskState::Running | TaskState::Uploading) => {
-            let node = get_s(before, task::NODE_ID)
-                .or_else(|| get_s(before, task::INSTANCE_ID))
+    let before = TaskRecord::from_item(before);
+    let state = before
+        .state
+        .as_ref()
+        .map_or("unknown", RecordedState::as_str);
+    match before.task_state() {
+        Some(TaskState::Running | TaskState::Uploading) => {
+            let node = before
+                .node_id
+                .as_deref()
+                .or(before.instance_id.as_deref())
                 .unwrap_or("its node");
             format!(
                 "Cancelled task '{id}' (was {state}). {node} stops it when it next checks \
@@ -254,8 +266,9 @@ async fn cancel<T: Tables>(tables: &T, ctx: &Ctx, table: &str, args: &TaskIdArgs
             output::print(&format!("{id}\n"))
         }
         Cancel::Final(item) => {
-            let state = get_s(&item, task::STATE).unwrap_or("final");
-            if state == TaskState::Cancelled.as_str() {
+            let record = TaskRecord::from_item(&item);
+            let state = record.state.as_ref().map_or("final", RecordedState::as_str);
+            if record.task_state() == Some(TaskState::Cancelled) {
                 eprintln!("Task '{id}' was already cancelled.");
                 return output::print(&format!("{id}\n"));
             }

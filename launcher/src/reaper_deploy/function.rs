@@ -10,9 +10,7 @@ use lease_common::stack::{Location, Stack};
 use lease_reaper::ReaperConfig;
 use lease_reaper::function::{ENV_GRACE, ENV_MAX_AGE};
 
-use super::{
-    Change, DeployClients, DeployError, FUNCTION, ReaperPackage, STACK_TAG, aws_error, reason,
-};
+use super::{Change, DeployClients, DeployError, FUNCTION, ReaperPackage, STACK_TAG, aws_error};
 
 /// A run over a large fleet makes one call per due instance; five minutes (the period)
 /// is far more than that needs, and runs never pile up.
@@ -174,7 +172,7 @@ async fn create_function(
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_invalid_parameter_value_exception())
-                    && reason(&e).contains("cannot be assumed") =>
+                    && lease_common::sdk_error::render(&e).contains("cannot be assumed") =>
             {
                 match waits.next() {
                     Some(wait) => tokio::time::sleep(*wait).await,
