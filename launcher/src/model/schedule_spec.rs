@@ -453,6 +453,8 @@ mod tests {
             "Europe/",
             "europe/paris",
             "Europe/Paris Time",
+            // The right shape, but no such zone.
+            "Europe/Pariss",
         ] {
             let err = validate_timezone(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
