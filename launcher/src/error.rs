@@ -27,8 +27,6 @@ pub enum Error {
     MissingProgram(String),
     #[error(transparent)]
     Settings(#[from] crate::settings::SettingsError),
-    #[error(transparent)]
-    ScheduleSpec(#[from] crate::model::schedule_spec::ScheduleSpecError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -39,11 +37,7 @@ pub enum Error {
 impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Usage(_)
-            | Error::Duration(_)
-            | Error::Tag(_)
-            | Error::AwsConfig(_)
-            | Error::ScheduleSpec(_) => 2,
+            Error::Usage(_) | Error::Duration(_) | Error::Tag(_) | Error::AwsConfig(_) => 2,
             Error::NotFound(_) => 3,
             Error::Refused(_) => 4,
             Error::MissingProgram(_) => 5,

@@ -201,7 +201,7 @@ pub async fn run_in_stack<C: Cloud>(
     args: &LaunchArgs,
     stack: Option<&StackOutputs>,
 ) -> Result<()> {
-    let local = read_local(args, ctx)?;
+    let local = read_local(args, ctx.yes, ctx.now)?;
     run_prepared(cloud, ctx, args, stack, local).await
 }
 

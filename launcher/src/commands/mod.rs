@@ -67,7 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     // Every flag and local file a launch needs is checked before any AWS configuration
     // is loaded: a bad --ttl is reported as such, not after "no region configured".
     let launch_inputs = match &cli.command {
-        Command::Launch(a) => Some(crate::launch_inputs::read_local(a, &ctx)?),
+        Command::Launch(a) => Some(crate::launch_inputs::read_local(a, ctx.yes, ctx.now)?),
         _ => None,
     };
     let opts = AwsOptions {

@@ -42,6 +42,14 @@ pub enum ScheduleSpecError {
 }
 
 type Result<T, E = ScheduleSpecError> = std::result::Result<T, E>;
+
+/// A usage error (exit 2) with the same message: the conversion lives here rather than
+/// as a variant of the crate's error, so `error` does not depend on `model`.
+impl From<ScheduleSpecError> for crate::error::Error {
+    fn from(e: ScheduleSpecError) -> Self {
+        crate::error::Error::Usage(e.to_string())
+    }
+}
 use crate::model::launch_plan::LaunchPlan;
 
 /// Scheduler's own names for a run, substituted into a target's input at each run.
