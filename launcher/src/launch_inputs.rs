@@ -2,12 +2,12 @@
 //! `lease schedule create`: the local inputs (flags and the files they name, checked
 //! before any AWS call) and the agent package an instance installs at boot.
 
+use chrono::{DateTime, Utc};
 use lease_common::config::AgentConfig;
 use lease_common::messages::Task;
 
 use crate::aws::s3::AgentPackages;
 use crate::cli::LaunchArgs;
-use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model::launch_plan::{self, LeaseTerms};
 use crate::model::userdata::AgentSource;
@@ -43,11 +43,12 @@ fn merge(
     }
 }
 
-pub fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
-    let terms = LeaseTerms::from_args(args, ctx.yes)?;
+/// `yes` is `--yes` (it confirms a long lease); `now` is the invocation's time.
+pub fn read_local(args: &LaunchArgs, yes: bool, now: DateTime<Utc>) -> Result<LocalInputs> {
+    let terms = LeaseTerms::from_args(args, yes)?;
     // The tag values too (a --job or --name too long for a tag), with a stand-in for
     // the owner, which is known only once AWS says who the caller is.
-    launch_plan::lease_tags(args, &terms, "-", ctx.now)?;
+    launch_plan::lease_tags(args, &terms, "-", now)?;
     let mut agent_config = match &args.agent_config {
         Some(path) => {
             AgentConfig::load(path).map_err(|e| Error::usage(format!("--agent-config: {e}")))?
@@ -97,7 +98,7 @@ pub fn read_local(args: &LaunchArgs, ctx: &Ctx) -> Result<LocalInputs> {
         Some(task) => vec![task],
         None if args.task.is_given() => {
             let random = uuid::Uuid::new_v4().simple().to_string();
-            crate::model::task::per_instance(&args.task, args.count as usize, ctx.now, &random)?
+            crate::model::task::per_instance(&args.task, args.count as usize, now, &random)?
         }
         None => Vec::new(),
     };

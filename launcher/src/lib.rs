@@ -15,6 +15,7 @@ pub mod reaper_deploy;
 pub mod resolve;
 pub mod settings;
 pub mod setup;
+pub mod targets;
 
 pub use error::{Error, Result};
 

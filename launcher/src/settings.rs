@@ -228,24 +228,6 @@ impl StackOutputs {
     }
 }
 
-/// The DynamoDB tables a command uses: the flag (or its environment variable) when
-/// given, else the active stack's. For `lease tasks` / `lease nodes` and the
-/// `--tasks-table` / `--nodes-table` flags.
-pub fn tables(
-    tasks_flag: Option<&str>,
-    nodes_flag: Option<&str>,
-    stack: Option<&StackOutputs>,
-) -> (Option<String>, Option<String>) {
-    (
-        tasks_flag
-            .map(str::to_string)
-            .or_else(|| stack.map(|s| s.tasks_table.clone())),
-        nodes_flag
-            .map(str::to_string)
-            .or_else(|| stack.map(|s| s.nodes_table.clone())),
-    )
-}
-
 /// The active stack's section for `region`, read from this process's settings file;
 /// `None` when nothing is set up there.
 pub fn active_stack(region: &str) -> Result<Option<StackOutputs>, SettingsError> {
@@ -368,15 +350,5 @@ mod tests {
             err.contains("config.yaml") && err.contains("default-stak"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn table_flags_win_over_the_stack() {
-        let o = outputs("main", "us-east-1");
-        assert_eq!(
-            tables(Some("t"), None, Some(&o)),
-            (Some("t".into()), Some("lease-main-nodes".into()))
-        );
-        assert_eq!(tables(None, None, None), (None, None));
     }
 }

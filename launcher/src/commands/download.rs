@@ -203,7 +203,7 @@ pub async fn run<B: Bucket>(b: &B, ctx: &Ctx, args: &DownloadArgs) -> Result<()>
     let bucket = args
         .bucket
         .as_deref()
-        .ok_or_else(crate::commands::no_bucket)?;
+        .ok_or_else(crate::targets::no_bucket)?;
     let found = bundles(b, bucket, &args.target, args.partial).await?;
     let mut summary = Summary {
         to: args.to.clone(),

@@ -26,6 +26,7 @@ use crate::model::quota::{self, LaunchFailure};
 use crate::model::userdata::{self, AgentSource};
 use crate::output::{self, Cell, Table};
 use crate::settings::StackOutputs;
+use crate::targets::apply_stack;
 
 /// How long `--wait` waits for every instance to be running.
 const WAIT_LIMIT: Duration = Duration::from_secs(600);
@@ -188,41 +189,6 @@ fn plans(
         .collect()
 }
 
-/// What a stack from `lease setup` supplies that the flags and `--agent-config` left
-/// unset: the instance profile, the bucket with the agent package, and the agent's
-/// queue (the `--pool`'s), control bus, log bucket and tables.
-pub fn apply_stack(
-    args: &LaunchArgs,
-    config: &mut AgentConfig,
-    stack: &StackOutputs,
-) -> Result<LaunchArgs> {
-    let pool = args
-        .pool
-        .clone()
-        .unwrap_or_else(|| lease_common::stack::DEFAULT_POOL.to_string());
-    let queues = stack.pool(Some(&pool)).ok_or_else(|| {
-        Error::usage(format!(
-            "--pool '{pool}': stack '{}' has no queue for it (pools: {}); run `lease setup --pool {pool}` first",
-            stack.stack,
-            stack.pool_names()
-        ))
-    })?;
-    let fill = |field: &mut Option<String>, value: &str| {
-        field.get_or_insert_with(|| value.to_string());
-    };
-    fill(&mut config.queue_url, &queues.queue_url);
-    fill(&mut config.topic_arn, &stack.bus_topic_arn);
-    fill(&mut config.log_bucket, &stack.bucket);
-    fill(&mut config.tasks_table, &stack.tasks_table);
-    fill(&mut config.nodes_table, &stack.nodes_table);
-    fill(&mut config.pool, &pool);
-    fill(&mut config.region, &stack.region);
-    let mut args = args.clone();
-    fill(&mut args.iam_instance_profile, &stack.instance_profile);
-    fill(&mut args.agent_bucket, &stack.bucket);
-    Ok(args)
-}
-
 pub async fn run<C: Cloud>(cloud: &C, ctx: &Ctx, args: &LaunchArgs) -> Result<()> {
     run_in_stack(cloud, ctx, args, None).await
 }
@@ -235,7 +201,7 @@ pub async fn run_in_stack<C: Cloud>(
     args: &LaunchArgs,
     stack: Option<&StackOutputs>,
 ) -> Result<()> {
-    let local = read_local(args, ctx)?;
+    let local = read_local(args, ctx.yes, ctx.now)?;
     run_prepared(cloud, ctx, args, stack, local).await
 }
 

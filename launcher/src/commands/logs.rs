@@ -63,7 +63,7 @@ pub async fn run<B: Bucket, T: Tables>(
     let bucket = args
         .bucket
         .as_deref()
-        .ok_or_else(crate::commands::no_bucket)?;
+        .ok_or_else(crate::targets::no_bucket)?;
     let key = log_key(&args.task_id);
     let mut at = Position::default();
     // Set once the record says the task ended: the agent uploads the whole log before

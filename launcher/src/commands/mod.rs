@@ -33,27 +33,7 @@ use crate::aws::sts::Identity;
 use crate::cli::{Cli, Command, OutputFormat};
 use crate::error::{Error, Result};
 use crate::model::launch_plan::owner_from_arn;
-use crate::settings::StackOutputs;
-
-/// No queue named, and no stack set up to take one from.
-pub fn no_queue() -> Error {
-    Error::usage(
-        "No task queue: pass --queue-url or set LEASE_QUEUE_URL, or run `lease setup` to create a stack",
-    )
-}
-
-/// No bucket named, and no stack set up to take one from.
-pub fn no_bucket() -> Error {
-    Error::usage(
-        "No bucket: pass --bucket or set LEASE_BUCKET, or run `lease setup` to create a stack",
-    )
-}
-
-/// The stack recorded by `lease setup` for this region (`LEASE_STACK`, else the
-/// default stack), read only when a command has a value to default.
-fn stack_in(region: &str) -> Result<Option<StackOutputs>> {
-    Ok(crate::settings::active_stack(region)?)
-}
+use crate::targets;
 
 /// What every command needs besides AWS: how to print, whether to ask, and the time.
 #[derive(Debug, Clone)]
@@ -87,7 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     // Every flag and local file a launch needs is checked before any AWS configuration
     // is loaded: a bad --ttl is reported as such, not after "no region configured".
     let launch_inputs = match &cli.command {
-        Command::Launch(a) => Some(crate::launch_inputs::read_local(a, &ctx)?),
+        Command::Launch(a) => Some(crate::launch_inputs::read_local(a, ctx.yes, ctx.now)?),
         _ => None,
     };
     let opts = AwsOptions {
@@ -99,7 +79,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     let cloud = AwsCloud::new(&sdk);
     match &cli.command {
         Command::Launch(a) => {
-            let stack = stack_in(cloud.region())?;
+            let stack = targets::stack_in(cloud.region())?;
             match launch_inputs {
                 Some(local) => launch::run_prepared(&cloud, &ctx, a, stack.as_ref(), local).await,
                 None => launch::run_in_stack(&cloud, &ctx, a, stack.as_ref()).await,
@@ -133,19 +113,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             attach::run(&cloud, a, g.profile.as_deref(), sdk.endpoint_url()).await
         }
         Command::Submit(a) => {
-            let stack = if a.work.queue_url.is_some()
-                && a.work.bucket.is_some()
-                && a.table.tasks_table.is_some()
-            {
-                None
-            } else {
-                stack_in(cloud.region())?
-            };
-            let (to, bucket) = submit::destination(&a.work, stack.as_ref())?;
-            let mut a = (**a).clone();
-            a.work.bucket = bucket;
-            (a.table.tasks_table, _) =
-                crate::settings::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
+            let (a, to) = targets::submit(a, cloud.region())?;
             submit::run_to(
                 &AwsQueue::new(&sdk),
                 &AwsBucket::new(&sdk),
@@ -157,48 +125,22 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             .await
         }
         Command::Stats(a) => {
-            let mut a = a.clone();
-            if a.work.queue_url.is_none() || a.table.tasks_table.is_none() {
-                let stack = stack_in(cloud.region())?;
-                if a.work.queue_url.is_none() {
-                    a.work.queue_url = stack
-                        .as_ref()
-                        .and_then(|s| s.pool(None).map(|p| p.queue_url.clone()));
-                }
-                (a.table.tasks_table, _) =
-                    crate::settings::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
-            }
+            let a = targets::stats(a, cloud.region())?;
             stats::run(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, &a).await
         }
         Command::Tasks(a) => {
-            let mut a = a.clone();
-            if a.tasks_table.is_none() {
-                (a.tasks_table, _) =
-                    crate::settings::tables(None, None, stack_in(cloud.region())?.as_ref());
-            }
+            let a = targets::tasks(a, cloud.region())?;
             tasks::run(&AwsTables::new(&sdk), &ctx, &a).await
         }
         Command::Nodes(a) => {
-            let mut a = a.clone();
-            if a.nodes_table.is_none() {
-                (_, a.nodes_table) =
-                    crate::settings::tables(None, None, stack_in(cloud.region())?.as_ref());
-            }
+            let a = targets::nodes(a, cloud.region())?;
             nodes::run(&AwsTables::new(&sdk), &ctx, &a).await
         }
         Command::Logs(a) => {
-            let mut a = a.clone();
-            let stack = stack_in(cloud.region())?;
-            if a.bucket.is_none() {
-                a.bucket = stack.as_ref().map(|s| s.bucket.clone());
-            }
-            if a.tasks_table.is_none() {
-                (a.tasks_table, _) = crate::settings::tables(None, None, stack.as_ref());
-            }
-            let tables = AwsTables::new(&sdk);
+            let a = targets::logs(a, cloud.region())?;
             logs::run(
                 &AwsBucket::new(&sdk),
-                &tables,
+                &AwsTables::new(&sdk),
                 &a,
                 &mut std::io::stdout(),
                 &mut std::io::stderr(),
@@ -206,10 +148,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             .await
         }
         Command::Download(a) => {
-            let mut a = a.clone();
-            if a.bucket.is_none() {
-                a.bucket = stack_in(cloud.region())?.map(|s| s.bucket);
-            }
+            let a = targets::download(a, cloud.region())?;
             download::run(&AwsBucket::new(&sdk), &ctx, &a).await
         }
         Command::IamPolicy(a) => {

@@ -136,7 +136,7 @@ async fn create<C: Cloud, S: Schedules>(
                     "--wait and --dry-run do not apply to a scheduled launch",
                 ));
             }
-            let local = read_local(&a, ctx)?;
+            let local = read_local(&a, ctx.yes, ctx.now)?;
             if !local.tasks.is_empty() {
                 // Each run would need fresh task ids, and a RunInstances input is fixed.
                 return Err(Error::usage(

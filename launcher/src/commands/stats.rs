@@ -66,7 +66,7 @@ pub async fn run<Q: TaskQueue, T: Tables>(
         .work
         .queue_url
         .as_ref()
-        .ok_or_else(crate::commands::no_queue)?;
+        .ok_or_else(crate::targets::no_queue)?;
     let (counts, dlq) = futures::future::join(q.counts(url), q.dead_letter_url(url)).await;
     let QueueCounts {
         visible,

@@ -15,12 +15,12 @@ use serde::Serialize;
 use crate::aws::dynamodb::{Created, Tables, queued_record};
 use crate::aws::s3::Uploads;
 use crate::aws::sqs::{Outgoing, TaskQueue};
-use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
+use crate::cli::{OutputFormat, SubmitArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::model;
 use crate::output;
-use crate::settings::StackOutputs;
+use crate::targets::Destination;
 
 /// Records written at once: enough to keep a large array quick, few enough to stay far
 /// below a table's on-demand write throttling.
@@ -78,28 +78,6 @@ async fn body_for<S: Uploads>(
     Ok((body, Some(url)))
 }
 
-/// Where tasks go: a queue named by `--queue-url`, or a stack's command topic, whose
-/// subscriptions route each task to its pool's queue by the `pool` attribute.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Destination {
-    Queue(String),
-    Topic {
-        arn: String,
-        /// The pools the stack has queues for: a task for any other would be dropped
-        /// by every subscription's filter, so it is refused before sending.
-        pools: Vec<String>,
-    },
-}
-
-impl std::fmt::Display for Destination {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Destination::Queue(url) => f.write_str(url),
-            Destination::Topic { arn, .. } => write!(f, "topic {arn}"),
-        }
-    }
-}
-
 async fn send<Q: TaskQueue>(
     q: &Q,
     to: &Destination,
@@ -109,28 +87,6 @@ async fn send<Q: TaskQueue>(
         Destination::Queue(url) => q.send_batch(url, batch).await,
         Destination::Topic { arn, .. } => q.publish_batch(arn, batch).await,
     }
-}
-
-/// Where tasks go and which bucket takes oversized ones: `--queue-url` when given
-/// (tasks go straight to that queue), else the stack's command topic; the bucket
-/// flag, else the stack's.
-pub fn destination(
-    work: &WorkArgs,
-    stack: Option<&StackOutputs>,
-) -> Result<(Destination, Option<String>)> {
-    let bucket = work
-        .bucket
-        .clone()
-        .or_else(|| stack.map(|s| s.bucket.clone()));
-    let to = match (&work.queue_url, stack) {
-        (Some(url), _) => Destination::Queue(url.clone()),
-        (None, Some(s)) => Destination::Topic {
-            arn: s.command_topic_arn.clone(),
-            pools: s.pools.keys().cloned().collect(),
-        },
-        (None, None) => return Err(crate::commands::no_queue()),
-    };
-    Ok((to, bucket))
 }
 
 /// Sends to `--queue-url` (or `LEASE_QUEUE_URL`).
@@ -145,7 +101,7 @@ pub async fn run<Q: TaskQueue, S: Uploads, T: Tables>(
         .work
         .queue_url
         .clone()
-        .ok_or_else(crate::commands::no_queue)?;
+        .ok_or_else(crate::targets::no_queue)?;
     run_to(q, uploads, tables, ctx, args, &Destination::Queue(url)).await
 }
 
@@ -470,71 +426,5 @@ mod tests {
             1,
             "the task was queued all the same"
         );
-    }
-}
-
-#[cfg(test)]
-mod destination_tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::settings::PoolOutputs;
-
-    fn stack() -> StackOutputs {
-        StackOutputs {
-            stack: "main".into(),
-            region: "us-east-1".into(),
-            account: "123456789012".into(),
-            command_topic_arn: "arn:aws:sns:us-east-1:123456789012:lease-main-commands".into(),
-            bus_topic_arn: "arn:aws:sns:us-east-1:123456789012:lease-main-bus".into(),
-            pools: [(
-                "default".to_string(),
-                PoolOutputs {
-                    queue_url: "https://q/default".into(),
-                    dead_letter_queue_url: "https://q/dlq".into(),
-                },
-            )]
-            .into(),
-            events_queue_url: "https://q/events".into(),
-            bucket: "stack-bucket".into(),
-            nodes_table: "lease-main-nodes".into(),
-            tasks_table: "lease-main-tasks".into(),
-            agent_role: "lease-main-agent".into(),
-            instance_profile: "lease-main-agent".into(),
-            agent_packages: vec![],
-            reaper_function_arn: None,
-            claude_auth: Default::default(),
-        }
-    }
-
-    fn work(queue: Option<&str>, bucket: Option<&str>) -> WorkArgs {
-        WorkArgs {
-            queue_url: queue.map(str::to_string),
-            bucket: bucket.map(str::to_string),
-        }
-    }
-
-    #[test]
-    fn a_named_queue_wins_and_the_stack_fills_the_rest() {
-        let (to, bucket) =
-            destination(&work(Some("https://q/mine"), None), Some(&stack())).unwrap();
-        assert_eq!(to, Destination::Queue("https://q/mine".into()));
-        assert_eq!(bucket.as_deref(), Some("stack-bucket"));
-
-        let (to, bucket) = destination(&work(None, Some("b")), Some(&stack())).unwrap();
-        assert_eq!(
-            to,
-            Destination::Topic {
-                arn: "arn:aws:sns:us-east-1:123456789012:lease-main-commands".into(),
-                pools: vec!["default".into()],
-            }
-        );
-        assert_eq!(bucket.as_deref(), Some("b"));
-
-        let err = destination(&work(None, None), None).unwrap_err();
-        assert_eq!(err.exit_code(), 2);
-        assert!(err.to_string().contains("lease setup"), "{err}");
-        let (to, bucket) = destination(&work(Some("https://q/x"), None), None).unwrap();
-        assert_eq!(to, Destination::Queue("https://q/x".into()));
-        assert_eq!(bucket, None);
     }
 }

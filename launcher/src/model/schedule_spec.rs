@@ -21,7 +21,35 @@ use lease_common::tags::EXPIRES_AT;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+/// What is wrong with a schedule's name, expression or time zone, naming the flag and
+/// the value given; all are usage errors (exit 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleSpecError {
+    #[error("invalid schedule name '{0}': use 1 to 64 letters, digits, '-' or '_'")]
+    Name(String),
+    #[error("the schedule name '{0}' is the stack's backstop reaper's; choose another")]
+    ReaperName(String),
+    #[error("--rate '{text}': {why}")]
+    Rate { text: String, why: String },
+    #[error("--cron '{text}': {why}")]
+    Cron { text: String, why: String },
+    #[error(
+        "--timezone '{0}': expected an IANA time zone name such as UTC, Europe/Paris or America/New_York"
+    )]
+    TimeZone(String),
+    #[error("the launch request does not serialise: {0}")]
+    LaunchInput(serde_json::Error),
+}
+
+type Result<T, E = ScheduleSpecError> = std::result::Result<T, E>;
+
+/// A usage error (exit 2) with the same message: the conversion lives here rather than
+/// as a variant of the crate's error, so `error` does not depend on `model`.
+impl From<ScheduleSpecError> for crate::error::Error {
+    fn from(e: ScheduleSpecError) -> Self {
+        crate::error::Error::Usage(e.to_string())
+    }
+}
 use crate::model::launch_plan::LaunchPlan;
 
 /// Scheduler's own names for a run, substituted into a target's input at each run.
@@ -62,14 +90,10 @@ pub fn validate_name(name: &str) -> Result<()> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
     if !ok {
-        return Err(Error::usage(format!(
-            "invalid schedule name '{name}': use 1 to 64 letters, digits, '-' or '_'"
-        )));
+        return Err(ScheduleSpecError::Name(name.to_string()));
     }
     if name == REAPER_SCHEDULE {
-        return Err(Error::usage(format!(
-            "the schedule name '{name}' is the stack's backstop reaper's; choose another"
-        )));
+        return Err(ScheduleSpecError::ReaperName(name.to_string()));
     }
     Ok(())
 }
@@ -77,7 +101,10 @@ pub fn validate_name(name: &str) -> Result<()> {
 /// `N minute|minutes|hour|hours|day|days`, N ≥ 1, singular only for 1, as
 /// `rate(…)`.
 pub fn rate_expression(text: &str) -> Result<String> {
-    let bad = |why: &str| Error::usage(format!("--rate '{text}': {why}"));
+    let bad = |why: &str| ScheduleSpecError::Rate {
+        text: text.to_string(),
+        why: why.to_string(),
+    };
     let parts: Vec<&str> = text.split_whitespace().collect();
     let [n, unit] = parts.as_slice() else {
         return Err(bad(
@@ -244,7 +271,10 @@ impl Field {
 /// Six fields — minutes hours day-of-month month day-of-week year — of which exactly
 /// one of day-of-month and day-of-week is `?`, as `cron(…)`.
 pub fn cron_expression(text: &str) -> Result<String> {
-    let bad = |why: String| Error::usage(format!("--cron '{text}': {why}"));
+    let bad = |why: String| ScheduleSpecError::Cron {
+        text: text.to_string(),
+        why,
+    };
     let fields: Vec<&str> = text.split_whitespace().collect();
     if fields.len() != 6 {
         return Err(bad(format!(
@@ -278,47 +308,13 @@ pub fn cron_expression(text: &str) -> Result<String> {
     Ok(format!("cron({})", fields.join(" ")))
 }
 
-/// The areas of the IANA time zone database's canonical `Area/Location` names.
-const TZ_AREAS: &[&str] = &[
-    "Africa",
-    "America",
-    "Antarctica",
-    "Arctic",
-    "Asia",
-    "Atlantic",
-    "Australia",
-    "Europe",
-    "Indian",
-    "Pacific",
-    "Etc",
-];
-
-/// An IANA time zone name by its shape: `UTC`, or `Area/Location[/Sub]` with a known
-/// area (`Europe/Paris`, `America/Argentina/Buenos_Aires`, `Etc/GMT+5`). A name of the
-/// right shape that does not exist is left to Scheduler, which refuses it by name;
-/// a table of every zone would be a copy of the database to keep up to date.
+/// An IANA time zone name (`UTC`, `Europe/Paris`, `America/Argentina/Buenos_Aires`,
+/// `Etc/GMT+5`), looked up in the time zone database chrono-tz carries, so a name that
+/// does not exist is refused here rather than by Scheduler after the AWS calls.
 pub fn validate_timezone(tz: &str) -> Result<()> {
-    if tz == "UTC" || tz == "GMT" {
-        return Ok(());
-    }
-    let parts: Vec<&str> = tz.split('/').collect();
-    let segment_ok = |s: &&str| {
-        !s.is_empty()
-            && s.len() <= 30
-            && s.starts_with(|c: char| c.is_ascii_uppercase())
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '+'))
-    };
-    let ok = (2..=3).contains(&parts.len())
-        && TZ_AREAS.contains(&parts[0])
-        && parts.iter().all(segment_ok);
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::usage(format!(
-            "--timezone '{tz}': expected an IANA time zone name such as UTC, Europe/Paris or America/New_York"
-        )))
-    }
+    tz.parse::<chrono_tz::Tz>()
+        .map(|_| ())
+        .map_err(|_| ScheduleSpecError::TimeZone(tz.to_string()))
 }
 
 /// The id a scheduled task gets: one per run, from the schedule's name.
@@ -357,8 +353,7 @@ pub fn client_token(group: &str, name: &str) -> String {
 /// send, with user data base64-encoded as the API takes it, the per-run client token,
 /// and no `lease:expires-at` (a fixed deadline would be in the past after the first run).
 pub fn run_instances_input(plan: &LaunchPlan, client_token: &str) -> Result<Value> {
-    let mut v = serde_json::to_value(plan)
-        .map_err(|e| Error::usage(format!("the launch request does not serialise: {e}")))?;
+    let mut v = serde_json::to_value(plan).map_err(ScheduleSpecError::LaunchInput)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert(
             "UserData".into(),
@@ -466,6 +461,8 @@ mod tests {
             "Europe/",
             "europe/paris",
             "Europe/Paris Time",
+            // The right shape, but no such zone.
+            "Europe/Pariss",
         ] {
             let err = validate_timezone(bad).unwrap_err().to_string();
             assert!(err.contains(bad), "{err}");
