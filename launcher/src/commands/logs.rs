@@ -8,7 +8,7 @@ use std::time::Duration;
 use lease_common::layout::log_key;
 use lease_common::records::{TaskRecord, TaskState};
 
-use crate::aws::dynamodb::{Tables, get_s};
+use crate::aws::dynamodb::Tables;
 use crate::aws::s3::Bucket;
 use crate::cli::LogsArgs;
 use crate::error::{Error, Result};

@@ -4,7 +4,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use lease_common::records::{DEREGISTERED, NodeRecord};
 use serde::Serialize;
 
-use crate::aws::dynamodb::{Item, Tables, get_s, get_time};
+use crate::aws::dynamodb::{Item, Tables};
 use crate::cli::{NodesArgs, OutputFormat};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use lease_common::records::{RecordedState, TaskRecord, TaskState};
 use serde::Serialize;
 
-use crate::aws::dynamodb::{Item, Tables, get_s};
+use crate::aws::dynamodb::{Item, Tables};
 use crate::aws::sqs::{QueueCounts, TaskQueue};
 use crate::cli::{OutputFormat, StatsArgs};
 use crate::commands::Ctx;

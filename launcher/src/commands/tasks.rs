@@ -5,7 +5,7 @@ use lease_common::layout;
 use lease_common::records::{self, RecordedState, TaskRecord, TaskState, task};
 use serde::Serialize;
 
-use crate::aws::dynamodb::{Attr, Cancel, Item, Tables, get_s, get_time};
+use crate::aws::dynamodb::{Attr, Cancel, Item, Tables, get_s};
 use crate::cli::{OutputFormat, TaskIdArgs, TaskListArgs, TasksArgs, TasksCommand};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
