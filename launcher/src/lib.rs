@@ -2,6 +2,7 @@
 //! the command line and calls [`run`]; everything else lives here, written against the
 //! [`cloud::Cloud`] trait.
 
+pub mod aws;
 pub mod bucket;
 pub mod cli;
 pub mod cloud;
@@ -15,11 +16,10 @@ pub mod plan;
 pub mod profile;
 pub mod queue;
 pub mod quota;
-pub mod reaper_deploy;
 pub mod resolve;
 pub mod schedule;
 pub mod scheduler;
-pub mod setup;
+pub mod stack;
 pub mod submit;
 pub mod table;
 pub mod userdata;

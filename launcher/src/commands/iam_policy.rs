@@ -13,7 +13,7 @@ use crate::cloud::Cloud;
 use crate::error::{Error, Result};
 use crate::iam;
 use crate::profile::Settings;
-use crate::reaper_deploy::policy;
+use crate::stack::reaper::policy;
 
 /// The account id in an ARN (`arn:aws:sts::123456789012:assumed-role/…`): its fifth field.
 fn account_of(arn: &str) -> Option<&str> {
