@@ -44,6 +44,7 @@ pub fn reaper_zip() -> &'static PathBuf {
     })
 }
 
+#[derive(Debug)]
 pub struct World {
     pub moto: Moto,
     pub dir: tempfile::TempDir,

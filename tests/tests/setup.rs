@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use aws_sdk_sqs::types::QueueAttributeName;
 use lease_common::stack::REAPER_SCHEDULE;
 use lease_launcher::stack::reaper::ReaperPackage;
 use lease_tests::stack::*;
