@@ -1,11 +1,9 @@
 //! `lease`: launch EC2 instances that cannot be forgotten. The binary's `main` parses
 //! the command line and calls [`run`]; everything else lives here, written against the
-//! [`cloud::Cloud`] trait.
+//! [`aws`] traits.
 
 pub mod aws;
-pub mod bucket;
 pub mod cli;
-pub mod cloud;
 pub mod commands;
 pub mod doctor;
 pub mod error;
@@ -14,14 +12,11 @@ pub mod logging;
 pub mod output;
 pub mod plan;
 pub mod profile;
-pub mod queue;
 pub mod quota;
 pub mod resolve;
 pub mod schedule;
-pub mod scheduler;
 pub mod stack;
 pub mod submit;
-pub mod table;
 pub mod userdata;
 
 pub use error::{Error, Result};
@@ -29,6 +24,3 @@ pub use error::{Error, Result};
 pub async fn run(cli: cli::Cli) -> Result<()> {
     commands::dispatch(cli).await
 }
-
-#[cfg(test)]
-mod fake;

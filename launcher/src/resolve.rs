@@ -1,6 +1,7 @@
 //! Turning what a person typed (`i-0abc…` or a Name) into managed instances.
 
-use crate::cloud::{Cloud, Instance, Query};
+use crate::aws::Cloud;
+use crate::aws::ec2::{Instance, Query};
 use crate::error::{Error, Result};
 use lease_common::tags::{MANAGED, NAME};
 

@@ -5,8 +5,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use lease_common::tags::{Action, JOB};
 use serde::Serialize;
 
+use crate::aws::Cloud;
+use crate::aws::ec2::{Instance, Query};
 use crate::cli::{ActionArgs, OutputFormat};
-use crate::cloud::{Cloud, Instance, Query};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
@@ -146,10 +147,10 @@ mod tests {
 
     #[test]
     fn stop_and_hibernate_are_refused_for_spot_instances() {
-        let spot = crate::fake::instance("i-1", &[]);
+        let spot = crate::aws::ec2::fake::instance("i-1", &[]);
         let on_demand = Instance {
             market: "on-demand".into(),
-            ..crate::fake::instance("i-2", &[])
+            ..crate::aws::ec2::fake::instance("i-2", &[])
         };
         let both = [spot, on_demand.clone()];
         for action in [Action::Stop, Action::Hibernate] {

@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use lease_common::session::{DEFAULT_TASK_USER, DEFAULT_TMUX_SOCKET, SHELL_SESSION, task_session};
 
+use crate::aws::Cloud;
+use crate::aws::ec2::Instance;
 use crate::cli::AttachArgs;
-use crate::cloud::{Cloud, Instance};
 use crate::error::{Error, Result};
 use crate::output;
 use crate::resolve::resolve;
@@ -371,7 +372,7 @@ mod tests {
             private_ip: Some("10.0.0.5".into()),
             public_ip: Some("54.1.2.3".into()),
             public_dns: Some("ec2-54-1-2-3.compute-1.amazonaws.com".into()),
-            ..crate::fake::instance("i-0123456789abcdef0", tags)
+            ..crate::aws::ec2::fake::instance("i-0123456789abcdef0", tags)
         }
     }
 

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
+use crate::aws::Cloud;
 use crate::cli::{DoctorArgs, OutputFormat};
-use crate::cloud::Cloud;
 use crate::commands::Ctx;
 use crate::commands::setup::{location, stack_name};
 use crate::doctor::{self, Check, Clients, Inputs, Status};

@@ -13,7 +13,7 @@ use lease_common::layout::{
 use lease_common::manifest::{Manifest, ManifestEntry, sha256_file};
 use serde::Serialize;
 
-use crate::bucket::Bucket;
+use crate::aws::s3::Bucket;
 use crate::cli::{DownloadArgs, OutputFormat};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};

@@ -5,8 +5,9 @@ use lease_common::HumanDuration;
 use lease_common::tags::{EXPIRES_AT, TTL, ceil_to_second, render_time};
 use serde::Serialize;
 
+use crate::aws::Cloud;
+use crate::aws::ec2::Instance;
 use crate::cli::{ExtendArgs, OutputFormat};
-use crate::cloud::{Cloud, Instance};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
@@ -124,7 +125,7 @@ mod tests {
         Instance {
             state: state.into(),
             launch_time: Some(at(10, 0)),
-            ..crate::fake::instance("i-0123456789abcdef0", tags)
+            ..crate::aws::ec2::fake::instance("i-0123456789abcdef0", tags)
         }
     }
 

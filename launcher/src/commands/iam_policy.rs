@@ -8,8 +8,8 @@ use std::path::Path;
 
 use lease_common::stack::{ClaudeAuth, Location, Stack};
 
+use crate::aws::Cloud;
 use crate::cli::{IamPolicyArgs, PolicyKind};
-use crate::cloud::Cloud;
 use crate::error::{Error, Result};
 use crate::iam;
 use crate::profile::Settings;
@@ -81,7 +81,7 @@ pub async fn run<C: Cloud>(cloud: &C, args: &IamPolicyArgs, settings: &Path) -> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::fake::FakeCloud;
+    use crate::aws::fake::FakeCloud;
 
     fn args(kind: PolicyKind) -> IamPolicyArgs {
         IamPolicyArgs {

@@ -14,8 +14,9 @@ use lease_common::stack::STACK_TAG;
 use lease_common::tags::{EXPIRES_AT, MANAGED};
 use serde::Serialize;
 
+use crate::aws::Cloud;
+use crate::aws::ec2::{Instance, Query};
 use crate::cli::{LaunchArgs, OutputFormat};
-use crate::cloud::{Cloud, Instance, Query};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
@@ -673,8 +674,8 @@ async fn wait_running<C: Cloud>(cloud: &C, launched: &[Instance]) -> Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::fake::FakeCloud;
     use crate::cli::Cli;
-    use crate::fake::FakeCloud;
     use clap::Parser;
     use std::sync::Mutex;
 
@@ -978,7 +979,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_image_that_carries_the_agent_needs_no_package() {
-        let mut image = crate::fake::al2023_image("ami-baked");
+        let mut image = crate::aws::ec2::fake::al2023_image("ami-baked");
         image.name = "lease-leased-0.1.0-x86_64-20261101-120000".into();
         let cloud = FakeCloud {
             images: [("ami-baked".to_string(), image)].into(),
@@ -1017,17 +1018,17 @@ mod tests {
             nvidia_gpus: 1,
             memory_mib: 16384,
             hibernation_supported: false,
-            ..crate::fake::plain_type("g5.xlarge")
+            ..crate::aws::ec2::fake::plain_type("g5.xlarge")
         };
         let m7g = plan::TypeInfo {
             architectures: vec!["arm64".into()],
-            ..crate::fake::plain_type("m7g.large")
+            ..crate::aws::ec2::fake::plain_type("m7g.large")
         };
-        let mut dlami = crate::fake::al2023_image("ami-dlami");
+        let mut dlami = crate::aws::ec2::fake::al2023_image("ami-dlami");
         dlami.name = "Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 24.04) 20261006".into();
         dlami.root_device_name = "/dev/sda1".into();
         dlami.root_size_gib = 75;
-        let mut arm = crate::fake::al2023_image("ami-fake");
+        let mut arm = crate::aws::ec2::fake::al2023_image("ami-fake");
         arm.architecture = Some("arm64".into());
         let cloud = FakeCloud {
             types: [
@@ -1125,7 +1126,7 @@ mod tests {
                 "g5.xlarge".to_string(),
                 plan::TypeInfo {
                     nvidia_gpus: 1,
-                    ..crate::fake::plain_type("g5.xlarge")
+                    ..crate::aws::ec2::fake::plain_type("g5.xlarge")
                 },
             )]
             .into(),
@@ -1211,8 +1212,8 @@ mod tests {
 mod slots_tests {
     use super::tests::ctx;
     use super::*;
+    use crate::aws::fake::FakeCloud;
     use crate::cli::Cli;
-    use crate::fake::FakeCloud;
     use clap::Parser;
 
     fn parse(extra: &[&str]) -> std::result::Result<LaunchArgs, clap::Error> {

@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use lease_common::tags::{self, JOB, NodeStatus, OWNER};
 use serde::Serialize;
 
+use crate::aws::Cloud;
+use crate::aws::ec2::{Instance, Query};
 use crate::cli::{ListArgs, OutputFormat};
-use crate::cloud::{Cloud, Instance, Query};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table, short_duration, time_left};
@@ -343,8 +344,8 @@ mod status_tests {
 #[cfg(test)]
 mod region_tests {
     use super::*;
+    use crate::aws::fake::FakeCloud;
     use crate::cli::Cli;
-    use crate::fake::FakeCloud;
     use clap::Parser;
 
     fn ctx() -> Ctx {
@@ -377,7 +378,7 @@ mod region_tests {
     #[test]
     fn an_instance_starting_too_long_is_flagged() {
         let now = Utc::now();
-        let mut i = crate::fake::instance("i-1", &[("lease:status", "starting")]);
+        let mut i = crate::aws::ec2::fake::instance("i-1", &[("lease:status", "starting")]);
         i.launch_time = Some(now - chrono::TimeDelta::minutes(12));
         let r = row(&i, now);
         assert_eq!(r.agent_missing_secs, Some(12 * 60));

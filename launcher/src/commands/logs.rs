@@ -8,10 +8,10 @@ use std::time::Duration;
 use lease_common::layout::log_key;
 use lease_common::records::{TaskState, task};
 
-use crate::bucket::Bucket;
+use crate::aws::dynamodb::{Tables, get_s};
+use crate::aws::s3::Bucket;
 use crate::cli::LogsArgs;
 use crate::error::{Error, Result};
-use crate::table::{Tables, get_s};
 
 /// The agent uploads the log every few seconds; polling faster only costs requests.
 const FOLLOW_EVERY: Duration = Duration::from_secs(2);
@@ -136,8 +136,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::table::fake::FakeTables;
-    use crate::table::{Attr, Item};
+    use crate::aws::dynamodb::fake::FakeTables;
+    use crate::aws::dynamodb::{Attr, Item};
 
     /// A log that grows by one line each time it is read, up to `lines`.
     #[derive(Debug, Default)]

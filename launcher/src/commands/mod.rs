@@ -22,16 +22,18 @@ use chrono::{DateTime, Utc};
 use lease_common::aws::{AwsOptions, load_sdk_config};
 use lease_common::tags::Action;
 
-use crate::bucket::AwsBucket;
+use crate::aws::s3::AwsBucket;
 use clap::CommandFactory;
 
+use crate::aws::AwsCloud;
+use crate::aws::dynamodb::AwsTables;
+use crate::aws::ec2::Ec2;
+use crate::aws::sqs::AwsQueue;
+use crate::aws::sts::Identity;
 use crate::cli::{Cli, Command, OutputFormat};
-use crate::cloud::{AwsCloud, Cloud};
 use crate::error::{Error, Result};
 use crate::plan::owner_from_arn;
 use crate::profile::StackOutputs;
-use crate::queue::AwsQueue;
-use crate::table::AwsTables;
 
 /// No queue named, and no stack set up to take one from.
 pub fn no_queue() -> Error {
@@ -144,7 +146,15 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
             a.work.bucket = bucket;
             (a.table.tasks_table, _) =
                 crate::profile::tables(a.table.tasks_table.as_deref(), None, stack.as_ref());
-            submit::run_to(&AwsQueue::new(&sdk), &AwsTables::new(&sdk), &ctx, &a, &to).await
+            submit::run_to(
+                &AwsQueue::new(&sdk),
+                &AwsBucket::new(&sdk),
+                &AwsTables::new(&sdk),
+                &ctx,
+                &a,
+                &to,
+            )
+            .await
         }
         Command::Stats(a) => {
             let mut a = a.clone();
@@ -204,7 +214,13 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::IamPolicy(a) => iam_policy::run(&cloud, a, &crate::profile::default_path()?).await,
         Command::Schedule(a) => {
-            schedule::run(&cloud, &crate::scheduler::AwsSchedules::new(&sdk), &ctx, a).await
+            schedule::run(
+                &cloud,
+                &crate::aws::scheduler::AwsSchedules::new(&sdk),
+                &ctx,
+                a,
+            )
+            .await
         }
         Command::Setup(a) => {
             let path = crate::profile::default_path()?;

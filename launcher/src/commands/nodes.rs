@@ -4,11 +4,11 @@ use chrono::{DateTime, TimeDelta, Utc};
 use lease_common::records::{self, node};
 use serde::Serialize;
 
+use crate::aws::dynamodb::{Item, Tables, get_s, get_time};
 use crate::cli::{NodesArgs, OutputFormat};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table, short_duration, time_left};
-use crate::table::{Item, Tables, get_s, get_time};
 
 /// The agent's default heartbeat interval (AgentConfig `heartbeat-interval`).
 const HEARTBEAT: TimeDelta = TimeDelta::seconds(30);
@@ -144,7 +144,7 @@ pub async fn run<T: Tables>(tables: &T, ctx: &Ctx, args: &NodesArgs) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::Attr;
+    use crate::aws::dynamodb::Attr;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {

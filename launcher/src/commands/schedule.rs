@@ -10,17 +10,17 @@ use lease_common::messages::{MAX_SQS_BODY, Task};
 use lease_common::stack::{Location, Stack};
 use serde::Serialize;
 
+use crate::aws::Cloud;
+use crate::aws::scheduler::{NewSchedule, Schedules};
 use crate::cli::{
     LaunchArgs, OutputFormat, ScheduleCommand, ScheduleCreateArgs, ScheduleNameArgs, SubmitArgs,
 };
-use crate::cloud::Cloud;
 use crate::commands::Ctx;
 use crate::commands::launch::{LocalInputs, agent_source, read_local};
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
 use crate::plan::{self, Resolved};
 use crate::schedule;
-use crate::scheduler::{NewSchedule, Schedules};
 use crate::{submit, userdata};
 
 /// What may follow `--`: the `submit` and `launch` commands, with the very flag

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use lease_common::stack::{DEFAULT_STACK, Location, Stack, validate_pool};
 
+use crate::aws::Cloud;
 use crate::cli::{OutputFormat, SetupArgs};
-use crate::cloud::Cloud;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
@@ -476,13 +476,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_location_is_the_callers_partition_and_account_in_the_clients_region() {
-        let at = location(&crate::fake::FakeCloud::new("eu-west-1"))
+        let at = location(&crate::aws::fake::FakeCloud::new("eu-west-1"))
             .await
             .unwrap();
         assert_eq!(at.partition, "aws");
         assert_eq!(at.account.as_str(), "123456789012");
         assert_eq!(at.region.as_str(), "eu-west-1");
-        let err = location(&crate::fake::FakeCloud::new(""))
+        let err = location(&crate::aws::fake::FakeCloud::new(""))
             .await
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);

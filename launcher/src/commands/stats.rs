@@ -5,12 +5,12 @@ use std::collections::BTreeMap;
 use lease_common::records::{TaskState, task};
 use serde::Serialize;
 
+use crate::aws::dynamodb::{Item, Tables, get_s};
+use crate::aws::sqs::{QueueCounts, TaskQueue};
 use crate::cli::{OutputFormat, StatsArgs};
 use crate::commands::Ctx;
 use crate::error::Result;
 use crate::output::{self, Cell, Table};
-use crate::queue::{QueueCounts, TaskQueue};
-use crate::table::{Item, Tables, get_s};
 
 #[derive(Debug, Serialize)]
 struct Stats {
@@ -126,7 +126,7 @@ pub async fn run<Q: TaskQueue, T: Tables>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::Attr;
+    use crate::aws::dynamodb::Attr;
 
     fn with_state(state: &str) -> Item {
         Item::from([(task::STATE.to_string(), Attr::s(state))])

@@ -4,8 +4,9 @@ use chrono::{DateTime, Utc};
 use lease_common::tags::LeaseTags;
 use serde::Serialize;
 
+use crate::aws::Cloud;
+use crate::aws::ec2::Instance;
 use crate::cli::{OutputFormat, TargetArg};
-use crate::cloud::{Cloud, Instance};
 use crate::commands::Ctx;
 use crate::error::Result;
 use crate::output::{self, short_duration, time_left};
@@ -95,7 +96,7 @@ fn render(i: &Instance, lease: &LeaseTags, now: DateTime<Utc>) -> String {
                 "starting, with no agent {} after launch (a boot takes under {}): the install \
                  or the agent failed; see the console output below",
                 short_duration(d),
-                short_duration(crate::cloud::BOOT_LIMIT)
+                short_duration(crate::aws::ec2::BOOT_LIMIT)
             ),
             None => lease
                 .status
@@ -162,7 +163,7 @@ mod tests {
     #[test]
     fn a_stuck_start_shows_the_end_of_the_console() {
         let now = Utc::now();
-        let mut i = crate::fake::instance(
+        let mut i = crate::aws::ec2::fake::instance(
             "i-1",
             &[("lease:managed", "true"), ("lease:status", "starting")],
         );
@@ -178,9 +179,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_console_is_read_only_for_a_stuck_start() {
-        let cloud = crate::fake::FakeCloud::new("us-east-1");
+        let cloud = crate::aws::fake::FakeCloud::new("us-east-1");
         let now = Utc::now();
-        let mut i = crate::fake::instance(
+        let mut i = crate::aws::ec2::fake::instance(
             "i-1",
             &[("lease:managed", "true"), ("lease:status", "starting")],
         );

@@ -12,14 +12,15 @@ use lease_common::layout::task_spec_key;
 use lease_common::messages::{MAX_SQS_BODY, MAX_TASK_SPEC, MESSAGE_VERSION, Task, TaskPointer};
 use serde::Serialize;
 
+use crate::aws::dynamodb::{Created, Tables, queued_record};
+use crate::aws::s3::Uploads;
+use crate::aws::sqs::{Outgoing, TaskQueue};
 use crate::cli::{OutputFormat, SubmitArgs, WorkArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output;
 use crate::profile::StackOutputs;
-use crate::queue::{Outgoing, TaskQueue};
 use crate::submit;
-use crate::table::{Created, Tables, queued_record};
 
 /// Records written at once: enough to keep a large array quick, few enough to stay far
 /// below a table's on-demand write throttling.
@@ -40,8 +41,8 @@ struct Submitted {
 }
 
 /// The body to send for a task: the task itself, or a pointer to its copy in S3.
-async fn body_for<Q: TaskQueue>(
-    q: &Q,
+async fn body_for<S: Uploads>(
+    uploads: &S,
     bucket: Option<&str>,
     task: &Task,
 ) -> Result<(String, Option<String>)> {
@@ -65,7 +66,7 @@ async fn body_for<Q: TaskQueue>(
         ))
     })?;
     let key = task_spec_key(&task.id);
-    q.put_object(bucket, &key, json.into_bytes()).await?;
+    uploads.put_object(bucket, &key, json.into_bytes()).await?;
     let url = format!("s3://{bucket}/{key}");
     let pointer = TaskPointer {
         v: MESSAGE_VERSION,
@@ -133,8 +134,9 @@ pub fn destination(
 }
 
 /// Sends to `--queue-url` (or `LEASE_QUEUE_URL`).
-pub async fn run<Q: TaskQueue, T: Tables>(
+pub async fn run<Q: TaskQueue, S: Uploads, T: Tables>(
     q: &Q,
+    uploads: &S,
     tables: &T,
     ctx: &Ctx,
     args: &SubmitArgs,
@@ -144,11 +146,12 @@ pub async fn run<Q: TaskQueue, T: Tables>(
         .queue_url
         .clone()
         .ok_or_else(crate::commands::no_queue)?;
-    run_to(q, tables, ctx, args, &Destination::Queue(url)).await
+    run_to(q, uploads, tables, ctx, args, &Destination::Queue(url)).await
 }
 
-pub async fn run_to<Q: TaskQueue, T: Tables>(
+pub async fn run_to<Q: TaskQueue, S: Uploads, T: Tables>(
     q: &Q,
+    uploads: &S,
     tables: &T,
     ctx: &Ctx,
     args: &SubmitArgs,
@@ -179,7 +182,7 @@ pub async fn run_to<Q: TaskQueue, T: Tables>(
         let mut batch = Vec::with_capacity(chunk.len());
         let mut pointers = Vec::with_capacity(chunk.len());
         for t in chunk {
-            let (body, spec_s3) = body_for(q, args.work.bucket.as_deref(), t).await?;
+            let (body, spec_s3) = body_for(uploads, args.work.bucket.as_deref(), t).await?;
             batch.push(Outgoing {
                 id: t.id.clone(),
                 body,
@@ -303,9 +306,10 @@ mod tests {
     use lease_common::records::{self, task};
 
     use super::*;
-    use crate::queue::QueueCounts;
-    use crate::table::fake::FakeTables;
-    use crate::table::{Attr, Item, get_s};
+    use crate::aws::dynamodb::fake::FakeTables;
+    use crate::aws::dynamodb::{Attr, Item, get_s};
+    use crate::aws::s3::fake::FakeUploads;
+    use crate::aws::sqs::QueueCounts;
 
     /// A queue whose sends an agent answers at once: each sent task is claimed
     /// (recorded `running`) before `lease submit` gets to write its record.
@@ -342,10 +346,6 @@ mod tests {
             batch: &[Outgoing],
         ) -> Result<Vec<(String, std::result::Result<String, String>)>> {
             self.send_batch(topic_arn, batch).await
-        }
-
-        async fn put_object(&self, _b: &str, _k: &str, _body: Vec<u8>) -> Result<()> {
-            Ok(())
         }
 
         async fn counts(&self, _url: &str) -> Result<QueueCounts> {
@@ -388,6 +388,7 @@ mod tests {
         let q = RacingQueue::default();
         run(
             &q,
+            &FakeUploads::default(),
             &tables,
             &ctx(),
             &args(&["--shell", "true", "--array", "12"]),
@@ -408,6 +409,7 @@ mod tests {
         };
         run(
             &q,
+            &FakeUploads::default(),
             &claimed,
             &ctx(),
             &args(&["--shell", "true", "--array", "3"]),
@@ -427,13 +429,14 @@ mod tests {
     #[tokio::test]
     async fn a_task_larger_than_an_agent_reads_is_refused_before_anything_is_sent() {
         let q = RacingQueue::default();
+        let uploads = FakeUploads::default();
         let huge = Task::new(
             "huge-1",
             lease_common::messages::TaskSpec::Shell(lease_common::messages::ShellSpec {
                 command: "x".repeat(MAX_TASK_SPEC),
             }),
         );
-        let err = body_for(&q, Some("ctl"), &huge).await.unwrap_err();
+        let err = body_for(&uploads, Some("ctl"), &huge).await.unwrap_err();
         assert_eq!(err.exit_code(), 2);
         assert!(
             err.to_string().contains("huge-1")
@@ -441,6 +444,7 @@ mod tests {
             "{err}"
         );
         assert!(q.sent.lock().unwrap().is_empty());
+        assert!(uploads.written.lock().unwrap().is_empty());
     }
 
     #[tokio::test]
@@ -450,9 +454,15 @@ mod tests {
             ..Default::default()
         };
         let q = RacingQueue::default();
-        let err = run(&q, &tables, &ctx(), &args(&["--shell", "true"]))
-            .await
-            .unwrap_err();
+        let err = run(
+            &q,
+            &FakeUploads::default(),
+            &tables,
+            &ctx(),
+            &args(&["--shell", "true"]),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.exit_code(), 1);
         assert!(err.to_string().contains("record"), "{err}");
         assert_eq!(

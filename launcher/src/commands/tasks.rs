@@ -5,11 +5,11 @@ use lease_common::layout;
 use lease_common::records::{self, TaskState, task};
 use serde::Serialize;
 
+use crate::aws::dynamodb::{Attr, Cancel, Item, Tables, get_s, get_time};
 use crate::cli::{OutputFormat, TaskIdArgs, TaskListArgs, TasksArgs, TasksCommand};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table, short_duration};
-use crate::table::{Attr, Cancel, Item, Tables, get_s, get_time};
 
 /// One row of `lease tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -270,7 +270,7 @@ async fn cancel<T: Tables>(tables: &T, ctx: &Ctx, table: &str, args: &TaskIdArgs
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::table::fake::FakeTables;
+    use crate::aws::dynamodb::fake::FakeTables;
     use chrono::TimeZone;
 
     fn now() -> DateTime<Utc> {

@@ -7,8 +7,9 @@ use std::path::Path;
 
 use lease_common::stack::STACK_TAG;
 
+use crate::aws::Cloud;
+use crate::aws::ec2::{Instance, Query};
 use crate::cli::TeardownArgs;
-use crate::cloud::{Cloud, Instance, Query};
 use crate::commands::Ctx;
 use crate::commands::setup::{location, print_report, stack_name};
 use crate::error::{Error, Result};

@@ -6,9 +6,9 @@ use aws_sdk_s3::types::{
 };
 use sha2::{Digest, Sha256};
 
-use super::admin::s3::{BucketAdmin, BucketConfig, ObjectInfo};
 use super::{AgentPackage, Outcome, not_ours};
 use crate::aws::StackTag;
+use crate::aws::s3::{BucketAdmin, BucketConfig, ObjectInfo};
 use crate::error::{Error, Result};
 
 /// Object metadata holding the package's sha256, so a second setup can tell an

@@ -10,7 +10,6 @@
 //! [`lease_common::stack::Stack`]. Every step is safe to repeat after a partial
 //! failure: nothing is assumed to exist or not to exist.
 
-pub mod admin;
 pub mod bucket;
 pub mod queues;
 pub mod reaper;

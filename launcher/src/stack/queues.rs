@@ -2,10 +2,10 @@
 
 use lease_common::stack::Stack;
 
-use super::admin::sqs::QueueAdmin;
 use super::wanted::{self, Attributes};
 use super::{Outcome, not_ours};
 use crate::aws::StackTag;
+use crate::aws::sqs::QueueAdmin;
 use crate::error::Result;
 
 /// What to send to an existing queue: the attributes that differ, and whether it

@@ -27,6 +27,7 @@ use super::role::{self, Owner, RoleSpec};
 use super::{Outcome, Row};
 use crate::aws::StackTag;
 use crate::aws::logs::LogGroups;
+use crate::aws::scheduler::AwsSchedules;
 use crate::error::Result;
 
 pub use package::{Architecture, PackageError, ReaperPackage};
@@ -59,6 +60,8 @@ pub struct DeployClients {
     pub iam: aws_sdk_iam::Client,
     pub lambda: aws_sdk_lambda::Client,
     pub scheduler: aws_sdk_scheduler::Client,
+    /// The same Scheduler, behind the traits `lease schedule` and the deployment share.
+    pub schedules: AwsSchedules,
     /// Only to delete the function's log group, which Lambda creates on its first run.
     pub logs: aws_sdk_cloudwatchlogs::Client,
     pub pace: Pace,
@@ -70,6 +73,7 @@ impl DeployClients {
             iam: aws_sdk_iam::Client::new(config),
             lambda: aws_sdk_lambda::Client::new(config),
             scheduler: aws_sdk_scheduler::Client::new(config),
+            schedules: AwsSchedules::new(config),
             logs: aws_sdk_cloudwatchlogs::Client::new(config),
             pace: Pace::default(),
         }
@@ -150,9 +154,9 @@ pub async fn ensure(
         function::ensure_function(&clients.lambda, &clients.pace, stack, &spec, package, &tag)
             .await?;
     out.push(row(FUNCTION, &stack.reaper_function(), outcome));
-    let outcome = schedule::ensure_group(&clients.scheduler, stack, &tag).await?;
+    let outcome = schedule::ensure_group(&clients.schedules, stack, &tag).await?;
     out.push(row(GROUP, &stack.schedule_group(), outcome));
-    let outcome = schedule::ensure_schedule(&clients.scheduler, stack, at).await?;
+    let outcome = schedule::ensure_schedule(&clients.schedules, stack, at).await?;
     out.push(row(
         SCHEDULE,
         &format!("{}/{REAPER_SCHEDULE}", stack.schedule_group()),
@@ -172,12 +176,12 @@ pub async fn remove(clients: &DeployClients, stack: &Stack, at: &Location) -> Re
         row(
             SCHEDULE,
             &format!("{group}/{REAPER_SCHEDULE}"),
-            schedule::remove_schedule(&clients.scheduler, stack).await?,
+            schedule::remove_schedule(&clients.schedules, stack).await?,
         ),
         row(
             GROUP,
             &group,
-            schedule::remove_group(&clients.scheduler, stack).await?,
+            schedule::remove_group(&clients.schedules, stack).await?,
         ),
         row(
             FUNCTION,

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use lease_common::records::EXPIRES;
 
-use super::admin::dynamodb::{TableAdmin, TableInfo, TtlInfo};
 use super::{Outcome, not_ours};
 use crate::aws::StackTag;
+use crate::aws::dynamodb::{TableAdmin, TableInfo, TtlInfo};
 use crate::error::{Error, Result};
 
 /// A new table takes seconds to become ACTIVE; TTL cannot be set before. Minutes is

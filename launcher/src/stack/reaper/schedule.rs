@@ -6,9 +6,9 @@ use lease_common::stack::{Location, REAPER_SCHEDULE, Stack};
 
 use super::policy;
 use crate::aws::StackTag;
+use crate::aws::scheduler::{ScheduleAdmin, ScheduleSpec};
 use crate::error::Result;
 use crate::stack::Outcome;
-use crate::stack::admin::scheduler::{ScheduleAdmin, ScheduleSpec};
 
 /// How often the reaper runs. Its grace period (15 minutes) is three runs, so an
 /// instance whose agent died is ended within 15 to 20 minutes of its deadline.

@@ -1,4 +1,5 @@
-//! Reading the control-plane bucket: task logs and result bundles.
+//! The control-plane bucket: task logs and result bundles read back, task specs too
+//! large for a message written, and the agent package's recorded digest looked up.
 
 use std::path::Path;
 
@@ -6,6 +7,10 @@ use aws_types::SdkConfig;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
+
+/// The admin calls setup and teardown make on the stack's bucket.
+mod admin;
+pub use admin::{BucketAdmin, BucketConfig, ObjectInfo, VersionPage};
 
 pub trait Bucket: Sync {
     /// The object, or `None` when it does not exist (yet).
@@ -31,6 +36,28 @@ pub trait Bucket: Sync {
         key: &str,
         dest: &Path,
     ) -> impl Future<Output = Result<u64>> + Send;
+}
+
+/// Where `lease submit` puts a task too large for a queue message.
+pub trait Uploads: Sync {
+    /// Writes a JSON object, replacing any object at `key`.
+    fn put_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// The agent package `lease setup` uploaded, as a launch checks it.
+pub trait AgentPackages: Sync {
+    /// The sha256 `lease setup` recorded with the agent package at `s3://bucket/key`
+    /// (HeadObject: read-only), or `None` when there is no such object.
+    fn agent_package_sha256(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 }
 
 #[derive(Debug, Clone)]
@@ -127,5 +154,76 @@ impl Bucket for AwsBucket {
             .await
             .map_err(|e| Error::io(format!("Failed to write '{}'", dest.display()), e))?;
         Ok(written)
+    }
+}
+
+impl Uploads for AwsBucket {
+    async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
+        self.s3
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(body.into())
+            .send()
+            .await
+            .map_err(|e| Error::aws(format!("Failed to write s3://{bucket}/{key}"), e))?;
+        Ok(())
+    }
+}
+
+impl AgentPackages for AwsBucket {
+    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        match self.s3.head_object().bucket(bucket).key(key).send().await {
+            Ok(head) => head
+                .metadata()
+                .and_then(|m| m.get(lease_common::layout::AGENT_SHA256_METADATA))
+                .map(|sha| Some(sha.clone()))
+                .ok_or_else(|| Error::Aws {
+                    what: format!("Agent package s3://{bucket}/{key}"),
+                    message: format!(
+                        "it carries no '{}' metadata, so its digest cannot be checked at boot; \
+                         upload it with `lease setup`",
+                        lease_common::layout::AGENT_SHA256_METADATA
+                    ),
+                }),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
+            Err(e) => Err(Error::aws(format!("Failed to read s3://{bucket}/{key}"), e)),
+        }
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    use std::sync::Mutex;
+
+    use super::{AgentPackages, Uploads};
+    use crate::aws::fake::FakeCloud;
+    use crate::error::Result;
+
+    impl AgentPackages for FakeCloud {
+        async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+            self.check()?;
+            Ok(self
+                .agent_packages
+                .get(&(bucket.to_string(), key.to_string()))
+                .cloned())
+        }
+    }
+
+    /// A bucket that keeps what is written to it: (bucket, key, body), in order.
+    #[derive(Debug, Default)]
+    pub struct FakeUploads {
+        pub written: Mutex<Vec<(String, String, Vec<u8>)>>,
+    }
+
+    impl Uploads for FakeUploads {
+        async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
+            self.written
+                .lock()
+                .unwrap()
+                .push((bucket.to_string(), key.to_string(), body));
+            Ok(())
+        }
     }
 }

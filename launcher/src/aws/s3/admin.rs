@@ -1,6 +1,7 @@
 //! S3 as setup and teardown use it: the stack's bucket and its configuration (public
 //! access block, default encryption, ownership, lifecycle, tags), the agent package in
-//! it, and emptying it. (Moves beside the bundles' trait in `aws/s3.rs`.)
+//! it, and emptying it. A second trait
+//! beside the everyday one of [`super`], with its own SDK implementation.
 
 use std::collections::HashMap;
 

@@ -1,10 +1,14 @@
-//! The work queue and the bucket beside it, behind a trait shaped around what `lease`
-//! does with them.
+//! The work queue (and the stack's command topic that feeds it), behind a trait shaped
+//! around what `lease submit` and `lease stats` do with them.
 
 use aws_sdk_sqs::types::{MessageAttributeValue, QueueAttributeName, SendMessageBatchRequestEntry};
 use aws_types::SdkConfig;
 
 use crate::error::{Error, Result};
+
+/// The admin calls setup and teardown make on the stack's queues.
+mod admin;
+pub use admin::{Attributes, QueueAdmin};
 
 /// A message to send: the task id (also the batch entry id) and its body.
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +41,6 @@ pub trait TaskQueue: Sync {
         topic_arn: &str,
         batch: &[Outgoing],
     ) -> impl Future<Output = Result<Vec<(String, std::result::Result<String, String>)>>> + Send;
-    fn put_object(
-        &self,
-        bucket: &str,
-        key: &str,
-        body: Vec<u8>,
-    ) -> impl Future<Output = Result<()>> + Send;
     fn counts(&self, queue_url: &str) -> impl Future<Output = Result<QueueCounts>> + Send;
     /// The dead-letter queue named by the queue's redrive policy, if any.
     fn dead_letter_url(
@@ -55,7 +53,6 @@ pub trait TaskQueue: Sync {
 pub struct AwsQueue {
     sqs: aws_sdk_sqs::Client,
     sns: aws_sdk_sns::Client,
-    s3: aws_sdk_s3::Client,
 }
 
 impl AwsQueue {
@@ -63,7 +60,6 @@ impl AwsQueue {
         Self {
             sqs: aws_sdk_sqs::Client::new(config),
             sns: aws_sdk_sns::Client::new(config),
-            s3: lease_common::aws::s3_client(config),
         }
     }
 }
@@ -179,19 +175,6 @@ impl TaskQueue for AwsQueue {
             }),
             out.failed().iter().map(|f| (f.id(), f.code(), f.message())),
         ))
-    }
-
-    async fn put_object(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<()> {
-        self.s3
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type("application/json")
-            .body(body.into())
-            .send()
-            .await
-            .map_err(|e| Error::aws(format!("Failed to write s3://{bucket}/{key}"), e))?;
-        Ok(())
     }
 
     async fn counts(&self, queue_url: &str) -> Result<QueueCounts> {

@@ -12,6 +12,10 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 
+/// The admin calls setup and teardown make on the stack's tables.
+mod admin;
+pub use admin::{TableAdmin, TableInfo, TtlInfo};
+
 /// One attribute value, in the types the records use.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attr {

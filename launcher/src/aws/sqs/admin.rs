@@ -1,6 +1,6 @@
 //! SQS as setup and teardown use it: the stack's queues, created with their
-//! attributes and tag, corrected, listed by prefix and deleted. (Moves beside the
-//! task queue's trait in `aws/sqs.rs`.)
+//! attributes and tag, corrected, listed by prefix and deleted. A second trait
+//! beside the everyday one of [`super`], with its own SDK implementation.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -1,6 +1,5 @@
-//! What the launcher asks of AWS, as one small trait, and its SDK implementation.
-//! Commands are written against the trait so their logic can be tested with a fake;
-//! the integration tests run the SDK implementation against the emulator.
+//! EC2: the instances `lease` launches, lists, tags and stops, and the instance types
+//! and images a launch plan is built from.
 
 use std::collections::BTreeMap;
 
@@ -103,8 +102,8 @@ impl Query {
     }
 }
 
-/// The AWS operations the launcher performs, in its own terms.
-pub trait Cloud: Sync {
+/// The EC2 operations the launcher performs, in its own terms.
+pub trait Ec2: Sync {
     fn region(&self) -> &str;
     /// What a launch needs to know of an instance type (DescribeInstanceTypes); an
     /// unknown type is an error naming it.
@@ -112,10 +111,6 @@ pub trait Cloud: Sync {
     /// An AMI's name, root device and tags (DescribeImages); a missing one is an error
     /// naming it.
     fn image(&self, image_id: &str) -> impl Future<Output = Result<ImageInfo>> + Send;
-    /// Value of an SSM parameter (the public AMI parameters).
-    fn parameter(&self, name: &str) -> impl Future<Output = Result<String>> + Send;
-    /// The caller's identity ARN.
-    fn caller_arn(&self) -> impl Future<Output = Result<String>> + Send;
     fn run_instances(
         &self,
         plan: &LaunchPlan,
@@ -135,42 +130,21 @@ pub trait Cloud: Sync {
         ids: &[String],
         action: Action,
     ) -> impl Future<Output = Result<Vec<(String, String)>>> + Send;
-    /// The sha256 `lease setup` recorded with the agent package at `s3://bucket/key`
-    /// (HeadObject: read-only), or `None` when there is no such object.
-    fn agent_package_sha256(
-        &self,
-        bucket: &str,
-        key: &str,
-    ) -> impl Future<Output = Result<Option<String>>> + Send;
 }
 
 /// The SDK implementation, one region per value.
 #[derive(Debug, Clone)]
-pub struct AwsCloud {
+pub struct AwsEc2 {
     region: String,
     ec2: aws_sdk_ec2::Client,
-    ssm: aws_sdk_ssm::Client,
-    sts: aws_sdk_sts::Client,
-    s3: aws_sdk_s3::Client,
 }
 
-impl AwsCloud {
+impl AwsEc2 {
     pub fn new(config: &SdkConfig) -> Self {
         Self {
             region: config.region().map(ToString::to_string).unwrap_or_default(),
             ec2: aws_sdk_ec2::Client::new(config),
-            ssm: aws_sdk_ssm::Client::new(config),
-            sts: aws_sdk_sts::Client::new(config),
-            s3: lease_common::aws::s3_client(config),
         }
-    }
-
-    pub fn in_region(config: &SdkConfig, region: &str) -> Self {
-        let config = config
-            .to_builder()
-            .region(aws_config::Region::new(region.to_string()))
-            .build();
-        Self::new(&config)
     }
 
     /// Enabled regions of the account, for `lease list --all-regions`.
@@ -247,7 +221,7 @@ fn ids_text(ids: &[String]) -> String {
         .join(", ")
 }
 
-impl Cloud for AwsCloud {
+impl Ec2 for AwsEc2 {
     fn region(&self) -> &str {
         &self.region
     }
@@ -360,36 +334,6 @@ impl Cloud for AwsCloud {
                 .iter()
                 .filter_map(|t| Some((t.key()?.to_string(), t.value()?.to_string())))
                 .collect(),
-        })
-    }
-
-    async fn parameter(&self, name: &str) -> Result<String> {
-        let out = self
-            .ssm
-            .get_parameter()
-            .name(name)
-            .send()
-            .await
-            .map_err(|e| Error::aws(format!("Failed to read SSM parameter '{name}'"), e))?;
-        out.parameter()
-            .and_then(|p| p.value())
-            .map(str::to_string)
-            .ok_or_else(|| Error::Aws {
-                what: format!("Failed to read SSM parameter '{name}'"),
-                message: "the parameter has no value".into(),
-            })
-    }
-
-    async fn caller_arn(&self) -> Result<String> {
-        let out = self.sts.get_caller_identity().send().await.map_err(|e| {
-            Error::aws(
-                "Failed to find your AWS identity (sts:GetCallerIdentity)",
-                e,
-            )
-        })?;
-        out.arn().map(str::to_string).ok_or_else(|| Error::Aws {
-            what: "Failed to find your AWS identity".into(),
-            message: "GetCallerIdentity returned no ARN".into(),
         })
     }
 
@@ -603,23 +547,189 @@ impl Cloud for AwsCloud {
             })
             .collect())
     }
+}
 
-    async fn agent_package_sha256(&self, bucket: &str, key: &str) -> Result<Option<String>> {
-        match self.s3.head_object().bucket(bucket).key(key).send().await {
-            Ok(head) => head
-                .metadata()
-                .and_then(|m| m.get(lease_common::layout::AGENT_SHA256_METADATA))
-                .map(|sha| Some(sha.clone()))
-                .ok_or_else(|| Error::Aws {
-                    what: format!("Agent package s3://{bucket}/{key}"),
-                    message: format!(
-                        "it carries no '{}' metadata, so its digest cannot be checked at boot; \
-                         upload it with `lease setup`",
-                        lease_common::layout::AGENT_SHA256_METADATA
+#[cfg(test)]
+pub mod fake {
+    use std::collections::BTreeMap;
+
+    use lease_common::tags::Action;
+
+    use super::{Ec2, Instance, Query};
+    use crate::aws::fake::FakeCloud;
+    use crate::error::{Error, Result};
+    use crate::plan::{ImageInfo, LaunchPlan, TypeInfo};
+
+    /// A running spot t3.micro with the given tags, for tests of pure command logic.
+    pub fn instance(id: &str, tags: &[(&str, &str)]) -> Instance {
+        Instance {
+            id: id.into(),
+            region: "us-east-1".into(),
+            instance_type: "t3.micro".into(),
+            state: "running".into(),
+            market: "spot".into(),
+            launch_time: None,
+            availability_zone: None,
+            private_ip: None,
+            public_ip: None,
+            public_dns: None,
+            architecture: None,
+            image_id: None,
+            key_name: None,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    /// A plain x86_64 type with 1 GiB of RAM, no GPU, hibernation supported.
+    pub fn plain_type(name: &str) -> TypeInfo {
+        TypeInfo {
+            name: name.into(),
+            architectures: vec!["x86_64".into()],
+            memory_mib: 1024,
+            nvidia_gpus: 0,
+            hibernation_supported: true,
+        }
+    }
+
+    /// An Amazon Linux 2023 image with an 8 GiB root snapshot.
+    pub fn al2023_image(id: &str) -> ImageInfo {
+        ImageInfo {
+            id: id.into(),
+            name: "al2023-ami-2023.9.20261101.0-kernel-6.1-x86_64".into(),
+            architecture: Some("x86_64".into()),
+            root_device_name: "/dev/xvda".into(),
+            root_size_gib: 8,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    fn matches(i: &Instance, q: &Query) -> bool {
+        (q.ids.is_empty() || q.ids.contains(&i.id))
+            && q.filters.iter().all(|(name, values)| {
+                let actual = match name.strip_prefix("tag:") {
+                    Some(key) => i.tags.get(key).cloned(),
+                    None if name == "instance-state-name" => Some(i.state.clone()),
+                    None => None,
+                };
+                actual.is_some_and(|a| values.contains(&a))
+            })
+    }
+
+    impl Ec2 for FakeCloud {
+        fn region(&self) -> &str {
+            &self.region
+        }
+
+        async fn type_info(&self, t: &str) -> Result<TypeInfo> {
+            self.check()?;
+            Ok(self.types.get(t).cloned().unwrap_or_else(|| plain_type(t)))
+        }
+
+        async fn image(&self, id: &str) -> Result<ImageInfo> {
+            self.check()?;
+            Ok(self
+                .images
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| al2023_image(id)))
+        }
+
+        async fn run_instances(&self, plan: &LaunchPlan) -> Result<Vec<Instance>> {
+            self.check()?;
+            if let Some(message) = self.run_errors.lock().unwrap().pop_front() {
+                return Err(Error::Aws {
+                    what: format!(
+                        "Failed to launch {} x {}",
+                        plan.max_count, plan.instance_type
                     ),
-                }),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_not_found()) => Ok(None),
-            Err(e) => Err(Error::aws(format!("Failed to read s3://{bucket}/{key}"), e)),
+                    message,
+                });
+            }
+            self.launched.lock().unwrap().push(plan.clone());
+            let n = self
+                .launch_limit
+                .unwrap_or(plan.max_count as usize)
+                .min(plan.max_count as usize);
+            let tags: BTreeMap<String, String> =
+                plan.tag_specifications[0].tag_pairs().into_iter().collect();
+            let mut all = self.instances.lock().unwrap();
+            let new: Vec<Instance> = (0..n)
+                .map(|k| Instance {
+                    state: "pending".into(),
+                    instance_type: plan.instance_type.clone(),
+                    image_id: Some(plan.image_id.clone()),
+                    region: self.region.clone(),
+                    tags: tags.clone(),
+                    ..instance(&format!("i-{:017x}", all.len() + k + 1), &[])
+                })
+                .collect();
+            all.extend(new.clone());
+            Ok(new)
+        }
+
+        async fn describe(&self, q: &Query) -> Result<Vec<Instance>> {
+            self.check()?;
+            {
+                let mut misses = self.describe_misses.lock().unwrap();
+                if !q.ids.is_empty() && *misses > 0 {
+                    *misses -= 1;
+                    return Err(Error::Aws {
+                        what: "Failed to describe instances".into(),
+                        message: format!(
+                            "InvalidInstanceID.NotFound: The instance ID '{}' does not exist",
+                            q.ids[0]
+                        ),
+                    });
+                }
+            }
+            Ok(self
+                .instances
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|i| matches(i, q))
+                .cloned()
+                .collect())
+        }
+
+        async fn console_output(&self, id: &str) -> Result<Option<String>> {
+            self.check()?;
+            Ok(Some(format!(
+                "[  OK  ] Reached target Cloud-init target.\nboot of {id}\nleased.service: Failed with result 'exit-code'.\n"
+            )))
+        }
+
+        async fn create_tags(&self, ids: &[String], tags: &[(String, String)]) -> Result<()> {
+            self.check()?;
+            for i in self.instances.lock().unwrap().iter_mut() {
+                if ids.contains(&i.id) {
+                    i.tags.extend(tags.iter().cloned());
+                }
+            }
+            Ok(())
+        }
+
+        async fn change_state(
+            &self,
+            ids: &[String],
+            action: Action,
+        ) -> Result<Vec<(String, String)>> {
+            self.check()?;
+            let state = match action {
+                Action::Terminate => "shutting-down",
+                Action::Stop | Action::Hibernate => "stopping",
+            };
+            let mut out = Vec::new();
+            for i in self.instances.lock().unwrap().iter_mut() {
+                if ids.contains(&i.id) {
+                    i.state = state.into();
+                    out.push((i.id.clone(), state.to_string()));
+                }
+            }
+            Ok(out)
         }
     }
 }

@@ -1,6 +1,6 @@
 //! DynamoDB as setup and teardown use it: the stack's tables, created with their key,
-//! on-demand billing, TTL and tag, corrected and deleted. (Moves beside the records'
-//! trait in `aws/dynamodb.rs`.)
+//! on-demand billing, TTL and tag, corrected and deleted. A second trait
+//! beside the everyday one of [`super`], with its own SDK implementation.
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{

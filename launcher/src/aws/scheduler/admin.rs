@@ -1,12 +1,12 @@
 //! EventBridge Scheduler as the reaper's deployment uses it: the stack's schedule
-//! group and one schedule in it, read, created, replaced and deleted. (Moves beside
-//! `lease schedule`'s trait in `aws/scheduler.rs`.)
+//! group and one schedule in it, read, created, replaced and deleted. A second trait beside
+//! `lease schedule`'s [`Schedules`], on the same client.
 
-use aws_sdk_scheduler::Client;
 use aws_sdk_scheduler::types::{
     FlexibleTimeWindow, FlexibleTimeWindowMode, RetryPolicy, ScheduleState, Tag, Target,
 };
 
+use super::{AwsSchedules, Schedules, incomplete};
 use crate::aws::StackTag;
 use crate::error::{Error, Result};
 
@@ -27,8 +27,8 @@ pub struct ScheduleSpec {
     pub max_event_age_secs: Option<i32>,
 }
 
-pub trait ScheduleAdmin: Sync {
-    fn group_exists(&self, group: &str) -> impl Future<Output = Result<bool>> + Send;
+/// What the reaper's deployment adds to [`Schedules`] (whose `group_exists` it uses).
+pub trait ScheduleAdmin: Schedules {
     fn create_group(&self, group: &str, tag: &StackTag) -> impl Future<Output = Result<()>> + Send;
     /// Deletes the group and every schedule in it.
     fn delete_group(&self, group: &str) -> impl Future<Output = Result<()>> + Send;
@@ -52,13 +52,6 @@ pub trait ScheduleAdmin: Sync {
     /// `false` when there was nothing to delete.
     fn delete_schedule(&self, group: &str, name: &str)
     -> impl Future<Output = Result<bool>> + Send;
-}
-
-fn incomplete(what: String, err: impl std::fmt::Display) -> Error {
-    Error::Aws {
-        what,
-        message: format!("the request is incomplete: {err}"),
-    }
 }
 
 fn target(spec: &ScheduleSpec, what: &str) -> Result<Target> {
@@ -92,23 +85,7 @@ fn state(spec: &ScheduleSpec) -> ScheduleState {
     }
 }
 
-impl ScheduleAdmin for Client {
-    async fn group_exists(&self, group: &str) -> Result<bool> {
-        match self.get_schedule_group().name(group).send().await {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(Error::aws(
-                format!("Failed to read schedule group '{group}'"),
-                e,
-            )),
-        }
-    }
-
+impl ScheduleAdmin for AwsSchedules {
     async fn create_group(&self, group: &str, tag: &StackTag) -> Result<()> {
         let what = format!("Failed to create schedule group '{group}'");
         let tag = Tag::builder()
@@ -116,7 +93,8 @@ impl ScheduleAdmin for Client {
             .value(&tag.1)
             .build()
             .map_err(|e| incomplete(what.clone(), e))?;
-        self.create_schedule_group()
+        self.client
+            .create_schedule_group()
             .name(group)
             .tags(tag)
             .send()
@@ -126,7 +104,8 @@ impl ScheduleAdmin for Client {
     }
 
     async fn delete_group(&self, group: &str) -> Result<()> {
-        self.delete_schedule_group()
+        self.client
+            .delete_schedule_group()
             .name(group)
             .send()
             .await
@@ -186,7 +165,8 @@ impl ScheduleAdmin for Client {
 
     async fn create_schedule(&self, group: &str, spec: &ScheduleSpec) -> Result<()> {
         let what = format!("Failed to create schedule '{group}/{}'", spec.name);
-        self.create_schedule()
+        self.client
+            .create_schedule()
             .group_name(group)
             .name(&spec.name)
             .description(&spec.description)
@@ -202,7 +182,8 @@ impl ScheduleAdmin for Client {
 
     async fn update_schedule(&self, group: &str, spec: &ScheduleSpec) -> Result<()> {
         let what = format!("Failed to update schedule '{group}/{}'", spec.name);
-        self.update_schedule()
+        self.client
+            .update_schedule()
             .group_name(group)
             .name(&spec.name)
             .description(&spec.description)
