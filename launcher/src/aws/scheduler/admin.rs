@@ -115,6 +115,7 @@ impl ScheduleAdmin for AwsSchedules {
 
     async fn schedule(&self, group: &str, name: &str) -> Result<Option<ScheduleSpec>> {
         match self
+            .client
             .get_schedule()
             .group_name(group)
             .name(name)
@@ -199,6 +200,7 @@ impl ScheduleAdmin for AwsSchedules {
 
     async fn delete_schedule(&self, group: &str, name: &str) -> Result<bool> {
         match self
+            .client
             .delete_schedule()
             .group_name(group)
             .name(name)
