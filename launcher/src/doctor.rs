@@ -15,9 +15,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::policies as iam;
-use crate::reaper_deploy::policy;
-use crate::setup::bucket::ABORT_MULTIPART_RULE;
-use crate::setup::plan;
+use crate::stack::bucket::ABORT_MULTIPART_RULE;
+use crate::stack::reaper::policy;
+use crate::stack::wanted as plan;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,7 +175,7 @@ pub struct Inputs {
 /// The clients the checks read with.
 #[derive(Debug, Clone)]
 pub struct Clients {
-    pub setup: crate::setup::Clients,
+    pub setup: crate::stack::Clients,
     pub ec2: aws_sdk_ec2::Client,
 }
 

@@ -11,10 +11,9 @@ pub mod launch_inputs;
 pub mod logging;
 pub mod model;
 pub mod output;
-pub mod reaper_deploy;
 pub mod resolve;
 pub mod settings;
-pub mod setup;
+pub mod stack;
 pub mod targets;
 
 pub use error::{Error, Result};

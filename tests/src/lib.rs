@@ -20,6 +20,7 @@ pub mod procfs;
 pub mod recorder;
 pub mod s3;
 pub mod sshd;
+pub mod stack;
 pub mod wait;
 
 pub use bins::{Cmd, bin_path};

@@ -185,7 +185,7 @@ fn the_package_holds_the_bootstrap_within_provided_al2023_glibc() {
     assert!(files[0].starts_with("-rwxr-xr-x"), "{listing}");
     assert!(files[0].ends_with(" bootstrap"), "{listing}");
     let bytes = std::fs::read(&zip).unwrap();
-    let package = lease_launcher::reaper_deploy::ReaperPackage::from_zip(bytes).unwrap();
+    let package = lease_launcher::stack::reaper::ReaperPackage::from_zip(bytes).unwrap();
     assert_eq!(package.architecture().as_str(), std::env::consts::ARCH);
 }
 
@@ -229,16 +229,15 @@ fn the_glibc_check_refuses_a_binary_that_needs_a_newer_glibc() {
 }
 
 mod deployment {
-    //! `reaper_deploy::ensure` and `remove` against moto's IAM, Lambda and Scheduler,
+    //! `reaper::ensure` and `remove` against moto's IAM, Lambda and Scheduler,
     //! everything read back through the SDK. (moto creates functions without Docker;
     //! nothing here invokes one.)
 
     use super::*;
     use lease_common::HumanDuration;
     use lease_common::stack::{Location, Stack};
-    use lease_launcher::reaper_deploy::{
-        self, Change, DeployClients, ReaperPackage, ResourceChange,
-    };
+    use lease_launcher::stack::reaper::{self as reaper, DeployClients, ReaperPackage};
+    use lease_launcher::stack::{Outcome, Row};
 
     fn package() -> ReaperPackage {
         let out = tempfile::tempdir().unwrap();
@@ -256,27 +255,13 @@ mod deployment {
         ReaperPackage::read(&out.path().join("lease-reaper.zip")).unwrap()
     }
 
-    fn changes(all: &[ResourceChange]) -> Vec<(String, Change)> {
-        all.iter().map(|c| (c.name.clone(), c.change)).collect()
+    fn changes(all: &[Row]) -> Vec<(String, Outcome)> {
+        all.iter().map(|c| (c.name.clone(), c.outcome)).collect()
     }
 
+    /// A policy document as IAM returns it (percent-encoded), read the way setup reads it.
     fn decode(text: &str) -> serde_json::Value {
-        serde_json::from_str(text).unwrap_or_else(|_| {
-            // IAM returns documents URL-encoded.
-            let mut out = Vec::new();
-            let b = text.as_bytes();
-            let mut i = 0;
-            while i < b.len() {
-                if b[i] == b'%' {
-                    out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap());
-                    i += 3;
-                } else {
-                    out.push(b[i]);
-                    i += 1;
-                }
-            }
-            serde_json::from_slice(&out).unwrap()
-        })
+        lease_launcher::stack::wanted::parse_document(text).unwrap()
     }
 
     #[tokio::test]
@@ -289,7 +274,7 @@ mod deployment {
         let package = package();
         let config = ReaperConfig::default();
 
-        let first = reaper_deploy::ensure(&clients, &stack, &at, &package, &config)
+        let first = reaper::ensure(&clients, &stack, &at, &package, &config)
             .await
             .unwrap();
         let names = [
@@ -302,7 +287,7 @@ mod deployment {
         ];
         assert_eq!(
             changes(&first),
-            names.map(|n| (n.to_string(), Change::Created))
+            names.map(|n| (n.to_string(), Outcome::Created))
         );
         let lambda = aws_sdk_lambda::Client::new(&sdk);
         let scheduler = aws_sdk_scheduler::Client::new(&sdk);
@@ -318,12 +303,12 @@ mod deployment {
             .last_modification_date()
             .cloned();
 
-        let second = reaper_deploy::ensure(&clients, &stack, &at, &package, &config)
+        let second = reaper::ensure(&clients, &stack, &at, &package, &config)
             .await
             .unwrap();
         assert_eq!(
             changes(&second),
-            names.map(|n| (n.to_string(), Change::Exists))
+            names.map(|n| (n.to_string(), Outcome::Exists))
         );
         let schedule_after = scheduler
             .get_schedule()
@@ -435,15 +420,18 @@ mod deployment {
             grace: HumanDuration::from_secs(1800),
             ..config
         };
-        let third = reaper_deploy::ensure(&clients, &stack, &at, &package, &longer)
+        let third = reaper::ensure(&clients, &stack, &at, &package, &longer)
             .await
             .unwrap();
-        let updated: Vec<(String, Change)> = changes(&third)
+        let updated: Vec<(String, Outcome)> = changes(&third)
             .into_iter()
-            .filter(|(_, c)| *c != Change::Exists)
+            .filter(|(_, c)| *c != Outcome::Exists)
             .collect();
-        assert_eq!(updated, [("lease-dev-reaper".to_string(), Change::Updated)]);
-        assert_eq!(third[3].resource, "Lambda function");
+        assert_eq!(
+            updated,
+            [("lease-dev-reaper".to_string(), Outcome::Updated)]
+        );
+        assert_eq!(third[3].kind, "lambda function");
         let f = lambda
             .get_function_configuration()
             .function_name("lease-dev-reaper")
@@ -456,14 +444,14 @@ mod deployment {
         );
 
         // Remove: everything deleted, then everything absent.
-        let removed = reaper_deploy::remove(&clients, &stack, &at).await.unwrap();
+        let removed = reaper::remove(&clients, &stack, &at).await.unwrap();
         // The function never ran in Lambda here, so it has no log group to delete.
         assert!(
-            removed.iter().all(|c| c.change
-                == if c.resource == "log group" {
-                    Change::Absent
+            removed.iter().all(|c| c.outcome
+                == if c.kind == "log group" {
+                    Outcome::Absent
                 } else {
-                    Change::Deleted
+                    Outcome::Deleted
                 }),
             "{removed:?}"
         );
@@ -495,9 +483,9 @@ mod deployment {
         );
         let functions = lambda.list_functions().send().await.unwrap();
         assert!(functions.functions().is_empty());
-        let again = reaper_deploy::remove(&clients, &stack, &at).await.unwrap();
+        let again = reaper::remove(&clients, &stack, &at).await.unwrap();
         assert!(
-            again.iter().all(|c| c.change == Change::Absent),
+            again.iter().all(|c| c.outcome == Outcome::Absent),
             "{again:?}"
         );
     }
@@ -524,10 +512,10 @@ mod deployment {
             DeployClients::new(&eu_sdk),
             Location::new("aws", "123456789012", "eu-west-1").unwrap(),
         );
-        reaper_deploy::ensure(&us, &stack, &us_at, &package, &config)
+        reaper::ensure(&us, &stack, &us_at, &package, &config)
             .await
             .unwrap();
-        reaper_deploy::ensure(&eu, &stack, &eu_at, &package, &config)
+        reaper::ensure(&eu, &stack, &eu_at, &package, &config)
             .await
             .unwrap();
         let iam = aws_sdk_iam::Client::new(&sdk);
@@ -553,12 +541,12 @@ mod deployment {
             );
         }
 
-        let removed = reaper_deploy::remove(&eu, &stack, &eu_at).await.unwrap();
+        let removed = reaper::remove(&eu, &stack, &eu_at).await.unwrap();
         for role in roles {
             assert!(
-                removed.iter().any(|c| c.name == role
-                    && c.resource == "IAM role"
-                    && c.change == Change::Kept),
+                removed
+                    .iter()
+                    .any(|c| c.name == role && c.kind == "iam role" && c.outcome == Outcome::Kept),
                 "{role}: {removed:?}"
             );
             assert_eq!(policies(role).await, ["lease-us-east-1"], "{role}");
@@ -593,13 +581,13 @@ mod deployment {
         );
 
         // The last region out takes the roles with it.
-        let removed = reaper_deploy::remove(&us, &stack, &us_at).await.unwrap();
+        let removed = reaper::remove(&us, &stack, &us_at).await.unwrap();
         assert!(
-            removed.iter().all(|c| c.change
-                == if c.resource == "log group" {
-                    Change::Absent
+            removed.iter().all(|c| c.outcome
+                == if c.kind == "log group" {
+                    Outcome::Absent
                 } else {
-                    Change::Deleted
+                    Outcome::Deleted
                 }),
             "{removed:?}"
         );
@@ -620,7 +608,7 @@ mod deployment {
         let at = Location::new("aws", "123456789012", "us-east-1").unwrap();
         let package = package();
         let config = ReaperConfig::default();
-        reaper_deploy::ensure(&clients, &stack, &at, &package, &config)
+        reaper::ensure(&clients, &stack, &at, &package, &config)
             .await
             .unwrap();
 
@@ -665,18 +653,18 @@ mod deployment {
         let rebuilt = ReaperPackage::from_zip(bytes).unwrap();
         assert_ne!(rebuilt.code_sha256(), package.code_sha256());
 
-        let repaired = reaper_deploy::ensure(&clients, &stack, &at, &rebuilt, &config)
+        let repaired = reaper::ensure(&clients, &stack, &at, &rebuilt, &config)
             .await
             .unwrap();
         assert_eq!(
             changes(&repaired),
             [
-                ("lease-ops-reaper".to_string(), Change::Updated),
-                ("lease-ops-reaper-invoke".into(), Change::Exists),
-                ("lease-ops-schedules".into(), Change::Exists),
-                ("lease-ops-reaper".into(), Change::Updated),
-                ("lease-ops".into(), Change::Exists),
-                ("lease-ops/reaper".into(), Change::Updated),
+                ("lease-ops-reaper".to_string(), Outcome::Updated),
+                ("lease-ops-reaper-invoke".into(), Outcome::Exists),
+                ("lease-ops-schedules".into(), Outcome::Exists),
+                ("lease-ops-reaper".into(), Outcome::Updated),
+                ("lease-ops".into(), Outcome::Exists),
+                ("lease-ops/reaper".into(), Outcome::Updated),
             ]
         );
         let policy = iam

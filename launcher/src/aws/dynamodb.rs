@@ -11,6 +11,10 @@ use lease_common::records::{self, TaskRecord, TaskState, from_sdk_item, task, to
 
 use crate::error::{Error, Result};
 
+/// The admin calls setup and teardown make on the stack's tables.
+mod admin;
+pub use admin::{TableAdmin, TableInfo, TtlInfo};
+
 /// Items are `lease_common`'s: one encoding for the launcher and the agent.
 pub use lease_common::records::{Attr, Item, get_s, get_time};
 

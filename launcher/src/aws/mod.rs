@@ -5,8 +5,12 @@
 
 pub mod dynamodb;
 pub mod ec2;
+pub mod iam;
+pub mod lambda;
+pub mod logs;
 pub mod s3;
 pub mod scheduler;
+pub mod sns;
 pub mod sqs;
 pub mod ssm;
 pub mod sts;
@@ -20,6 +24,9 @@ use ec2::{AwsEc2, Ec2, Instance, Query};
 use s3::{AgentPackages, AwsBucket};
 use ssm::{AwsParameters, Parameters};
 use sts::{AwsIdentity, Identity};
+
+/// The stack's tag as a key and value, in the shape every service's tag builder takes.
+pub type StackTag = (String, String);
 
 /// What an instance command asks of AWS in one region: its instances, the AMI
 /// parameters, the caller, and the agent package a launch points at. One bound, so a

@@ -8,6 +8,10 @@ use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
 
+/// The admin calls setup and teardown make on the stack's bucket.
+mod admin;
+pub use admin::{BucketAdmin, BucketConfig, ObjectInfo, VersionPage};
+
 pub trait Bucket: Sync {
     /// The object, or `None` when it does not exist (yet).
     fn get(&self, bucket: &str, key: &str) -> impl Future<Output = Result<Option<Vec<u8>>>> + Send;

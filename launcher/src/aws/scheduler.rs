@@ -8,6 +8,10 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::model::schedule_spec::kind_of_target;
 
+/// The calls the reaper's deployment adds: the group, and one schedule replaced whole.
+mod admin;
+pub use admin::{ScheduleAdmin, ScheduleSpec};
+
 /// A schedule to create.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NewSchedule {

@@ -6,6 +6,10 @@ use aws_types::SdkConfig;
 
 use crate::error::{Error, Result};
 
+/// The admin calls setup and teardown make on the stack's queues.
+mod admin;
+pub use admin::{Attributes, QueueAdmin};
+
 /// A message to send: the task id (also the batch entry id) and its body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outgoing {

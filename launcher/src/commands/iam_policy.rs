@@ -11,9 +11,9 @@ use lease_common::stack::{ClaudeAuth, Location, Stack};
 use crate::aws::Cloud;
 use crate::cli::{IamPolicyArgs, PolicyKind};
 use crate::error::{Error, Result};
-use crate::model::policies;
-use crate::reaper_deploy::policy;
+use crate::model::policies as iam;
 use crate::settings::Settings;
+use crate::stack::reaper::policy;
 
 /// The account id in an ARN (`arn:aws:sts::123456789012:assumed-role/…`): its fifth field.
 fn account_of(arn: &str) -> Option<&str> {

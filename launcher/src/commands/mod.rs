@@ -165,12 +165,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Setup(a) => {
             let path = crate::settings::default_path()?;
-            setup::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
+            setup::run(&cloud, &crate::stack::Clients::new(&sdk), &ctx, a, &path).await
         }
         Command::Doctor(a) => {
             let path = crate::settings::default_path()?;
             let clients = crate::doctor::Clients {
-                setup: crate::setup::Clients::new(&sdk),
+                setup: crate::stack::Clients::new(&sdk),
                 ec2: aws_sdk_ec2::Client::new(&sdk),
             };
             doctor::run(
@@ -185,7 +185,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Teardown(a) => {
             let path = crate::settings::default_path()?;
-            teardown::run(&cloud, &crate::setup::Clients::new(&sdk), &ctx, a, &path).await
+            teardown::run(&cloud, &crate::stack::Clients::new(&sdk), &ctx, a, &path).await
         }
         Command::Completions { .. } => Ok(()),
     }

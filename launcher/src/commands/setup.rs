@@ -11,10 +11,10 @@ use crate::cli::{OutputFormat, SetupArgs};
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
 use crate::output::{self, Cell, Table};
-use crate::reaper_deploy::{PackageError, ReaperPackage};
 use crate::settings::{Settings, StackOutputs};
-use crate::setup::plan::{self, Wanted};
-use crate::setup::{self, AgentPackage, Clients, Outcome, Reaper, Report};
+use crate::stack::reaper::{PackageError, ReaperPackage};
+use crate::stack::wanted::{self, Wanted};
+use crate::stack::{self, AgentPackage, Clients, Outcome, Reaper, Report};
 
 /// Where `packaging/build-deb.sh` leaves the package by default, relative to the
 /// checkout `lease setup` is run from.
@@ -89,7 +89,7 @@ fn package(path: &Path) -> Result<AgentPackage> {
         .file_name()
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let (version, arch) = plan::deb_name_parts(&file).ok_or_else(|| {
+    let (version, arch) = wanted::deb_name_parts(&file).ok_or_else(|| {
         Error::usage(format!(
             "--agent-deb '{}': expected a file named leased_<version>_<arch>.deb",
             path.display()
@@ -213,7 +213,7 @@ pub async fn run<C: Cloud>(
         .or_else(|| previous.as_ref().map(|p| p.claude_auth))
         .unwrap_or_default();
     let wanted = Wanted {
-        pools: plan::pools(&args.pools, &existing_pools),
+        pools: wanted::pools(&args.pools, &existing_pools),
         claude_auth,
         stack,
         at,
@@ -237,7 +237,7 @@ pub async fn run<C: Cloud>(
         },
     };
     let mut report = Report::default();
-    let ensured = setup::ensure(clients, &wanted, &packages, &recorded, &reaper, &mut report).await;
+    let ensured = stack::ensure(clients, &wanted, &packages, &recorded, &reaper, &mut report).await;
     let outputs = match ensured {
         Ok(o) => o,
         Err(e) => {

@@ -14,8 +14,8 @@ use crate::commands::Ctx;
 use crate::commands::setup::{location, print_report, stack_name};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
-use crate::setup::plan::Wanted;
-use crate::setup::{self, Clients, Outcome, Report};
+use crate::stack::wanted::Wanted;
+use crate::stack::{self, Clients, Outcome, Report};
 
 /// States in which an instance still depends on the control plane (or can again).
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
@@ -73,7 +73,7 @@ pub async fn run<C: Cloud>(
         claude_auth: Default::default(),
     };
     let mut report = Report::default();
-    if let Err(e) = setup::remove(clients, &wanted, &mut report).await {
+    if let Err(e) = stack::remove(clients, &wanted, &mut report).await {
         print_report(ctx, &report, None)?;
         return Err(e);
     }

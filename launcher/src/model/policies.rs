@@ -262,6 +262,45 @@ pub fn agent_policy(
     Ok(json!({ "Version": VERSION, "Statement": statements }))
 }
 
+/// RunInstances as `lease launch` calls it, and `lease schedule`'s launch targets too:
+/// it may create an instance (and its volumes and spot request) only when the request
+/// tags it `lease:managed=true`, which `launch` always does atomically; it may use any
+/// network, image and key pair; tags are written only by the launch itself.
+pub(crate) fn launch_statements(at: &Location) -> [Value; 3] {
+    let instances = at.arn("ec2", "instance/*");
+    let volumes = at.arn("ec2", "volume/*");
+    let spot_requests = at.arn("ec2", "spot-instances-request/*");
+    [
+        with_condition(
+            statement(
+                "LaunchManagedInstances",
+                &["ec2:RunInstances"],
+                vec![instances.clone(), volumes.clone(), spot_requests.clone()],
+            ),
+            managed_tag_condition("aws:RequestTag"),
+        ),
+        statement(
+            "LaunchWithNetworkImageAndKey",
+            &["ec2:RunInstances"],
+            vec![
+                at.arn("ec2", "network-interface/*"),
+                at.arn("ec2", "security-group/*"),
+                at.arn("ec2", "subnet/*"),
+                at.arn("ec2", "key-pair/*"),
+                format!("arn:{}:ec2:{}::image/*", at.partition, at.region.as_str()),
+            ],
+        ),
+        with_condition(
+            statement(
+                "TagOnLaunch",
+                &["ec2:CreateTags"],
+                vec![instances, volumes, spot_requests],
+            ),
+            json!({ "StringEquals": { "ec2:CreateAction": "RunInstances" } }),
+        ),
+    ]
+}
+
 /// What `lease launch/list/status/extend/terminate/stop/hibernate/attach/submit/stats/
 /// tasks/nodes/logs/download/schedule` call, on this stack's resources, and nothing
 /// else (`setup` and `teardown` are an administrator's).
@@ -269,8 +308,7 @@ pub fn agent_policy(
 pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
     let bucket = stack.bucket(&at.account, &at.region);
     let instances = at.arn("ec2", "instance/*");
-    let volumes = at.arn("ec2", "volume/*");
-    let spot_requests = at.arn("ec2", "spot-instances-request/*");
+    let [launch, network, tag_on_launch] = launch_statements(at);
     json!({
         "Version": VERSION,
         "Statement": [
@@ -303,36 +341,9 @@ pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
                     })
                     .collect(),
             ),
-            // RunInstances may create an instance (and its volumes and spot request)
-            // only when the request tags it `lease:managed=true`, which `launch` always
-            // does atomically.
-            with_condition(
-                statement(
-                    "LaunchManagedInstances",
-                    &["ec2:RunInstances"],
-                    vec![instances.clone(), volumes.clone(), spot_requests.clone()],
-                ),
-                managed_tag_condition("aws:RequestTag"),
-            ),
-            statement(
-                "LaunchWithNetworkImageAndKey",
-                &["ec2:RunInstances"],
-                vec![
-                    at.arn("ec2", "network-interface/*"),
-                    at.arn("ec2", "security-group/*"),
-                    at.arn("ec2", "subnet/*"),
-                    at.arn("ec2", "key-pair/*"),
-                    format!("arn:{}:ec2:{}::image/*", at.partition, at.region.as_str()),
-                ],
-            ),
-            with_condition(
-                statement(
-                    "TagOnLaunch",
-                    &["ec2:CreateTags"],
-                    vec![instances.clone(), volumes, spot_requests],
-                ),
-                json!({ "StringEquals": { "ec2:CreateAction": "RunInstances" } }),
-            ),
+            launch,
+            network,
+            tag_on_launch,
             // extend (CreateTags), terminate, stop, hibernate: managed instances only.
             with_condition(
                 statement(
@@ -958,9 +969,9 @@ mod tests {
             let at = Location::new(partition, "123456789012", region).unwrap();
             let mut policies = vec![
                 launcher_policy(&stack(), &at),
-                crate::reaper_deploy::policy::reaper_policy(&stack(), &at),
-                crate::reaper_deploy::policy::invoke_policy(&stack(), &at),
-                crate::reaper_deploy::policy::schedules_policy(&stack(), &at),
+                crate::stack::reaper::policy::reaper_policy(&stack(), &at),
+                crate::stack::reaper::policy::invoke_policy(&stack(), &at),
+                crate::stack::reaper::policy::schedules_policy(&stack(), &at),
             ];
             for claude in ClaudeAuth::ALL {
                 policies.push(agent_policy(&stack(), &at, &[], claude).unwrap());

@@ -5,119 +5,32 @@
 //! missing, correct what differs, report `created` / `exists` / `updated`) and
 //! "remove" (delete only what carries the stack's tag, report `deleted` / `absent` /
 //! `kept`). The backstop reaper (its function, roles and schedule) is deployed and
-//! removed by [`crate::reaper_deploy`], whose changes join the same report. What a
-//! resource should look like is data from [`plan`]; names come from
+//! removed by [`reaper`], whose changes join the same report. What a
+//! resource should look like is data from [`wanted`]; names come from
 //! [`lease_common::stack::Stack`]. Every step is safe to repeat after a partial
 //! failure: nothing is assumed to exist or not to exist.
 
 pub mod bucket;
-pub mod plan;
 pub mod queues;
+pub mod reaper;
+mod report;
 pub mod role;
 pub mod tables;
 pub mod topics;
+pub mod wanted;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use aws_types::SdkConfig;
-use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::reaper_deploy::{self, Change, DeployClients, DeployError, ReaperPackage};
 use crate::settings::{PoolOutputs, StackOutputs};
-use plan::Wanted;
+use reaper::{DeployClients, ReaperPackage};
+use role::{Owner, RoleSpec};
+use wanted::Wanted;
 
-/// What happened to one resource.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    Created,
-    Exists,
-    Updated,
-    Deleted,
-    Absent,
-    /// Found under the stack's name but not tagged as the stack's: left alone.
-    Kept,
-    /// Not done, for the reason in the note.
-    Skipped,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Created => "created",
-            Outcome::Exists => "exists",
-            Outcome::Updated => "updated",
-            Outcome::Deleted => "deleted",
-            Outcome::Absent => "absent",
-            Outcome::Kept => "kept",
-            Outcome::Skipped => "skipped",
-        }
-    }
-
-    /// `created` when it was made now, else `updated` when anything was corrected,
-    /// else `exists`.
-    pub fn of(created: bool, updated: bool) -> Self {
-        match (created, updated) {
-            (true, _) => Outcome::Created,
-            (false, true) => Outcome::Updated,
-            (false, false) => Outcome::Exists,
-        }
-    }
-
-    /// Whether AWS was changed: a skipped step changed nothing either.
-    pub fn changed(self) -> bool {
-        matches!(self, Outcome::Created | Outcome::Updated | Outcome::Deleted)
-    }
-}
-
-/// One line of the report.
-#[derive(Debug, Clone, Serialize)]
-pub struct Row {
-    pub kind: &'static str,
-    pub name: String,
-    pub outcome: Outcome,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
-}
-
-/// The report so far; kept by the caller so a failure halfway still shows what was
-/// done before it.
-#[derive(Debug, Default)]
-pub struct Report {
-    pub rows: Vec<Row>,
-}
-
-impl Report {
-    pub fn add(&mut self, kind: &'static str, name: impl Into<String>, outcome: Outcome) {
-        self.rows.push(Row {
-            kind,
-            name: name.into(),
-            outcome,
-            note: None,
-        });
-    }
-
-    pub fn note(
-        &mut self,
-        kind: &'static str,
-        name: impl Into<String>,
-        outcome: Outcome,
-        note: impl Into<String>,
-    ) {
-        self.rows.push(Row {
-            kind,
-            name: name.into(),
-            outcome,
-            note: Some(note.into()),
-        });
-    }
-
-    pub fn changed(&self) -> bool {
-        self.rows.iter().any(|r| r.outcome.changed())
-    }
-}
+pub use report::{Outcome, Report, Row, not_ours};
 
 /// The SDK clients setup and teardown use.
 #[derive(Debug, Clone)]
@@ -197,19 +110,20 @@ pub async fn ensure(
         let dlq_arn = w.queue_arn(&dlq_name);
         let queue_arn = w.queue_arn(&queue_name);
         let (dlq_url, outcome) =
-            queues::ensure_queue(&c.sqs, &dlq_name, &plan::dead_letter_attributes(), &tag).await?;
+            queues::ensure_queue(&c.sqs, &dlq_name, &wanted::dead_letter_attributes(), &tag)
+                .await?;
         report.add("sqs queue", &dlq_name, outcome);
-        let attrs = plan::pool_queue_attributes(&queue_arn, &dlq_arn, &commands);
+        let attrs = wanted::pool_queue_attributes(&queue_arn, &dlq_arn, &commands);
         let (queue_url, outcome) = queues::ensure_queue(&c.sqs, &queue_name, &attrs, &tag).await?;
         report.add("sqs queue", &queue_name, outcome);
-        let filter = plan::filter_policy(pool).to_string();
+        let filter = wanted::filter_policy(pool).to_string();
         let outcome =
             topics::ensure_subscription(&c.sns, &commands, &queue_arn, Some(&filter)).await?;
         report.add(
             "subscription",
             format!(
                 "{commands_name} -> {queue_name} ({}={pool})",
-                plan::POOL_ATTRIBUTE
+                wanted::POOL_ATTRIBUTE
             ),
             outcome,
         );
@@ -227,7 +141,7 @@ pub async fn ensure(
     let (events_url, outcome) = queues::ensure_queue(
         &c.sqs,
         &events_name,
-        &plan::events_queue_attributes(&events_arn, &bus),
+        &wanted::events_queue_attributes(&events_arn, &bus),
         &tag,
     )
     .await?;
@@ -255,14 +169,20 @@ pub async fn ensure(
     let role_name = w.stack.agent_role();
     let policy = crate::model::policies::agent_policy(&w.stack, &w.at, &[], w.claude_auth)
         .map_err(|e| Error::usage(e.to_string()))?;
-    let policy_name = plan::agent_policy_name(w.at.region.as_str());
-    let (role_outcome, policy_outcome) =
-        role::ensure_role(&c.iam, &role_name, &policy_name, &policy, &tag).await?;
-    report.add("iam role", &role_name, role_outcome);
+    let policy_name = wanted::agent_policy_name(w.at.region.as_str());
+    let spec = RoleSpec {
+        name: role_name.clone(),
+        description: "lease agents: consume the stack's queues, publish events, write bundles, end their own instance".into(),
+        trust: role::agent_trust(),
+        policy_name: policy_name.clone(),
+        policy,
+    };
+    let d = role::ensure_role(&c.iam, &spec, &tag).await?;
+    report.add("iam role", &role_name, d.role);
     report.add(
         "iam role policy",
         format!("{role_name}/{policy_name}"),
-        policy_outcome,
+        d.policy,
     );
     let outcome = role::ensure_instance_profile(&c.iam, &role_name, &role_name, &tag).await?;
     report.add("instance profile", &role_name, outcome);
@@ -300,13 +220,11 @@ async fn ensure_reaper(
     match reaper {
         Reaper::Deploy(package) => {
             let config = lease_reaper::ReaperConfig::default();
-            let changes = reaper_deploy::ensure(&c.deploy, &w.stack, &w.at, package, &config)
+            let changes = reaper::ensure(&c.deploy, &w.stack, &w.at, package, &config)
                 .await
                 .map_err(|e| reaper_error(w, e))?;
-            for ch in changes {
-                report.add(reaper_kind(ch.resource), ch.name, outcome_of(ch.change));
-            }
-            Ok(Some(reaper_deploy::policy::function_arn(&w.stack, &w.at)))
+            report.rows.extend(changes);
+            Ok(Some(reaper::policy::function_arn(&w.stack, &w.at)))
         }
         Reaper::Missing {
             recorded: Some(arn),
@@ -332,30 +250,8 @@ async fn ensure_reaper(
     }
 }
 
-/// The report's kind for a resource of the reaper's deployment.
-fn reaper_kind(resource: &str) -> &'static str {
-    match resource {
-        "IAM role" => "iam role",
-        "Lambda function" => "lambda function",
-        "schedule group" => "schedule group",
-        "schedule" => "schedule",
-        "log group" => "log group",
-        _ => "reaper",
-    }
-}
-
-fn outcome_of(change: Change) -> Outcome {
-    match change {
-        Change::Created => Outcome::Created,
-        Change::Exists => Outcome::Exists,
-        Change::Updated => Outcome::Updated,
-        Change::Deleted => Outcome::Deleted,
-        Change::Absent => Outcome::Absent,
-        Change::Kept => Outcome::Kept,
-    }
-}
-
-fn reaper_error(w: &Wanted, e: DeployError) -> Error {
+/// A failure of the reaper's deployment, named as the stack's backstop.
+fn reaper_error(w: &Wanted, e: Error) -> Error {
     Error::Aws {
         what: format!("Backstop reaper of stack '{}'", w.stack),
         message: e.to_string(),
@@ -416,29 +312,33 @@ async fn ensure_packages(
 pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> {
     let tag = w.tag();
     // The reaper first, so nothing runs against a half-removed stack.
-    let changes = reaper_deploy::remove(&c.deploy, &w.stack, &w.at)
+    let changes = reaper::remove(&c.deploy, &w.stack, &w.at)
         .await
         .map_err(|e| reaper_error(w, e))?;
-    for ch in changes {
-        report.add(reaper_kind(ch.resource), ch.name, outcome_of(ch.change));
-    }
+    report.rows.extend(changes);
     let role_name = w.stack.agent_role();
-    let policy_name = plan::agent_policy_name(w.at.region.as_str());
-    let (outcome, note, others) =
-        role::remove_region_policy(&c.iam, &role_name, &policy_name, &tag).await?;
-    push(
-        report,
+    let policy_name = wanted::agent_policy_name(w.at.region.as_str());
+    let removed = role::remove_region_policy(
+        &c.iam,
+        &role_name,
+        &policy_name,
+        wanted::AGENT_POLICY_PREFIX,
+        Owner::Tagged(&tag),
+    )
+    .await?;
+    report.push(
         "iam role policy",
-        &format!("{role_name}/{policy_name}"),
-        outcome,
-        note,
+        format!("{role_name}/{policy_name}"),
+        removed.outcome,
+        removed.note,
     );
+    let others = removed.others;
     if others.is_empty() {
         let (outcome, note) =
             role::remove_instance_profile(&c.iam, &role_name, &role_name, &tag).await?;
-        push(report, "instance profile", &role_name, outcome, note);
-        let (outcome, note) = role::remove_role(&c.iam, &role_name, &tag).await?;
-        push(report, "iam role", &role_name, outcome, note);
+        report.push("instance profile", &role_name, outcome, note);
+        let (outcome, note) = role::remove_role(&c.iam, &role_name, Owner::Tagged(&tag)).await?;
+        report.push("iam role", &role_name, outcome, note);
     } else {
         // IAM is global: the role and its profile serve the stack in other regions.
         let note = format!("still used by stack '{}' in {}", w.stack, others.join(", "));
@@ -448,12 +348,12 @@ pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> 
 
     for table in [w.stack.nodes_table(), w.stack.tasks_table()] {
         let (outcome, note) = tables::remove_table(&c.dynamodb, &table, &tag).await?;
-        push(report, "dynamodb table", &table, outcome, note);
+        report.push("dynamodb table", &table, outcome, note);
     }
 
     let bucket = w.bucket();
     let (outcome, note) = bucket::remove_bucket(&c.s3, &bucket, &tag).await?;
-    push(report, "s3 bucket", &bucket, outcome, note);
+    report.push("s3 bucket", &bucket, outcome, note);
 
     let commands = w.topic_arn(&w.stack.command_topic());
     let bus = w.topic_arn(&w.stack.bus_topic());
@@ -479,13 +379,12 @@ pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> 
     }
     for (name, url) in found {
         let (outcome, note) = queues::remove_queue(&c.sqs, &url, &tag).await?;
-        push(report, "sqs queue", &name, outcome, note);
+        report.push("sqs queue", &name, outcome, note);
     }
 
     for arn in [&commands, &bus] {
         let (outcome, note) = topics::remove_topic(&c.sns, arn, &tag).await?;
-        push(
-            report,
+        report.push(
             "sns topic",
             arn.rsplit(':').next().unwrap_or(arn),
             outcome,
@@ -493,42 +392,4 @@ pub async fn remove(c: &Clients, w: &Wanted, report: &mut Report) -> Result<()> 
         );
     }
     Ok(())
-}
-
-fn push(
-    report: &mut Report,
-    kind: &'static str,
-    name: &str,
-    outcome: Outcome,
-    note: Option<String>,
-) {
-    match note {
-        Some(n) => report.note(kind, name, outcome, n),
-        None => report.add(kind, name, outcome),
-    }
-}
-
-/// Why a resource found under the stack's name was left alone.
-pub fn not_ours(tag: &(String, String)) -> Option<String> {
-    Some(format!("not tagged {}={}: not deleted", tag.0, tag.1))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn outcomes() {
-        assert_eq!(Outcome::of(true, true), Outcome::Created);
-        assert_eq!(Outcome::of(false, true), Outcome::Updated);
-        assert_eq!(Outcome::of(false, false), Outcome::Exists);
-        let mut r = Report::default();
-        r.add("a", "x", Outcome::Exists);
-        r.add("a", "y", Outcome::Kept);
-        assert!(!r.changed());
-        r.add("a", "z", Outcome::Skipped);
-        assert!(!r.changed());
-        r.add("a", "w", Outcome::Updated);
-        assert!(r.changed());
-    }
 }

@@ -1,5 +1,5 @@
 //! What a stack should look like, as data: queue attributes, access policies,
-//! subscription filters, the agents' trust policy. Pure, so the choices are tested
+//! subscription filters (the roles' trust policies are in [`super::role`]). Pure, so the choices are tested
 //! without AWS and `setup` only compares what exists with what these return.
 
 use std::collections::BTreeMap;
@@ -149,18 +149,6 @@ pub fn events_queue_attributes(queue_arn: &str, bus_arn: &str) -> Attributes {
     .collect()
 }
 
-/// Only EC2 instances may assume the agents' role.
-pub fn trust_policy() -> Value {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": { "Service": "ec2.amazonaws.com" },
-            "Action": "sts:AssumeRole",
-        }],
-    })
-}
-
 /// Numbers as strings, recursively: AWS hands `maxReceiveCount` back as `5` or `"5"`
 /// depending on the service and version, and either means the same.
 fn normalise(v: Value) -> Value {
@@ -175,9 +163,12 @@ fn normalise(v: Value) -> Value {
 /// Reads a policy document as AWS returns it: IAM percent-encodes its documents,
 /// the other services do not.
 pub fn parse_document(text: &str) -> Option<Value> {
-    serde_json::from_str(text)
-        .ok()
-        .or_else(|| serde_json::from_str(&percent_decode(text)).ok())
+    serde_json::from_str(text).ok().or_else(|| {
+        let decoded = percent_encoding::percent_decode_str(text)
+            .decode_utf8()
+            .ok()?;
+        serde_json::from_str(&decoded).ok()
+    })
 }
 
 /// True when `current` (as AWS returned it) says what `wanted` says: equal JSON
@@ -200,29 +191,6 @@ pub fn differing(current: &BTreeMap<String, String>, wanted: &Attributes) -> Vec
         .filter(|(k, v)| !current.get(*k).is_some_and(|c| same_value(c, v)))
         .map(|(k, _)| k.clone())
         .collect()
-}
-
-/// `%7B%22Version%22…` back to `{"Version"…`; `+` stays as it is (IAM encodes spaces
-/// as `%20`).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-        {
-            out.push(b);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The version and Debian architecture of an agent package named as
@@ -284,9 +252,21 @@ mod tests {
         assert!(same_value(moto_style, &wanted));
         assert!(!same_value(&moto_style.replace('5', "3"), &wanted));
         let iam_style = "%7B%22Version%22%3A%20%222012-10-17%22%2C%20%22Statement%22%3A%20%5B%7B%22Effect%22%3A%20%22Allow%22%2C%20%22Principal%22%3A%20%7B%22Service%22%3A%20%22ec2.amazonaws.com%22%7D%2C%20%22Action%22%3A%20%22sts%3AAssumeRole%22%7D%5D%7D";
-        assert!(same_value(iam_style, &trust_policy().to_string()));
+        assert!(same_value(
+            iam_style,
+            &crate::stack::role::agent_trust().to_string()
+        ));
         assert!(same_value("300", "300"));
         assert!(!same_value("30", "300"));
+    }
+
+    #[test]
+    fn policies_read_back_url_encoded_or_not() {
+        let doc = serde_json::json!({"Version": "2012-10-17", "Statement": []});
+        assert_eq!(parse_document(&doc.to_string()), Some(doc.clone()));
+        let encoded = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%5D%7D";
+        assert_eq!(parse_document(encoded), Some(doc));
+        assert_eq!(parse_document("%ZZ"), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use lease_common::stack::{Location, Stack};
 use serde_json::{Value, json};
 
-use crate::model::policies::{VERSION, managed_tag_condition, statement, with_condition};
+use crate::model::policies::{VERSION, launch_statements, managed_tag_condition, statement, with_condition};
 
 /// What every inline policy of ours on a deployment role is named before its region.
 /// IAM is global and the policies name one region's resources, so a stack set up in
@@ -15,24 +15,6 @@ pub const INLINE_POLICY_PREFIX: &str = "lease-";
 /// The inline policy for `at`'s region, `lease-<region>`.
 pub fn inline_policy(at: &Location) -> String {
     format!("{INLINE_POLICY_PREFIX}{}", at.region.as_str())
-}
-
-/// Lets `service` (e.g. `lambda.amazonaws.com`) assume a role; for services acting on
-/// behalf of a caller (Scheduler), only for callers in this account, so another
-/// account's schedule cannot borrow the role (the confused-deputy guard).
-pub fn trust(service: &str, at: Option<&Location>) -> Value {
-    let mut s = json!({
-        "Effect": "Allow",
-        "Principal": { "Service": service },
-        "Action": "sts:AssumeRole",
-    });
-    if let (Some(at), Some(obj)) = (at, s.as_object_mut()) {
-        obj.insert(
-            "Condition".into(),
-            json!({ "StringEquals": { "aws:SourceAccount": at.account.as_str() } }),
-        );
-    }
-    json!({ "Version": VERSION, "Statement": [s] })
 }
 
 /// The reaper function's log group, which Lambda writes to under its role.
@@ -93,9 +75,7 @@ pub fn invoke_policy(stack: &Stack, at: &Location) -> Value {
 /// `lease:managed=true` in the request, the stack's agent role only, the AMI resolved
 /// from the public Amazon Linux parameter).
 pub fn schedules_policy(stack: &Stack, at: &Location) -> Value {
-    let instances = at.arn("ec2", "instance/*");
-    let volumes = at.arn("ec2", "volume/*");
-    let spot = at.arn("ec2", "spot-instances-request/*");
+    let [launch, network, tag_on_launch] = launch_statements(at);
     json!({
         "Version": VERSION,
         "Statement": [
@@ -104,29 +84,9 @@ pub fn schedules_policy(stack: &Stack, at: &Location) -> Value {
                 &["sns:Publish"],
                 vec![at.arn("sns", &stack.command_topic())],
             ),
-            with_condition(
-                statement(
-                    "LaunchManagedInstances",
-                    &["ec2:RunInstances"],
-                    vec![instances.clone(), volumes.clone(), spot.clone()],
-                ),
-                managed_tag_condition("aws:RequestTag"),
-            ),
-            statement(
-                "LaunchWithNetworkImageAndKey",
-                &["ec2:RunInstances"],
-                vec![
-                    at.arn("ec2", "network-interface/*"),
-                    at.arn("ec2", "security-group/*"),
-                    at.arn("ec2", "subnet/*"),
-                    at.arn("ec2", "key-pair/*"),
-                    format!("arn:{}:ec2:{}::image/*", at.partition, at.region.as_str()),
-                ],
-            ),
-            with_condition(
-                statement("TagOnLaunch", &["ec2:CreateTags"], vec![instances, volumes, spot]),
-                json!({ "StringEquals": { "ec2:CreateAction": "RunInstances" } }),
-            ),
+            launch,
+            network,
+            tag_on_launch,
             // `resolve:ssm:` image ids: RunInstances reads the parameter as the caller.
             statement(
                 "ResolveAmiParameters",
@@ -220,13 +180,13 @@ mod tests {
             all[0].1,
             json!(["arn:aws:lambda:eu-west-1:123456789012:function:lease-dev-reaper"])
         );
-        let t = trust("scheduler.amazonaws.com", Some(&at()));
+        let t = crate::stack::role::trust("scheduler.amazonaws.com", Some(&at()));
         assert_eq!(
             t["Statement"][0]["Condition"]["StringEquals"]["aws:SourceAccount"],
             "123456789012"
         );
         assert!(
-            trust("lambda.amazonaws.com", None)["Statement"][0]
+            crate::stack::role::trust("lambda.amazonaws.com", None)["Statement"][0]
                 .get("Condition")
                 .is_none()
         );
