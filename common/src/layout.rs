@@ -74,7 +74,7 @@ mod tests {
     /// reader of the page and a reader of the code find the same layout.
     #[test]
     fn the_design_page_names_every_key() {
-        let page = include_str!("../../docs/DESIGN.md");
+        let page = include_str!("../../ARCHITECTURE.md");
         let (i, t) = ("<instance-id>", "<task-id>");
         let attempt = |key: String| key.replace("attempt-7", "attempt-<n>");
         for key in [
@@ -86,10 +86,10 @@ mod tests {
             format!("`{}`", attempt(attempt_manifest_key(i, t, 7))),
             format!("`{}`", agent_deb_key("<version>", "<arch>")),
         ] {
-            assert!(page.contains(&key), "docs/DESIGN.md does not name {key}");
+            assert!(page.contains(&key), "ARCHITECTURE.md does not name {key}");
         }
         for field in ["\"spec_s3\"", "`reason`", "`pool`"] {
-            assert!(page.contains(field), "docs/DESIGN.md does not name {field}");
+            assert!(page.contains(field), "ARCHITECTURE.md does not name {field}");
         }
     }
 

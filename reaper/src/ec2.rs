@@ -2,7 +2,7 @@
 //! well as against the emulator.
 //!
 //! The reaper does not tag what it acts on (`lease:status=expiring` or similar):
-//! `lease:status` is the agent's to write (DESIGN.md), an extra CreateTags per instance
+//! `lease:status` is the agent's to write (ARCHITECTURE.md), an extra CreateTags per instance
 //! is one more call that can fail between the decision and the action, and it would
 //! widen the reaper's role to `ec2:CreateTags`. The reaper's report (its log) says what
 //! it did and why; EC2's state transition reason records that the API stopped or

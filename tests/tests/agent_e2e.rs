@@ -56,7 +56,7 @@ async fn tag_map(moto: &Moto, id: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The deadline as DESIGN.md defines it, computed from what moto holds: the earlier of
+/// The deadline as ARCHITECTURE.md defines it, computed from what moto holds: the earlier of
 /// `lease:expires-at` and launch time + `lease:ttl`.
 async fn deadline(moto: &Moto, id: &str) -> DateTime<Utc> {
     let i = moto.instance(id).await;

@@ -66,7 +66,7 @@ async fn launch(moto: &Moto, ttl: &str) -> String {
         .to_string()
 }
 
-/// The deadline as DESIGN.md defines it, from what moto holds.
+/// The deadline as ARCHITECTURE.md defines it, from what moto holds.
 async fn deadline(moto: &Moto, id: &str) -> DateTime<Utc> {
     let i = moto.instance(id).await;
     let launched = DateTime::<Utc>::from_timestamp(i.launch_time().unwrap().secs(), 0);

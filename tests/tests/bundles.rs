@@ -1,5 +1,5 @@
 //! `lease download` and `lease logs` against moto's S3, with bundles laid out as
-//! DESIGN.md says the agent uploads them.
+//! ARCHITECTURE.md says the agent uploads them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};

@@ -239,7 +239,7 @@ async fn assert_bucket(w: &World, deb: &Path) {
             .await
             .unwrap();
     let body = obj.body.collect().await.unwrap().into_bytes();
-    assert_eq!(&body[..], &std::fs::read(&deb).unwrap()[..]);
+    assert_eq!(&body[..], &std::fs::read(deb).unwrap()[..]);
 }
 
 async fn assert_tables(w: &World) {

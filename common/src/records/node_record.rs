@@ -142,7 +142,7 @@ mod tests {
         r
     }
 
-    /// The wire format docs/DESIGN.md fixes (see the task record's golden item).
+    /// The wire format ARCHITECTURE.md fixes (see the task record's golden item).
     #[test]
     fn golden_item() {
         use aws_sdk_dynamodb::types::AttributeValue::{N, S};

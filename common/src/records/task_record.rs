@@ -197,7 +197,7 @@ mod tests {
         }
     }
 
-    /// The wire format docs/DESIGN.md fixes, attribute by attribute: a change here is
+    /// The wire format ARCHITECTURE.md fixes, attribute by attribute: a change here is
     /// a change of the contract between agents and launchers of different versions.
     #[test]
     fn golden_item() {

@@ -11,7 +11,7 @@ use lease_common::stack::{ClaudeAuth, Location, Stack};
 use crate::aws::Cloud;
 use crate::cli::{IamPolicyArgs, PolicyKind};
 use crate::error::{Error, Result};
-use crate::model::policies as iam;
+use crate::model::policies;
 use crate::settings::Settings;
 use crate::stack::reaper::policy;
 
