@@ -267,6 +267,15 @@ pub fn agent_policy(
 /// else (`setup` and `teardown` are an administrator's).
 /// `sts:GetCallerIdentity` (the default owner) needs no permission.
 pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
+    let mut policy = launcher_commands_policy(stack, at);
+    // `lease doctor`, which a first-run user runs with this policy.
+    if let Some(statements) = policy["Statement"].as_array_mut() {
+        statements.extend(crate::doctor::policy_statements(stack, at));
+    }
+    policy
+}
+
+fn launcher_commands_policy(stack: &Stack, at: &Location) -> Value {
     let bucket = stack.bucket(&at.account, &at.region);
     let instances = at.arn("ec2", "instance/*");
     let volumes = at.arn("ec2", "volume/*");
@@ -712,6 +721,8 @@ mod tests {
         "ssmmessages:OpenControlChannel",
         "ssmmessages:OpenDataChannel",
         "scheduler:ListSchedules",
+        "ec2:DescribeVpcs",
+        "cloudwatch:GetMetricStatistics",
     ];
 
     #[test]

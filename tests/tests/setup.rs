@@ -1741,7 +1741,17 @@ async fn other_commands_find_the_stack_and_say_what_to_do_without_one() {
 impl World {
     /// `lease doctor -o json`: its exit code and its checks by name.
     async fn doctor(&self) -> (Option<i32>, BTreeMap<String, Value>) {
-        let out = self.lease().args(["doctor", "-o", "json"]).output().await;
+        self.doctor_with(&[]).await
+    }
+
+    /// `lease doctor -o json` with more arguments (`--type …`).
+    async fn doctor_with(&self, args: &[&str]) -> (Option<i32>, BTreeMap<String, Value>) {
+        let out = self
+            .lease()
+            .args(["doctor", "-o", "json"])
+            .args(args)
+            .output()
+            .await;
         let text = String::from_utf8_lossy(&out.stdout);
         let v = json(&text);
         let checks = v["checks"]
@@ -1850,6 +1860,82 @@ async fn doctor_passes_a_healthy_stack_and_names_what_drifted() {
     w.setup(&[]).await;
     let (code, checks) = w.doctor().await;
     assert_eq!(code, Some(0), "{checks:#?}");
+
+    // The reaper's last day, as Lambda's metrics tell it: runs without errors pass,
+    // one failed run fails with where to read why.
+    w.lambda_metric("Invocations", 12.0).await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(0), "{checks:#?}");
+    let runs = &checks["reaper invocations"];
+    assert_eq!(runs["status"], "ok", "{runs}");
+    assert!(runs["detail"].as_str().unwrap().contains("12"), "{runs}");
+    w.lambda_metric("Errors", 1.0).await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_eq!(statuses(&checks, "fail"), ["reaper invocations"]);
+    let runs = &checks["reaper invocations"];
+    assert!(
+        runs["detail"].as_str().unwrap().contains("1 of 12"),
+        "{runs}"
+    );
+    assert!(
+        runs["fix"]
+            .as_str()
+            .unwrap()
+            .contains("/aws/lambda/lease-main-reaper"),
+        "{runs}"
+    );
+}
+
+/// The vCPU quotas of the types asked about: the emulator has no EC2 quotas, so each
+/// market's check is skipped, saying why, never passed; a type the region does not
+/// offer fails.
+#[tokio::test]
+async fn doctor_reads_quotas_for_the_types_asked_about() {
+    let w = world().await;
+    w.setup(&["--reaper-zip", reaper_zip().to_str().unwrap()])
+        .await;
+    let (_, checks) = w.doctor().await;
+    assert_eq!(checks["vCPU quotas"]["status"], "skipped", "{checks:#?}");
+    let (code, checks) = w.doctor_with(&["--type", "t3.micro"]).await;
+    for name in ["vCPU quota t3.micro spot", "vCPU quota t3.micro on-demand"] {
+        let c = &checks[name];
+        assert_eq!(c["status"], "skipped", "{name}: {checks:#?}");
+        assert!(c["detail"].as_str().unwrap().contains("emulator"), "{c}");
+    }
+    assert_eq!(statuses(&checks, "fail"), Vec::<String>::new(), "{code:?}");
+    let (code, checks) = w.doctor_with(&["--type", "zz9.huge"]).await;
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_eq!(statuses(&checks, "fail"), ["vCPU quotas for zz9.huge"]);
+}
+
+impl World {
+    /// One datapoint of the reaper function's Lambda metric `name`, now: what Lambda
+    /// records for its invocations (the emulator runs none).
+    async fn lambda_metric(&self, name: &str, value: f64) {
+        use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+        let config = self.moto.sdk_config().await;
+        aws_sdk_cloudwatch::Client::new(&config)
+            .put_metric_data()
+            .namespace("AWS/Lambda")
+            .metric_data(
+                MetricDatum::builder()
+                    .metric_name(name)
+                    .dimensions(
+                        Dimension::builder()
+                            .name("FunctionName")
+                            .value("lease-main-reaper")
+                            .build(),
+                    )
+                    .value(value)
+                    .unit(StandardUnit::Count)
+                    .timestamp(std::time::SystemTime::now().into())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+    }
 }
 
 /// With no stack in the region, doctor fails once, on the stack, saying to set it up.
