@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod error;
 pub mod iam;
 pub mod logging;
+pub mod operator_policy;
 pub mod output;
 pub mod plan;
 pub mod profile;
