@@ -8,9 +8,11 @@ The emulator enforces no IAM, so this is the proof that the policies cover the c
 1. The call log (tests/src/recorder.rs, one JSON line a call, written when the tests ran
    with LEASE_AWS_CALL_LOG) names each call's component by the SDK's `app/<name>`
    user-agent token, which the harness sets to the binary (and `lease`'s subcommand):
-   `lease.<command>` is the launcher (`lease.setup`, `lease.teardown` and the
-   diagnostic `lease.doctor` are not part of its policy and not checked), `leased.<instance-id>` the agent on that instance,
-   `bootstrap` the reaper. The test's own reads carry no token and are not checked.
+   `lease.setup` and `lease.teardown` are the operator's (`lease iam-policy setup`),
+   every other `lease.<command>` (`doctor` included) the launcher, `leased.<instance-id>`
+   the agent on that instance, `bootstrap` the reaper. The test's own reads carry no
+   token and are not checked. An agent's call must be signed with an STS session key
+   (`ASIA…`): the harness gives agents only the instance role's credentials, from IMDS.
 2. Each call becomes the IAM action(s) it needs and the resource ARN(s) it acts on:
    the action is the API's own name, except the few documented exceptions in
    AUTHORISED_AS; the ARN is built from the Service Authorization Reference's resource
@@ -68,7 +70,21 @@ AUTHORISED_AS = {
     "s3:HeadObject": "s3:GetObject",
     "s3:ListObjectsV2": "s3:ListBucket",
     "s3:HeadBucket": "s3:ListBucket",
+    # S3 bucket sub-resources whose IAM action is named otherwise (Service
+    # Authorization Reference, "Actions defined by Amazon S3", the API each action
+    # authorises; DeleteBucketLifecycle: S3 API Reference, "Permissions").
+    "s3:GetBucketLifecycleConfiguration": "s3:GetLifecycleConfiguration",
+    "s3:PutBucketLifecycleConfiguration": "s3:PutLifecycleConfiguration",
+    "s3:DeleteBucketLifecycle": "s3:PutLifecycleConfiguration",
+    "s3:GetBucketEncryption": "s3:GetEncryptionConfiguration",
+    "s3:PutBucketEncryption": "s3:PutEncryptionConfiguration",
+    "s3:GetPublicAccessBlock": "s3:GetBucketPublicAccessBlock",
+    "s3:PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    "s3:ListObjectVersions": "s3:ListBucketVersions",
 }
+
+# The SigV4 signing name of a service where it is not its IAM prefix.
+IAM_PREFIX = {"monitoring": "cloudwatch"}
 
 # Calls that need no permission (STS documents GetCallerIdentity as always allowed).
 NO_PERMISSION = {"sts:GetCallerIdentity"}
@@ -77,17 +93,17 @@ NO_PERMISSION = {"sts:GetCallerIdentity"}
 ASSUMED_KEY_PREFIXES = ("aws:resourcetag/", "ssm:resourcetag/")
 
 # The component of each app token, and the policy `lease iam-policy` prints for it.
-# `setup` and `teardown` are an administrator's; `doctor` reads what it diagnoses
-# (queue attributes, the role's policy, the reaper) with whatever the caller holds,
-# and says which checks it could not make: none is part of the launcher's policy.
-ADMIN_COMMANDS = {"lease.setup", "lease.teardown", "lease.doctor"}
+# `setup` and `teardown` create and delete the stack: an operator's, checked against
+# `lease iam-policy setup`. `doctor` is for a first-run user holding the launcher's
+# policy, which carries its reads.
+OPERATOR_COMMANDS = {"lease.setup", "lease.teardown"}
 
 
 def component(app):
     if not app:
         return None
-    if app in ADMIN_COMMANDS:
-        return "admin"
+    if app in OPERATOR_COMMANDS:
+        return "setup"
     if app.startswith("lease.") or app == "lease":
         return "launcher"
     if app.startswith("leased"):
@@ -133,6 +149,26 @@ def s3_operation(call):
         }[method]
     if "list-type" in q:
         return "ListObjectsV2"
+    # Bucket sub-resources (S3 API Reference: the request's URI of each).
+    sub = {
+        ("GET", "lifecycle"): "GetBucketLifecycleConfiguration",
+        ("PUT", "lifecycle"): "PutBucketLifecycleConfiguration",
+        ("DELETE", "lifecycle"): "DeleteBucketLifecycle",
+        ("GET", "tagging"): "GetBucketTagging",
+        ("PUT", "tagging"): "PutBucketTagging",
+        ("GET", "encryption"): "GetBucketEncryption",
+        ("PUT", "encryption"): "PutBucketEncryption",
+        ("GET", "publicAccessBlock"): "GetPublicAccessBlock",
+        ("PUT", "publicAccessBlock"): "PutPublicAccessBlock",
+        ("GET", "ownershipControls"): "GetBucketOwnershipControls",
+        ("PUT", "ownershipControls"): "PutBucketOwnershipControls",
+        ("GET", "versions"): "ListObjectVersions",
+        ("POST", "delete"): "DeleteObjects",
+    }
+    if not has_key:
+        for (m, name), op in sub.items():
+            if m == method and name in q:
+                return op
     if method == "HEAD":
         return "HeadObject" if has_key else "HeadBucket"
     if method == "GET":
@@ -179,6 +215,46 @@ def scheduler_operation(call):
             "DELETE": "DeleteScheduleGroup",
         }[method], values
     return f"{method} {path}", values
+
+
+def lambda_operation(call):
+    """Lambda's REST shapes (its API Reference): the operation and the function."""
+    method = call["method"]
+    parts = [urllib.parse.unquote(p) for p in call["path"].strip("/").split("/")]
+    body = call.get("body") or ""
+    if len(parts) >= 2 and parts[1] == "functions":
+        if len(parts) == 2:
+            name = json.loads(body).get("FunctionName", "") if body.strip() else ""
+            return ("CreateFunction" if method == "POST" else "ListFunctions"), name
+        name = parts[2].rsplit(":", 1)[-1] if parts[2].startswith("arn:") else parts[2]
+        tail = parts[3] if len(parts) > 3 else ""
+        op = {
+            ("GET", ""): "GetFunction",
+            ("DELETE", ""): "DeleteFunction",
+            ("GET", "configuration"): "GetFunctionConfiguration",
+            ("PUT", "configuration"): "UpdateFunctionConfiguration",
+            ("PUT", "code"): "UpdateFunctionCode",
+            ("POST", "invocations"): "InvokeFunction",
+            ("POST", "policy"): "AddPermission",
+            ("GET", "policy"): "GetPolicy",
+        }.get((method, tail), f"{method} {call['path']}")
+        return op, name
+    return f"{method} {call['path']}", ""
+
+
+def json_body(call):
+    body = call.get("body") or ""
+    try:
+        return json.loads(body) if body.strip().startswith("{") else {}
+    except ValueError:
+        return {}
+
+
+def pass_role(role_arn, service, values):
+    """Handing a role to a service (a function's execution role, a schedule's target
+    role) needs iam:PassRole on it (IAM User Guide, "Granting a user permissions to
+    pass a role to an AWS service")."""
+    return Need("iam:PassRole", dict(values), {"iam:passedtoservice": service}, role_arn)
 
 
 def queue_name_of(url):
@@ -297,19 +373,58 @@ def needs_of(call):
         q = urllib.parse.parse_qs(call["query"])
         if "prefix" in q:
             ctx["s3:prefix"] = q["prefix"][0]
-        elif op in ("ListObjectsV2", "ListObjects"):
+        elif op in ("ListObjectsV2", "ListObjects", "ListObjectVersions"):
             ctx["s3:prefix"] = ""
+        if op == "DeleteObjects":
+            # Its keys (and versions) are in the body, which the log leaves out: every
+            # object of the bucket, current and noncurrent (S3 API Reference,
+            # DeleteObjects, "Permissions").
+            values["ObjectName"] = "*"
+            return [Need("s3:DeleteObject", dict(values), ctx),
+                    Need("s3:DeleteObjectVersion", dict(values), ctx)]
         return [Need(f"s3:{op}", values, ctx)]
     if service == "scheduler":
         op, v = scheduler_operation(call)
         values.update(v)
-        return [Need(f"scheduler:{op}", values, ctx)]
+        needs = [Need(f"scheduler:{op}", values, ctx)]
+        role = json_body(call).get("Target", {}).get("RoleArn")
+        if role:
+            needs.append(pass_role(role, "scheduler.amazonaws.com", values))
+        return needs
+    if service == "lambda":
+        op, name = lambda_operation(call)
+        values["FunctionName"] = name
+        needs = [Need(f"lambda:{op}", values, ctx)]
+        role = json_body(call).get("Role")
+        if role:
+            needs.append(pass_role(role, "lambda.amazonaws.com", values))
+        return needs
+    service = IAM_PREFIX.get(service, service)
     action = call["action"]
+    if "/operation/" in call.get("path", ""):
+        # Smithy RPC v2 CBOR (CloudWatch): the operation is the path's last segment.
+        action = call["path"].rsplit("/", 1)[-1]
     if call.get("target"):
         params = json.loads(body) if body.strip().startswith("{") else {}
     else:
         params = form(body)
-    if service == "sqs":
+    if service == "servicequotas":
+        values["ServiceCode"] = params.get("ServiceCode", "")
+        values["QuotaCode"] = params.get("QuotaCode", "")
+    elif service == "iam":
+        if "RoleName" in params:
+            values["RoleNameWithPath"] = params["RoleName"]
+        if "InstanceProfileName" in params:
+            values["InstanceProfileNameWithPath"] = params["InstanceProfileName"]
+            if action == "AddRoleToInstanceProfile" or action == "RemoveRoleFromInstanceProfile":
+                # Acts on the profile; the role is named only to be put in it.
+                values.pop("RoleNameWithPath", None)
+        if "PolicySourceArn" in params:
+            return [Need(f"iam:{action}", values, ctx, params["PolicySourceArn"])]
+    elif service == "logs":
+        if "logGroupName" in params or "LogGroupName" in params:
+            values["LogGroupName"] = params.get("logGroupName") or params["LogGroupName"]
+    elif service == "sqs":
         if "QueueUrl" in params:
             values["QueueName"] = queue_name_of(params["QueueUrl"])
         if "QueueName" in params:
@@ -317,9 +432,15 @@ def needs_of(call):
     elif service == "sns":
         if "TopicArn" in params:
             values["TopicName"] = params["TopicArn"].rsplit(":", 1)[-1]
+        if "Name" in params and action == "CreateTopic":
+            values["TopicName"] = params["Name"]
+        if "ResourceArn" in params:
+            values["TopicName"] = params["ResourceArn"].rsplit(":", 1)[-1]
     elif service == "dynamodb":
         if "TableName" in params:
             values["TableName"] = params["TableName"]
+        if "ResourceArn" in params:
+            values["TableName"] = params["ResourceArn"].rsplit("/", 1)[-1]
     elif service == "ssm":
         if "Name" in params:
             name = params["Name"].lstrip("/")
@@ -489,7 +610,8 @@ def load_policies(lease):
     # The agents' policy as a stack that keeps Claude's API key in SSM has it: the
     # suite's Claude tasks read the key parameter (`lease setup --claude-auth api-key`).
     extra = {"agent": ["--claude-auth", "api-key"]}
-    for kind, comp in [("launcher", "launcher"), ("agent", "agent"), ("reaper", "reaper")]:
+    for kind, comp in [("launcher", "launcher"), ("agent", "agent"), ("reaper", "reaper"),
+                       ("setup", "setup")]:
         text = subprocess.run(
             [lease, "iam-policy", kind, "--account", ACCOUNT, "--stack", "main"]
             + extra.get(kind, []),
@@ -560,6 +682,15 @@ def to_stack_names(need, renamed):
             renamed["another stack's"] += 1
             need.resource = ":".join(parts[:5] + [f"{kind_path}/lease-main{sep}{key}"])
         return
+    elif service in ("iam", "lambda", "logs"):
+        # Roles, instance profiles, the reaper's function and its log group:
+        # `lease-<stack>-…` (lease_common::stack).
+        m = re.search(r"lease-([a-z][a-z0-9]*)-", rest)
+        if m and m.group(1) != "main":
+            renamed["another stack's"] += 1
+            rest = rest[:m.start()] + "lease-main-" + rest[m.end():]
+            need.resource = ":".join(parts[:5] + [rest])
+        return
     else:
         return
     kind = stack_kind(service, name)
@@ -604,14 +735,23 @@ def main():
     assumed = Counter()
     failures = []
     renamed = Counter()
+    signers = Counter()  # the agents' role session keys their calls were signed with
     for call in calls:
         comp = component(call.get("app"))
         if comp is None:
             skipped["the test's own calls"] += 1
             continue
-        if comp == "admin":
-            skipped[f"administrator's `{call['app']}`"] += 1
-            continue
+        if comp == "agent":
+            # The agent signs as the instance profile's role: the key must be one of
+            # STS's temporary keys (`ASIA…`, IAM User Guide, "Unique identifiers");
+            # moto accepts any signature, so the key is the proof the call was the role's.
+            key = call.get("access_key") or ""
+            if key.startswith("ASIA"):
+                signers[key] += 1
+            else:
+                failures.append((comp, call, Need(call.get("action") or "?", {}),
+                                 f"signed with {key or 'no key'!r}, not the role's session key"))
+                continue
         for need in needs_of(call):
             need.action = AUTHORISED_AS.get(need.action, need.action)
             if need.action in NO_PERMISSION:
@@ -635,11 +775,15 @@ def main():
 
     print("recorded-calls check (tests/iam_check.py)")
     print(f"  calls logged: {len(calls)}")
-    for comp in ("agent", "launcher", "reaper"):
+    for comp in ("agent", "launcher", "reaper", "setup"):
         print(
             f"  {comp}: {checked[comp]} needs checked, "
             f"{len(covered[comp])} actions covered: {', '.join(sorted(covered[comp]))}"
         )
+    print(
+        f"  agent calls signed by an assumed role's session: {sum(signers.values())} "
+        f"({len(signers)} sessions)"
+    )
     for why, n in sorted(skipped.items()):
         print(f"  not checked: {n} × {why}")
     for whose, n in sorted(renamed.items()):

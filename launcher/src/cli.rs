@@ -480,6 +480,8 @@ pub enum PolicyKind {
     ReaperInvoke,
     /// The role the targets of `lease schedule` run with.
     Schedules,
+    /// Whoever runs `lease setup` and `lease teardown` (an operator).
+    Setup,
 }
 
 #[derive(Debug, Args, Clone)]

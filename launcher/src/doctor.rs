@@ -1,8 +1,8 @@
 //! `lease doctor`: checks that an account and region are ready for `lease`, and says
 //! how to fix what is not. Each check reads (never writes) and ends in one line, `ok`,
 //! `warn`, `fail` or `skipped`, with the fix beside anything not `ok`. A check that
-//! cannot be made here (against an emulator, IAM's simulator and Lambda's metrics do
-//! not exist) is `skipped`, never `ok`.
+//! cannot be made here (against an emulator: IAM's simulator, EC2's quotas, and
+//! invocations of a reaper no schedule ever runs) is `skipped`, never `ok`.
 //!
 //! The decisions (what counts as drift, which principal to simulate, whether the run
 //! passed) are pure functions; [`run`] only gathers what AWS says.
@@ -14,10 +14,11 @@ use lease_common::stack::{ClaudeAuth, Location, Stack};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::model::policies as iam;
-use crate::stack::bucket::ABORT_MULTIPART_RULE;
 use crate::stack::reaper::policy;
+use crate::stack::bucket::ABORT_MULTIPART_RULE;
 use crate::stack::wanted as plan;
+use crate::model::policies as iam;
+use crate::model::quota;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -165,8 +166,8 @@ pub struct Inputs {
     pub stack: Stack,
     pub pools: Vec<String>,
     pub claude_auth: ClaudeAuth,
-    /// Against an emulator (a custom endpoint): IAM's simulator, Service Quotas and
-    /// Lambda's metrics are not there, so their checks are skipped.
+    /// Against an emulator (a custom endpoint): IAM's simulator and EC2's quotas are
+    /// not there and schedules never run, so those checks are skipped.
     pub emulator: bool,
     /// Instance types to check quotas for.
     pub instance_types: Vec<String>,
@@ -177,7 +178,85 @@ pub struct Inputs {
 pub struct Clients {
     pub setup: crate::stack::Clients,
     pub ec2: aws_sdk_ec2::Client,
+    /// The account's vCPU quotas.
+    pub quotas: aws_sdk_servicequotas::Client,
+    /// The reaper's Lambda metrics (`Invocations`, `Errors`).
+    pub cloudwatch: aws_sdk_cloudwatch::Client,
 }
+
+impl Clients {
+    pub fn new(sdk: &aws_types::SdkConfig) -> Self {
+        Self {
+            setup: crate::stack::Clients::new(sdk),
+            ec2: aws_sdk_ec2::Client::new(sdk),
+            quotas: aws_sdk_servicequotas::Client::new(sdk),
+            cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
+        }
+    }
+}
+
+/// What `lease doctor` reads beyond the rest of the launcher's policy, for the
+/// launcher's policy: a first-run user runs it with that policy. Each read is on the
+/// stack's own resources where the action takes a resource (Service Authorization
+/// Reference); the rest of what it reads (queues, the agent package, the reaper's
+/// schedule, regions and instance types) the launcher's other statements allow.
+pub fn policy_statements(stack: &Stack, at: &Location) -> Vec<Value> {
+    use crate::model::policies::statement;
+    let bucket = stack.bucket(&at.account, &at.region);
+    vec![
+        // Neither supports resource-level permissions: the default VPC, and the
+        // reaper's `AWS/Lambda` metrics (CloudWatch User Guide, "CloudWatch
+        // permissions reference").
+        statement(
+            "DoctorDescribe",
+            &["ec2:DescribeVpcs", "cloudwatch:GetMetricStatistics"],
+            vec!["*".into()],
+        ),
+        // The vCPU quotas of EC2, by quota code (`servicequotas:${ServiceCode}/${QuotaCode}`).
+        statement(
+            "DoctorQuotas",
+            &["servicequotas:GetServiceQuota"],
+            vec![at.arn("servicequotas", "ec2/L-*")],
+        ),
+        // The stack as setup made it: topics, the bucket's lifecycle rule, the tables,
+        // the agents' role's policy, the reaper's configuration (not its code).
+        statement(
+            "DoctorStack",
+            &[
+                "sns:GetTopicAttributes",
+                "s3:GetLifecycleConfiguration",
+                "dynamodb:DescribeTable",
+                "iam:GetRolePolicy",
+                "lambda:GetFunctionConfiguration",
+            ],
+            vec![
+                at.arn("sns", &stack.bus_topic()),
+                at.arn("sns", &stack.command_topic()),
+                at.s3_arn(&bucket),
+                at.arn("dynamodb", &format!("table/{}", stack.tasks_table())),
+                at.arn("dynamodb", &format!("table/{}", stack.nodes_table())),
+                at.iam_arn(&format!("role/{}", stack.agent_role())),
+                at.arn("lambda", &format!("function:{}", stack.reaper_function())),
+            ],
+        ),
+        // On AWS, the simulator for the agents' role and for the caller when it is an
+        // IAM user (`${aws:username}`, IAM User Guide, "IAM policy elements:
+        // Variables and tags"); a role session's own role is not nameable here, and
+        // doctor says so when the simulator refuses.
+        statement(
+            "DoctorSimulate",
+            &["iam:SimulatePrincipalPolicy"],
+            vec![
+                at.iam_arn(&format!("role/{}", stack.agent_role())),
+                at.iam_arn("user/${aws:username}"),
+            ],
+        ),
+    ]
+}
+
+/// How far back the reaper's invocations are read: its schedule runs every few
+/// minutes, so a day with none, or with errors, says it is not doing its job.
+const INVOCATION_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 const SETUP_FIX: &str = "run `lease setup` (it creates what is missing and corrects what differs)";
 
@@ -265,27 +344,30 @@ pub async fn stack_resources(c: &Clients, at: &Location, inputs: &Inputs) -> Vec
 
     let bucket = stack.bucket(&at.account, &at.region);
     let name = format!("s3 bucket {bucket}");
-    out.push(match s.s3.head_bucket().bucket(&bucket).send().await {
-        Err(e) => Check::fail(name, describe(&e), SETUP_FIX),
-        Ok(_) => {
-            let rules = s
-                .s3
-                .get_bucket_lifecycle_configuration()
-                .bucket(&bucket)
-                .send()
-                .await
-                .map(|o| o.rules().to_vec())
-                .unwrap_or_default();
-            if rules.iter().any(|r| r.id() == Some(ABORT_MULTIPART_RULE)) {
-                Check::ok(name, "present, aborts incomplete multipart uploads")
-            } else {
-                Check::fail(
-                    name,
-                    format!("no lifecycle rule '{ABORT_MULTIPART_RULE}': failed uploads keep billed parts"),
-                    SETUP_FIX,
-                )
-            }
+    // The lifecycle read alone: it answers NoSuchBucket for a missing bucket, so no
+    // HeadBucket (s3:ListBucket on the whole bucket) is needed.
+    let lifecycle =
+        s.s3.get_bucket_lifecycle_configuration()
+            .bucket(&bucket)
+            .send()
+            .await;
+    let rules = match lifecycle {
+        Ok(o) => Ok(o.rules().to_vec()),
+        Err(e) => match e.as_service_error().and_then(|e| e.meta().code()) {
+            Some("NoSuchLifecycleConfiguration") => Ok(Vec::new()),
+            _ => Err(describe(&e)),
+        },
+    };
+    out.push(match rules {
+        Err(e) => Check::fail(name, e, SETUP_FIX),
+        Ok(rules) if rules.iter().any(|r| r.id() == Some(ABORT_MULTIPART_RULE)) => {
+            Check::ok(name, "present, aborts incomplete multipart uploads")
         }
+        Ok(_) => Check::fail(
+            name,
+            format!("no lifecycle rule '{ABORT_MULTIPART_RULE}': failed uploads keep billed parts"),
+            SETUP_FIX,
+        ),
     });
     for table in [stack.nodes_table(), stack.tasks_table()] {
         let name = format!("dynamodb table {table}");
@@ -398,15 +480,14 @@ pub async fn reaper(c: &Clients, inputs: &Inputs) -> Vec<Check> {
     out.push(
         match d
             .lambda
-            .get_function()
+            .get_function_configuration()
             .function_name(&function)
             .send()
             .await
         {
             Ok(o) => {
                 let state = o
-                    .configuration()
-                    .and_then(|c| c.state())
+                    .state()
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_else(|| "unknown".into());
                 if state == "Active" || state == "unknown" {
@@ -451,31 +532,199 @@ pub async fn reaper(c: &Clients, inputs: &Inputs) -> Vec<Check> {
             Err(e) => Check::fail(label, describe(&e), SETUP_FIX),
         },
     );
-    out.push(Check::skipped(
-        "reaper invocations",
-        "its recent errors are in CloudWatch (AWS/Lambda Errors of the function), which lease does not read: look with `aws cloudwatch get-metric-statistics`",
-    ));
+    out.push(invocations(c, &function, inputs.emulator).await);
     out
 }
 
-/// vCPU quotas for the instance types asked about.
-pub fn quotas(inputs: &Inputs) -> Vec<Check> {
+/// The sum of one of the function's Lambda metrics over the last day.
+async fn lambda_metric(
+    cloudwatch: &aws_sdk_cloudwatch::Client,
+    function: &str,
+    metric: &str,
+) -> Result<f64, String> {
+    let now = std::time::SystemTime::now();
+    let out = cloudwatch
+        .get_metric_statistics()
+        .namespace("AWS/Lambda")
+        .metric_name(metric)
+        .dimensions(
+            aws_sdk_cloudwatch::types::Dimension::builder()
+                .name("FunctionName")
+                .value(function)
+                .build(),
+        )
+        .start_time((now - INVOCATION_WINDOW).into())
+        .end_time(now.into())
+        .period(i32::try_from(INVOCATION_WINDOW.as_secs()).unwrap_or(i32::MAX))
+        .statistics(aws_sdk_cloudwatch::types::Statistic::Sum)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    Ok(out.datapoints().iter().filter_map(|d| d.sum()).sum())
+}
+
+/// The reaper's last day: how often it ran and how often it failed (Lambda's own
+/// `Invocations` and `Errors` metrics, which count timeouts and crashes too).
+async fn invocations(c: &Clients, function: &str, emulator: bool) -> Check {
+    let label = "reaper invocations";
+    let read = async {
+        let runs = lambda_metric(&c.cloudwatch, function, "Invocations").await?;
+        let errors = lambda_metric(&c.cloudwatch, function, "Errors").await?;
+        Ok::<_, String>((runs, errors))
+    };
+    match read.await {
+        Ok((runs, errors)) => judge_invocations(function, runs, errors, emulator),
+        Err(e) if emulator => Check::skipped(label, format!("the emulator has no metrics: {e}")),
+        Err(e) => Check::warn(
+            label,
+            format!("cannot read the function's metrics: {e}"),
+            "allow cloudwatch:GetMetricStatistics (`lease iam-policy launcher` does)",
+        ),
+    }
+}
+
+/// What a day of the reaper's metrics means. None at all is a schedule that does not
+/// fire on AWS, and nothing to judge on an emulator, whose schedules never fire.
+pub fn judge_invocations(function: &str, runs: f64, errors: f64, emulator: bool) -> Check {
+    let label = "reaper invocations";
+    let logs = format!("read its log: `aws logs tail /aws/lambda/{function} --since 1d`");
+    if errors > 0.0 {
+        return Check::fail(
+            label,
+            format!("{errors} of {runs} invocations in the last day failed"),
+            logs,
+        );
+    }
+    if runs > 0.0 {
+        return Check::ok(label, format!("{runs} in the last day, none failed"));
+    }
+    if emulator {
+        return Check::skipped(
+            label,
+            "none recorded: the emulator runs no schedules, so there is nothing to judge",
+        );
+    }
+    Check::warn(
+        label,
+        "none in the last day: its schedule does not invoke it",
+        "run `lease setup` (it corrects the schedule and the role it invokes with)",
+    )
+}
+
+/// The spot and on-demand vCPU quotas (Service Quotas) for each instance type asked
+/// about, against the type's vCPUs.
+pub async fn quotas(c: &Clients, inputs: &Inputs, region: &str) -> Vec<Check> {
     if inputs.instance_types.is_empty() {
         return vec![Check::skipped(
             "vCPU quotas",
             "no --type given (e.g. --type g5.xlarge)",
         )];
     }
-    inputs
-        .instance_types
-        .iter()
-        .map(|t| {
-            Check::skipped(
-                format!("vCPU quotas for {t}"),
-                "Service Quotas is not read by this lease: see the EC2 console's Limits, or `aws service-quotas list-service-quotas --service-code ec2`",
-            )
-        })
-        .collect()
+    let mut out = Vec::new();
+    for instance_type in &inputs.instance_types {
+        let vcpus = match type_vcpus(&c.ec2, instance_type).await {
+            Ok(v) => v,
+            Err(e) => {
+                out.push(Check::fail(
+                    format!("vCPU quotas for {instance_type}"),
+                    e,
+                    "pick a type this region offers (`aws ec2 describe-instance-types`)",
+                ));
+                continue;
+            }
+        };
+        for spot in [true, false] {
+            let label = quota_label(instance_type, spot);
+            let Some(q) = quota::quota_for(instance_type, spot) else {
+                out.push(Check::skipped(
+                    label,
+                    format!(
+                        "its family has a quota lease does not list: see https://{region}.console.aws.amazon.com/servicequotas/home/services/ec2/quotas"
+                    ),
+                ));
+                continue;
+            };
+            let value = c
+                .quotas
+                .get_service_quota()
+                .service_code("ec2")
+                .quota_code(q.code)
+                .send()
+                .await
+                .map(|o| o.quota().and_then(|q| q.value()));
+            out.push(match value {
+                Ok(Some(value)) => judge_quota(instance_type, spot, vcpus, q, value, region),
+                Ok(None) => Check::warn(
+                    label,
+                    format!("Service Quotas gave no value for '{}' ({})", q.name, q.code),
+                    format!("look at {}", quota::console_url(region, q.code)),
+                ),
+                Err(e) if inputs.emulator => Check::skipped(
+                    label,
+                    format!("the emulator has no EC2 quotas: {}", describe(&e)),
+                ),
+                Err(e) => Check::warn(
+                    label,
+                    format!("cannot read '{}' ({}): {}", q.name, q.code, describe(&e)),
+                    format!(
+                        "allow servicequotas:GetServiceQuota (`lease iam-policy launcher` does), or look at {}",
+                        quota::console_url(region, q.code)
+                    ),
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn quota_label(instance_type: &str, spot: bool) -> String {
+    let market = if spot { "spot" } else { "on-demand" };
+    format!("vCPU quota {instance_type} {market}")
+}
+
+/// The type's default vCPUs, which is what the quotas count.
+async fn type_vcpus(ec2: &aws_sdk_ec2::Client, instance_type: &str) -> Result<i32, String> {
+    let out = ec2
+        .describe_instance_types()
+        .instance_types(instance_type.into())
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    out.instance_types()
+        .first()
+        .and_then(|t| t.v_cpu_info())
+        .and_then(|v| v.default_v_cpus())
+        .ok_or_else(|| format!("{instance_type} is not an instance type of this region"))
+}
+
+/// One market's quota against one instance of the type. Too small for spot fails
+/// (`lease launch` asks for spot unless told otherwise); too small for on-demand only
+/// warns (only `--on-demand` needs it).
+pub fn judge_quota(
+    instance_type: &str,
+    spot: bool,
+    vcpus: i32,
+    q: quota::Quota,
+    value: f64,
+    region: &str,
+) -> Check {
+    let label = quota_label(instance_type, spot);
+    let detail = format!(
+        "'{}' ({}) is {value} vCPUs; one {instance_type} needs {vcpus}",
+        q.name, q.code
+    );
+    if value >= f64::from(vcpus) {
+        return Check::ok(label, detail);
+    }
+    let fix = format!(
+        "request an increase at {} (from minutes to days to approve)",
+        quota::console_url(region, q.code)
+    );
+    if spot {
+        Check::fail(label, detail, fix)
+    } else {
+        Check::warn(label, format!("{detail}: only --on-demand needs it"), fix)
+    }
 }
 
 /// `iam:SimulatePrincipalPolicy` for `principal` against every grant of `policy`.
@@ -616,6 +865,47 @@ mod tests {
             None
         );
         assert_eq!(principal_to_simulate("nonsense"), None);
+    }
+
+    #[test]
+    fn a_quota_below_one_instance_fails_spot_and_warns_on_demand() {
+        let spot = quota::quota_for("g5.xlarge", true).unwrap();
+        let on_demand = quota::quota_for("g5.xlarge", false).unwrap();
+        let c = judge_quota("g5.xlarge", true, 4, spot, 0.0, "eu-west-1");
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.name, "vCPU quota g5.xlarge spot");
+        assert!(
+            c.detail.contains("L-3819A6DF") && c.detail.contains("needs 4"),
+            "{c:?}"
+        );
+        assert!(
+            c.fix
+                .unwrap()
+                .contains("servicequotas/home/services/ec2/quotas/L-3819A6DF")
+        );
+        let c = judge_quota("g5.xlarge", false, 4, on_demand, 2.0, "eu-west-1");
+        assert_eq!(c.status, Status::Warn);
+        assert!(c.detail.contains("--on-demand"), "{c:?}");
+        assert_eq!(
+            judge_quota("g5.xlarge", true, 4, spot, 4.0, "eu-west-1").status,
+            Status::Ok
+        );
+    }
+
+    #[test]
+    fn reaper_errors_fail_silence_warns_and_the_emulator_is_not_judged() {
+        let c = judge_invocations("lease-dev-reaper", 288.0, 3.0, false);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.detail.contains("3 of 288"), "{c:?}");
+        assert!(c.fix.unwrap().contains("/aws/lambda/lease-dev-reaper"));
+        assert_eq!(judge_invocations("f", 288.0, 0.0, false).status, Status::Ok);
+        assert_eq!(judge_invocations("f", 0.0, 0.0, false).status, Status::Warn);
+        assert_eq!(
+            judge_invocations("f", 0.0, 0.0, true).status,
+            Status::Skipped
+        );
+        // What the emulator does record is judged like AWS's.
+        assert_eq!(judge_invocations("f", 5.0, 1.0, true).status, Status::Fail);
     }
 
     #[test]

@@ -8,11 +8,19 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use lease_common::messages::Event;
 
-use crate::imds::FakeImds;
+use crate::imds::{AGENT_ROLE, FakeImds, role_session_blocking};
 use crate::{Cmd, Moto, wait_until};
 
 /// How often the harness looks at a process or the emulator.
 pub const POLL: Duration = Duration::from_millis(50);
+
+/// The emulator's variables an agent does not get: the fixed test key, and the switch
+/// that keeps other programs from asking IMDS for credentials.
+const NOT_ON_AN_INSTANCE: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_EC2_METADATA_DISABLED",
+];
 
 /// A `leased run` process with its own state and runtime directories and its own tmux
 /// server (so tasks of parallel tests never meet); both are killed on drop.
@@ -72,7 +80,19 @@ impl Agent {
         std::fs::write(&config, yaml).unwrap();
         let_task_user_in(dir);
         let socket = dir.join("tmux").join("socket");
-        let mut env = moto.env();
+        // As on an instance: the credentials are the instance profile's, which the SDK
+        // reads from IMDS (an STS session of the agents' role, unless the test gave
+        // the fake one of its own), never a key in the environment; tests/iam_check.py
+        // fails an agent call signed with another key.
+        if imds.role().is_none() {
+            let id = imds.info().instance_id;
+            imds.set_role(AGENT_ROLE, role_session_blocking(moto, AGENT_ROLE, &id));
+        }
+        let mut env: Vec<(String, String)> = moto
+            .env()
+            .into_iter()
+            .filter(|(k, _)| !NOT_ON_AN_INSTANCE.contains(&k.as_str()))
+            .collect();
         env.extend(imds.env());
         // Belt and braces: the agent refuses a poweroff outside systemd anyway.
         env.push(("LEASED_NEVER_POWER_OFF".into(), "1".into()));

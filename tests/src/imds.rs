@@ -102,6 +102,8 @@ struct State {
     rebalance: Option<String>,
     /// The instance profile's role name and its credentials.
     role: Option<(String, RoleCredentials)>,
+    /// How many times the role's credentials were served.
+    credentials_served: u64,
     fail_next: u32,
     outage: Option<Outage>,
     delay: Option<Duration>,
@@ -200,6 +202,7 @@ impl FakeImds {
             unauthorized: 0,
             spot_action: None,
             role: None,
+            credentials_served: 0,
             rebalance: None,
             fail_next: 0,
             outage: None,
@@ -271,6 +274,24 @@ impl FakeImds {
         self.with(|s| s.role = Some((role.into(), credentials)));
     }
 
+    /// The instance profile's role and the credentials served for it, if it has one.
+    pub fn role(&self) -> Option<(String, RoleCredentials)> {
+        self.with(|s| s.role.clone())
+    }
+
+    /// The role's credentials as the standard variables, for the one case where the
+    /// SDK cannot fetch them from this fake: a process started during an outage.
+    pub fn role_env(&self) -> Vec<(String, String)> {
+        let (_, c) = self
+            .role()
+            .expect("the fake IMDS has no role whose credentials to hand out");
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), c.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY".into(), c.secret_access_key),
+            ("AWS_SESSION_TOKEN".into(), c.session_token),
+        ]
+    }
+
     /// The next `n` requests (of any kind) answer 500.
     pub fn fail_next(&self, n: u32) {
         self.with(|s| s.fail_next = n);
@@ -300,6 +321,23 @@ impl FakeImds {
     /// Forgets every token issued, as an IMDS restart would: the next GET is 401.
     pub fn revoke_tokens(&self) {
         self.with(|s| s.tokens.clear());
+    }
+
+    /// How many times a client fetched the role's credentials.
+    pub fn credentials_served(&self) -> u64 {
+        self.with(|s| s.credentials_served)
+    }
+
+    /// Waits until a client (the agent's SDK) has fetched the role's credentials, so
+    /// a test can take IMDS away knowing the client holds them.
+    pub async fn credentials_fetched(&self) {
+        crate::wait_until(
+            "a client to fetch the role's credentials from IMDS",
+            Duration::from_secs(20),
+            Duration::from_millis(20),
+            || async { (self.credentials_served() > 0).then_some(()) },
+        )
+        .await;
     }
 
     pub fn token_puts(&self) -> u64 {
@@ -497,7 +535,11 @@ async fn answer(state: &Arc<Mutex<State>>, path: &str) -> Option<String> {
         other => {
             if let Some(asked) = other.strip_prefix("meta-data/iam/security-credentials/") {
                 let (name, credentials) = role?;
-                return (asked == name).then(|| role_credentials(&credentials));
+                if asked != name {
+                    return None;
+                }
+                state.lock().expect("fake IMDS state").credentials_served += 1;
+                return Some(role_credentials(&credentials));
             }
             let key = other.strip_prefix("meta-data/tags/instance/")?;
             tags(state).await?.get(key).cloned()
@@ -514,12 +556,18 @@ pub struct RoleCredentials {
     pub expiration: DateTime<Utc>,
 }
 
+/// The agents' role of the stack the harness's `lease` commands use (`main`, the
+/// default): the role every agent the harness starts signs as, unless its test gave
+/// the fake IMDS another one.
+pub const AGENT_ROLE: &str = "lease-main-agent";
+
 /// What EC2 does for an instance profile: STS AssumeRole of `role` (in the emulator
 /// at `moto`), the session named after the instance, so the agent signs with the
 /// role's real (emulated) credentials and not a key the test made up. The role is
-/// created, trusting EC2 only, when the emulator has none by that name (no `lease
-/// setup` ran); its policy is not the point here (the emulator does not enforce
-/// IAM: tests/iam_check.py checks the calls against it).
+/// created when the emulator has none by that name (no `lease setup` ran) as setup
+/// would make it: trusting EC2 only, with the policy `lease iam-policy agent` prints
+/// for its stack. The emulator does not enforce that policy: tests/iam_check.py
+/// checks every call signed with the session's key against it.
 pub async fn assume_role(moto: &crate::Moto, role: &str, instance_id: &str) -> RoleCredentials {
     let config = moto.sdk_config().await;
     let iam = aws_sdk_iam::Client::new(&config);
@@ -538,7 +586,8 @@ pub async fn assume_role(moto: &crate::Moto, role: &str, instance_id: &str) -> R
                     "Action": "sts:AssumeRole",
                 }],
             });
-            iam.create_role()
+            let arn = iam
+                .create_role()
                 .role_name(role)
                 .assume_role_policy_document(trust.to_string())
                 .send()
@@ -546,12 +595,27 @@ pub async fn assume_role(moto: &crate::Moto, role: &str, instance_id: &str) -> R
                 .unwrap_or_else(|e| panic!("CreateRole {role}: {e:?}"))
                 .role()
                 .map(|r| r.arn().to_string())
-                .expect("the created role's ARN")
+                .expect("the created role's ARN");
+            if let Some(policy) = agent_policy(moto, role).await {
+                iam.put_role_policy()
+                    .role_name(role)
+                    .policy_name(role)
+                    .policy_document(policy)
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("PutRolePolicy {role}: {e:?}"));
+            }
+            arn
         }
     };
-    let out = aws_sdk_sts::Client::new(&config)
+    session(&config, &arn, instance_id).await
+}
+
+/// STS AssumeRole of the role `arn`, the session named after the instance.
+async fn session(config: &aws_types::SdkConfig, arn: &str, instance_id: &str) -> RoleCredentials {
+    let out = aws_sdk_sts::Client::new(config)
         .assume_role()
-        .role_arn(&arn)
+        .role_arn(arn)
         .role_session_name(instance_id)
         .send()
         .await
@@ -564,6 +628,53 @@ pub async fn assume_role(moto: &crate::Moto, role: &str, instance_id: &str) -> R
         expiration: DateTime::<Utc>::from_timestamp(c.expiration().secs(), 0)
             .unwrap_or_else(|| Utc::now() + chrono::TimeDelta::hours(1)),
     }
+}
+
+/// The policy `lease iam-policy agent` prints for the stack whose agents' role is
+/// `role` (`lease-<stack>-agent`); None for a role named otherwise.
+async fn agent_policy(moto: &crate::Moto, role: &str) -> Option<String> {
+    let stack = role.strip_prefix("lease-")?.strip_suffix("-agent")?;
+    let account = InstanceInfo::example("i-0").account_id;
+    let policy = crate::Cmd::new("lease", &moto.env())
+        .args([
+            "iam-policy",
+            "agent",
+            "--account",
+            &account,
+            "--stack",
+            stack,
+        ])
+        // As tests/iam_check.py reads it: the suite's Claude tasks read the API key
+        // from SSM, as on a stack set up with `--claude-auth api-key`.
+        .args(["--claude-auth", "api-key"])
+        .ok()
+        .await;
+    Some(policy)
+}
+
+/// An STS session of the role `role` of moto's account for an agent's start, which
+/// cannot await: one AssumeRole (STS here does not look the role up), on a thread with
+/// a runtime of its own, since the caller's runtime may be single-threaded and busy
+/// waiting here. Creating the role too ([`assume_role`]) would make IAM's first
+/// answer, slow in a fresh emulator, part of every agent's start, which tests with
+/// leases of a few seconds cannot afford.
+pub fn role_session_blocking(moto: &crate::Moto, role: &str, instance_id: &str) -> RoleCredentials {
+    let arn = format!(
+        "arn:aws:iam::{}:role/{role}",
+        InstanceInfo::example(instance_id).account_id
+    );
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for AssumeRole")
+                    .block_on(async { session(&moto.sdk_config().await, &arn, instance_id).await })
+            })
+            .join()
+            .expect("AssumeRole for the agent's instance profile")
+    })
 }
 
 /// The role's temporary credentials in the document EC2 serves.

@@ -586,7 +586,17 @@ impl World {
 
     /// `lease doctor -o json`: its exit code and its checks by name.
     pub async fn doctor(&self) -> (Option<i32>, BTreeMap<String, Value>) {
-        let out = self.lease().args(["doctor", "-o", "json"]).output().await;
+        self.doctor_with(&[]).await
+    }
+
+    /// `lease doctor -o json` with more arguments (`--type …`).
+    pub async fn doctor_with(&self, args: &[&str]) -> (Option<i32>, BTreeMap<String, Value>) {
+        let out = self
+            .lease()
+            .args(["doctor", "-o", "json"])
+            .args(args)
+            .output()
+            .await;
         let text = String::from_utf8_lossy(&out.stdout);
         let v = json(&text);
         let checks = v["checks"]
@@ -596,6 +606,33 @@ impl World {
             .map(|c| (c["name"].as_str().unwrap().to_string(), c.clone()))
             .collect();
         (out.status.code(), checks)
+    }
+
+    /// One datapoint of the reaper function's Lambda metric `name`, now: what Lambda
+    /// records for its invocations (the emulator runs none).
+    pub async fn lambda_metric(&self, name: &str, value: f64) {
+        use aws_sdk_cloudwatch::types::{Dimension, MetricDatum, StandardUnit};
+        let config = self.moto.sdk_config().await;
+        aws_sdk_cloudwatch::Client::new(&config)
+            .put_metric_data()
+            .namespace("AWS/Lambda")
+            .metric_data(
+                MetricDatum::builder()
+                    .metric_name(name)
+                    .dimensions(
+                        Dimension::builder()
+                            .name("FunctionName")
+                            .value("lease-main-reaper")
+                            .build(),
+                    )
+                    .value(value)
+                    .unit(StandardUnit::Count)
+                    .timestamp(std::time::SystemTime::now().into())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
     }
 }
 

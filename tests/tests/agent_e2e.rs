@@ -504,6 +504,9 @@ async fn imds_errors_and_timeouts_do_not_stop_ttl_enforcement() {
     let dir = tempfile::tempdir().unwrap();
     let agent = Agent::start(&moto, &imds, dir.path(), "");
     agent.ready().await;
+    // The agent fetches the role's credentials at start (its first call), as it must
+    // for a terminate at the deadline to be signed through an IMDS outage.
+    imds.credentials_fetched().await;
     let deadline = deadline(&moto, &id).await;
     // 500s for a while, then requests that hang past every timeout, through the deadline.
     imds.set_outage(Some(Outage::Errors));
@@ -540,7 +543,10 @@ async fn sigkill_and_restart_keep_the_same_deadline() {
     let deadline = deadline(&moto, &id).await;
     assert_eq!(agent.saved_deadline(), deadline);
     // Restart into an IMDS outage: identity from the saved state, tags via DescribeTags.
+    // The new process cannot fetch the role's credentials from IMDS now; it gets the
+    // same role session's in its environment, so it still signs as the role.
     imds.set_outage(Some(Outage::Errors));
+    agent.env.extend(imds.role_env());
     agent.kill_and_restart();
     agent.ready().await;
     assert_eq!(agent.saved_deadline(), deadline);

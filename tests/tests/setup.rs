@@ -765,6 +765,53 @@ async fn doctor_passes_a_healthy_stack_and_names_what_drifted() {
     w.setup(&[]).await;
     let (code, checks) = w.doctor().await;
     assert_eq!(code, Some(0), "{checks:#?}");
+
+    // The reaper's last day, as Lambda's metrics tell it: runs without errors pass,
+    // one failed run fails with where to read why.
+    w.lambda_metric("Invocations", 12.0).await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(0), "{checks:#?}");
+    let runs = &checks["reaper invocations"];
+    assert_eq!(runs["status"], "ok", "{runs}");
+    assert!(runs["detail"].as_str().unwrap().contains("12"), "{runs}");
+    w.lambda_metric("Errors", 1.0).await;
+    let (code, checks) = w.doctor().await;
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_eq!(statuses(&checks, "fail"), ["reaper invocations"]);
+    let runs = &checks["reaper invocations"];
+    assert!(
+        runs["detail"].as_str().unwrap().contains("1 of 12"),
+        "{runs}"
+    );
+    assert!(
+        runs["fix"]
+            .as_str()
+            .unwrap()
+            .contains("/aws/lambda/lease-main-reaper"),
+        "{runs}"
+    );
+}
+
+/// The vCPU quotas of the types asked about: the emulator has no EC2 quotas, so each
+/// market's check is skipped, saying why, never passed; a type the region does not
+/// offer fails.
+#[tokio::test]
+async fn doctor_reads_quotas_for_the_types_asked_about() {
+    let w = world().await;
+    w.setup(&["--reaper-zip", reaper_zip().to_str().unwrap()])
+        .await;
+    let (_, checks) = w.doctor().await;
+    assert_eq!(checks["vCPU quotas"]["status"], "skipped", "{checks:#?}");
+    let (code, checks) = w.doctor_with(&["--type", "t3.micro"]).await;
+    for name in ["vCPU quota t3.micro spot", "vCPU quota t3.micro on-demand"] {
+        let c = &checks[name];
+        assert_eq!(c["status"], "skipped", "{name}: {checks:#?}");
+        assert!(c["detail"].as_str().unwrap().contains("emulator"), "{c}");
+    }
+    assert_eq!(statuses(&checks, "fail"), Vec::<String>::new(), "{code:?}");
+    let (code, checks) = w.doctor_with(&["--type", "zz9.huge"]).await;
+    assert_eq!(code, Some(1), "{checks:#?}");
+    assert_eq!(statuses(&checks, "fail"), ["vCPU quotas for zz9.huge"]);
 }
 
 /// With no stack in the region, doctor fails once, on the stack, saying to set it up.

@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lease_common::tags;
+use lease_tests::imds::{AGENT_ROLE, assume_role};
 use lease_tests::nspawn::{self, Machine};
 use lease_tests::{FakeImds, Moto};
 use tokio::runtime::Handle;
@@ -184,6 +185,11 @@ async fn the_package_under_systemd() {
         .expect("RunInstances in moto");
     let instance_id = launched.instances()[0].instance_id().unwrap().to_string();
     let imds = FakeImds::for_instance(ec2.clone(), &instance_id).await;
+    // The agent's credentials are the instance profile's, from the fake IMDS.
+    imds.set_role(
+        AGENT_ROLE,
+        assume_role(&moto, AGENT_ROLE, &instance_id).await,
+    );
     eprintln!(
         "proof: instance {instance_id}, moto {}, IMDS {}",
         moto.endpoint, imds.endpoint
@@ -219,7 +225,6 @@ async fn the_package_under_systemd() {
                  [Service]\n\
                  Environment=AWS_EC2_METADATA_SERVICE_ENDPOINT={imds}\n\
                  Environment=AWS_ENDPOINT_URL={moto}\n\
-                 Environment=AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n\
                  Environment=AWS_REGION={region}\n",
                 imds = imds.endpoint,
                 moto = moto.endpoint,

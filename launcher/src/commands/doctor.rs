@@ -127,7 +127,7 @@ pub async fn checks<C: Cloud>(
         out.extend(doctor::agent_packages(clients, &at, &inputs.stack).await);
         out.extend(doctor::reaper(clients, &inputs).await);
     }
-    out.extend(doctor::quotas(&inputs));
+    out.extend(doctor::quotas(clients, &inputs, at.region.as_str()).await);
     out.extend(doctor::permissions(clients, &at, &inputs, caller.as_deref()).await);
     Ok(out)
 }

@@ -1,8 +1,8 @@
-//! `lease iam-policy agent|launcher|reaper|reaper-invoke|schedules`: prints a
+//! `lease iam-policy agent|launcher|reaper|reaper-invoke|schedules|setup`: prints a
 //! least-privilege IAM policy document, on the stack's resources, for every identity
 //! `lease` creates or needs: the agents' role, the people who run `lease`, the
-//! reaper's execution role, the role Scheduler invokes the reaper with, and the role
-//! `lease schedule` targets run with. `setup` puts exactly these documents on its roles.
+//! reaper's execution role, the role Scheduler invokes the reaper with, the role
+//! `lease schedule` targets run with, and the operator who runs setup and teardown. `setup` puts exactly these documents on its roles.
 
 use std::path::Path;
 
@@ -59,6 +59,7 @@ pub async fn render<C: Cloud>(
         PolicyKind::Reaper => policy::reaper_policy(&stack, &at),
         PolicyKind::ReaperInvoke => policy::invoke_policy(&stack, &at),
         PolicyKind::Schedules => policy::schedules_policy(&stack, &at),
+        PolicyKind::Setup => crate::stack::operator_policy::setup_policy(&stack, &at),
     };
     let text = serde_json::to_string_pretty(&policy)
         .map_err(|e| Error::io("Failed to render the policy", std::io::Error::other(e)))?;

@@ -169,10 +169,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         }
         Command::Doctor(a) => {
             let path = crate::settings::default_path()?;
-            let clients = crate::doctor::Clients {
-                setup: crate::stack::Clients::new(&sdk),
-                ec2: aws_sdk_ec2::Client::new(&sdk),
-            };
+            let clients = crate::doctor::Clients::new(&sdk);
             doctor::run(
                 &cloud,
                 &clients,

@@ -306,6 +306,15 @@ pub(crate) fn launch_statements(at: &Location) -> [Value; 3] {
 /// else (`setup` and `teardown` are an administrator's).
 /// `sts:GetCallerIdentity` (the default owner) needs no permission.
 pub fn launcher_policy(stack: &Stack, at: &Location) -> Value {
+    let mut policy = launcher_commands_policy(stack, at);
+    // `lease doctor`, which a first-run user runs with this policy.
+    if let Some(statements) = policy["Statement"].as_array_mut() {
+        statements.extend(crate::doctor::policy_statements(stack, at));
+    }
+    policy
+}
+
+fn launcher_commands_policy(stack: &Stack, at: &Location) -> Value {
     let bucket = stack.bucket(&at.account, &at.region);
     let instances = at.arn("ec2", "instance/*");
     let [launch, network, tag_on_launch] = launch_statements(at);
@@ -723,6 +732,8 @@ mod tests {
         "ssmmessages:OpenControlChannel",
         "ssmmessages:OpenDataChannel",
         "scheduler:ListSchedules",
+        "ec2:DescribeVpcs",
+        "cloudwatch:GetMetricStatistics",
     ];
 
     #[test]

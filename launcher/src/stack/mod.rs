@@ -13,6 +13,7 @@
 pub mod bucket;
 pub mod queues;
 pub mod reaper;
+pub mod operator_policy;
 mod report;
 pub mod role;
 pub mod tables;
