@@ -89,7 +89,10 @@ mod tests {
             assert!(page.contains(&key), "ARCHITECTURE.md does not name {key}");
         }
         for field in ["\"spec_s3\"", "`reason`", "`pool`"] {
-            assert!(page.contains(field), "ARCHITECTURE.md does not name {field}");
+            assert!(
+                page.contains(field),
+                "ARCHITECTURE.md does not name {field}"
+            );
         }
     }
 

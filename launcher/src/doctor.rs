@@ -14,11 +14,11 @@ use lease_common::stack::{ClaudeAuth, Location, Stack};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::stack::reaper::policy;
-use crate::stack::bucket::ABORT_MULTIPART_RULE;
-use crate::stack::wanted as plan;
 use crate::model::policies as iam;
 use crate::model::quota;
+use crate::stack::bucket::ABORT_MULTIPART_RULE;
+use crate::stack::reaper::policy;
+use crate::stack::wanted as plan;
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -193,65 +193,6 @@ impl Clients {
             cloudwatch: aws_sdk_cloudwatch::Client::new(sdk),
         }
     }
-}
-
-/// What `lease doctor` reads beyond the rest of the launcher's policy, for the
-/// launcher's policy: a first-run user runs it with that policy. Each read is on the
-/// stack's own resources where the action takes a resource (Service Authorization
-/// Reference); the rest of what it reads (queues, the agent package, the reaper's
-/// schedule, regions and instance types) the launcher's other statements allow.
-pub fn policy_statements(stack: &Stack, at: &Location) -> Vec<Value> {
-    use crate::model::policies::statement;
-    let bucket = stack.bucket(&at.account, &at.region);
-    vec![
-        // Neither supports resource-level permissions: the default VPC, and the
-        // reaper's `AWS/Lambda` metrics (CloudWatch User Guide, "CloudWatch
-        // permissions reference").
-        statement(
-            "DoctorDescribe",
-            &["ec2:DescribeVpcs", "cloudwatch:GetMetricStatistics"],
-            vec!["*".into()],
-        ),
-        // The vCPU quotas of EC2, by quota code (`servicequotas:${ServiceCode}/${QuotaCode}`).
-        statement(
-            "DoctorQuotas",
-            &["servicequotas:GetServiceQuota"],
-            vec![at.arn("servicequotas", "ec2/L-*")],
-        ),
-        // The stack as setup made it: topics, the bucket's lifecycle rule, the tables,
-        // the agents' role's policy, the reaper's configuration (not its code).
-        statement(
-            "DoctorStack",
-            &[
-                "sns:GetTopicAttributes",
-                "s3:GetLifecycleConfiguration",
-                "dynamodb:DescribeTable",
-                "iam:GetRolePolicy",
-                "lambda:GetFunctionConfiguration",
-            ],
-            vec![
-                at.arn("sns", &stack.bus_topic()),
-                at.arn("sns", &stack.command_topic()),
-                at.s3_arn(&bucket),
-                at.arn("dynamodb", &format!("table/{}", stack.tasks_table())),
-                at.arn("dynamodb", &format!("table/{}", stack.nodes_table())),
-                at.iam_arn(&format!("role/{}", stack.agent_role())),
-                at.arn("lambda", &format!("function:{}", stack.reaper_function())),
-            ],
-        ),
-        // On AWS, the simulator for the agents' role and for the caller when it is an
-        // IAM user (`${aws:username}`, IAM User Guide, "IAM policy elements:
-        // Variables and tags"); a role session's own role is not nameable here, and
-        // doctor says so when the simulator refuses.
-        statement(
-            "DoctorSimulate",
-            &["iam:SimulatePrincipalPolicy"],
-            vec![
-                at.iam_arn(&format!("role/{}", stack.agent_role())),
-                at.iam_arn("user/${aws:username}"),
-            ],
-        ),
-    ]
 }
 
 /// How far back the reaper's invocations are read: its schedule runs every few

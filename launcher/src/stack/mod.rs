@@ -11,9 +11,9 @@
 //! failure: nothing is assumed to exist or not to exist.
 
 pub mod bucket;
+pub mod operator_policy;
 pub mod queues;
 pub mod reaper;
-pub mod operator_policy;
 mod report;
 pub mod role;
 pub mod tables;

@@ -4,7 +4,9 @@
 use lease_common::stack::{Location, Stack};
 use serde_json::{Value, json};
 
-use crate::model::policies::{VERSION, launch_statements, managed_tag_condition, statement, with_condition};
+use crate::model::policies::{
+    VERSION, launch_statements, managed_tag_condition, statement, with_condition,
+};
 
 /// What every inline policy of ours on a deployment role is named before its region.
 /// IAM is global and the policies name one region's resources, so a stack set up in
