@@ -5,12 +5,15 @@
 //! so a command given every flag never reads the settings file.
 
 use lease_common::config::AgentConfig;
+use lease_common::stack::{DEFAULT_STACK, Location, Stack};
+
+use crate::aws::Cloud;
 
 use crate::cli::{
     DownloadArgs, LaunchArgs, LogsArgs, NodesArgs, StatsArgs, SubmitArgs, TasksArgs, WorkArgs,
 };
 use crate::error::{Error, Result};
-use crate::settings::StackOutputs;
+use crate::settings::{Settings, StackOutputs};
 
 /// No queue named, and no stack set up to take one from.
 pub fn no_queue() -> Error {
@@ -200,6 +203,31 @@ pub fn download(args: &DownloadArgs, region: &str) -> Result<DownloadArgs> {
         args.bucket = stack_in(region)?.map(|s| s.bucket);
     }
     Ok(args)
+}
+
+/// `--stack`, else the settings' default stack, else `main`; checked.
+pub fn stack_name(flag: Option<&str>, settings: &Settings) -> Result<Stack> {
+    let name = flag
+        .or(settings.default_stack.as_deref())
+        .unwrap_or(DEFAULT_STACK);
+    Stack::new(name).map_err(|e| Error::usage(e.to_string()))
+}
+
+/// Partition and account from the caller's ARN (`arn:aws:sts::123456789012:…`).
+pub async fn location<C: Cloud>(cloud: &C) -> Result<Location> {
+    if cloud.region().is_empty() {
+        return Err(Error::usage(
+            "No AWS region: pass --region or set AWS_REGION",
+        ));
+    }
+    let arn = cloud.caller_arn().await?;
+    let mut parts = arn.split(':');
+    let partition = parts.nth(1).unwrap_or_default();
+    let account = parts.nth(2).unwrap_or_default();
+    Location::new(partition, account, cloud.region()).map_err(|e| Error::Aws {
+        what: format!("Caller identity '{arn}'"),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]

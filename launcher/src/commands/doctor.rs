@@ -7,11 +7,11 @@ use std::path::Path;
 use crate::aws::Cloud;
 use crate::cli::{DoctorArgs, OutputFormat};
 use crate::commands::Ctx;
-use crate::commands::setup::{location, stack_name};
 use crate::doctor::{self, Check, Clients, Inputs, Status};
 use crate::error::{Error, Result};
 use crate::output;
 use crate::settings::Settings;
+use crate::targets::{location, stack_name};
 
 /// Every check, in the order a first-run user fixes them: who and where, then the
 /// network, the stack, what it runs, and permissions.

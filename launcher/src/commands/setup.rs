@@ -4,17 +4,17 @@
 
 use std::path::{Path, PathBuf};
 
-use lease_common::stack::{DEFAULT_STACK, Location, Stack, validate_pool};
+use lease_common::stack::{Stack, validate_pool};
 
 use crate::aws::Cloud;
-use crate::cli::{OutputFormat, SetupArgs};
+use crate::cli::SetupArgs;
 use crate::commands::Ctx;
 use crate::error::{Error, Result};
-use crate::output::{self, Cell, Table};
 use crate::settings::{Settings, StackOutputs};
 use crate::stack::reaper::{PackageError, ReaperPackage};
 use crate::stack::wanted::{self, Wanted};
-use crate::stack::{self, AgentPackage, Clients, Outcome, Reaper, Report};
+use crate::stack::{self, AgentPackage, Clients, Outcome, Reaper, Report, print_report};
+use crate::targets::{location, stack_name};
 
 /// Where `packaging/build-deb.sh` leaves the package by default, relative to the
 /// checkout `lease setup` is run from.
@@ -55,31 +55,6 @@ fn build_with(script: &str, what: &str) -> Result<Option<PathBuf>> {
         )));
     }
     Ok(Some(PathBuf::from(path)))
-}
-
-/// `--stack`, else the settings' default stack, else `main`; checked.
-pub fn stack_name(flag: Option<&str>, settings: &Settings) -> Result<Stack> {
-    let name = flag
-        .or(settings.default_stack.as_deref())
-        .unwrap_or(DEFAULT_STACK);
-    Stack::new(name).map_err(|e| Error::usage(e.to_string()))
-}
-
-/// Partition and account from the caller's ARN (`arn:aws:sts::123456789012:…`).
-pub async fn location<C: Cloud>(cloud: &C) -> Result<Location> {
-    if cloud.region().is_empty() {
-        return Err(Error::usage(
-            "No AWS region: pass --region or set AWS_REGION",
-        ));
-    }
-    let arn = cloud.caller_arn().await?;
-    let mut parts = arn.split(':');
-    let partition = parts.nth(1).unwrap_or_default();
-    let account = parts.nth(2).unwrap_or_default();
-    Location::new(partition, account, cloud.region()).map_err(|e| Error::Aws {
-        what: format!("Caller identity '{arn}'"),
-        message: e.to_string(),
-    })
 }
 
 /// The package to upload, named as build-deb.sh names it and of this lease's version
@@ -242,7 +217,7 @@ pub async fn run<C: Cloud>(
         Ok(o) => o,
         Err(e) => {
             // Show what was done before the failure: running setup again resumes.
-            print_report(ctx, &report, None)?;
+            print_report(ctx.output, ctx.color, &report, None)?;
             return Err(e);
         }
     };
@@ -255,7 +230,7 @@ pub async fn run<C: Cloud>(
         Outcome::of(previous.is_none(), true)
     };
     report.add("settings", settings_path.display().to_string(), outcome);
-    print_report(ctx, &report, Some(&outputs))?;
+    print_report(ctx.output, ctx.color, &report, Some(&outputs))?;
     if outputs.agent_packages.is_empty() {
         eprintln!(
             "No agent package in the bucket: `lease launch` will refuse AMIs without the agent. \
@@ -300,63 +275,6 @@ fn no_backstop(stack: &Stack, outputs: &StackOutputs, accepted: bool) -> Option<
          {BUILT_REAPER}, and {BUILD_REAPER} is not here to build it). Run setup from a checkout \
          of lease, pass --reaper-zip FILE, or accept the risk with --no-backstop"
     )))
-}
-
-/// The report, then (after setup) the outputs; as JSON with `-o json`.
-pub fn print_report(ctx: &Ctx, report: &Report, outputs: Option<&StackOutputs>) -> Result<()> {
-    match ctx.output {
-        OutputFormat::Json => output::print_json(&serde_json::json!({
-            "resources": report.rows,
-            "outputs": outputs,
-        })),
-        OutputFormat::Table => {
-            let mut t = Table::new(["KIND", "NAME", "RESULT", "NOTE"]);
-            for r in &report.rows {
-                t.row(vec![
-                    Cell::from(r.kind),
-                    Cell::from(r.name.clone()),
-                    Cell {
-                        text: r.outcome.as_str().to_string(),
-                        warn: matches!(r.outcome, Outcome::Kept | Outcome::Skipped),
-                    },
-                    Cell::from(r.note.clone().unwrap_or_default()),
-                ]);
-            }
-            let mut text = t.render(ctx.color);
-            if let Some(o) = outputs {
-                text.push('\n');
-                text.push_str(&outputs_table(o).render(ctx.color));
-            }
-            output::print(&text)
-        }
-    }
-}
-
-fn outputs_table(o: &StackOutputs) -> Table {
-    let mut t = Table::new(["OUTPUT", "VALUE"]);
-    let mut row = |k: String, v: &str| t.row(vec![Cell::from(k), Cell::from(v)]);
-    row("stack".into(), &o.stack);
-    row("region".into(), &o.region);
-    row("account".into(), &o.account);
-    row("command topic".into(), &o.command_topic_arn);
-    row("control bus".into(), &o.bus_topic_arn);
-    for (pool, q) in &o.pools {
-        row(format!("queue ({pool})"), &q.queue_url);
-        row(format!("dead letters ({pool})"), &q.dead_letter_queue_url);
-    }
-    row("events queue".into(), &o.events_queue_url);
-    row("bucket".into(), &o.bucket);
-    row("nodes table".into(), &o.nodes_table);
-    row("tasks table".into(), &o.tasks_table);
-    row("agent role".into(), &o.agent_role);
-    row("instance profile".into(), &o.instance_profile);
-    for key in &o.agent_packages {
-        row("agent package".into(), &format!("s3://{}/{key}", o.bucket));
-    }
-    if let Some(arn) = &o.reaper_function_arn {
-        row("reaper function".into(), arn);
-    }
-    t
 }
 
 #[cfg(test)]

@@ -11,11 +11,12 @@ use crate::aws::Cloud;
 use crate::aws::ec2::{Instance, Query};
 use crate::cli::TeardownArgs;
 use crate::commands::Ctx;
-use crate::commands::setup::{location, print_report, stack_name};
 use crate::error::{Error, Result};
 use crate::settings::Settings;
+use crate::stack::print_report;
 use crate::stack::wanted::Wanted;
 use crate::stack::{self, Clients, Outcome, Report};
+use crate::targets::{location, stack_name};
 
 /// States in which an instance still depends on the control plane (or can again).
 const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
@@ -74,7 +75,7 @@ pub async fn run<C: Cloud>(
     };
     let mut report = Report::default();
     if let Err(e) = stack::remove(clients, &wanted, &mut report).await {
-        print_report(ctx, &report, None)?;
+        print_report(ctx.output, ctx.color, &report, None)?;
         return Err(e);
     }
     let outcome = if settings.remove(stack.name(), &region) {
@@ -88,7 +89,7 @@ pub async fn run<C: Cloud>(
         format!("{} (section {stack}/{region})", settings_path.display()),
         outcome,
     );
-    print_report(ctx, &report, None)?;
+    print_report(ctx.output, ctx.color, &report, None)?;
     let kept = report
         .rows
         .iter()

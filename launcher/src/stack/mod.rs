@@ -31,7 +31,7 @@ use reaper::{DeployClients, ReaperPackage};
 use role::{Owner, RoleSpec};
 use wanted::Wanted;
 
-pub use report::{Outcome, Report, Row, not_ours};
+pub use report::{Outcome, Report, Row, not_ours, print_report};
 
 /// The SDK clients setup and teardown use.
 #[derive(Debug, Clone)]

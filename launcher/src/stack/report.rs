@@ -3,6 +3,11 @@
 
 use serde::Serialize;
 
+use crate::cli::OutputFormat;
+use crate::error::Result;
+use crate::output::{self, Cell, Table};
+use crate::settings::StackOutputs;
+
 /// What happened to one resource.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -113,6 +118,68 @@ impl Report {
 /// Why a resource found under the stack's name was left alone.
 pub fn not_ours(tag: &(String, String)) -> Option<String> {
     Some(format!("not tagged {}={}: not deleted", tag.0, tag.1))
+}
+
+/// The report, then (after setup) the outputs; as JSON with `-o json`.
+pub fn print_report(
+    format: OutputFormat,
+    color: bool,
+    report: &Report,
+    outputs: Option<&StackOutputs>,
+) -> Result<()> {
+    match format {
+        OutputFormat::Json => output::print_json(&serde_json::json!({
+            "resources": report.rows,
+            "outputs": outputs,
+        })),
+        OutputFormat::Table => {
+            let mut t = Table::new(["KIND", "NAME", "RESULT", "NOTE"]);
+            for r in &report.rows {
+                t.row(vec![
+                    Cell::from(r.kind),
+                    Cell::from(r.name.clone()),
+                    Cell {
+                        text: r.outcome.as_str().to_string(),
+                        warn: matches!(r.outcome, Outcome::Kept | Outcome::Skipped),
+                    },
+                    Cell::from(r.note.clone().unwrap_or_default()),
+                ]);
+            }
+            let mut text = t.render(color);
+            if let Some(o) = outputs {
+                text.push('\n');
+                text.push_str(&outputs_table(o).render(color));
+            }
+            output::print(&text)
+        }
+    }
+}
+
+fn outputs_table(o: &StackOutputs) -> Table {
+    let mut t = Table::new(["OUTPUT", "VALUE"]);
+    let mut row = |k: String, v: &str| t.row(vec![Cell::from(k), Cell::from(v)]);
+    row("stack".into(), &o.stack);
+    row("region".into(), &o.region);
+    row("account".into(), &o.account);
+    row("command topic".into(), &o.command_topic_arn);
+    row("control bus".into(), &o.bus_topic_arn);
+    for (pool, q) in &o.pools {
+        row(format!("queue ({pool})"), &q.queue_url);
+        row(format!("dead letters ({pool})"), &q.dead_letter_queue_url);
+    }
+    row("events queue".into(), &o.events_queue_url);
+    row("bucket".into(), &o.bucket);
+    row("nodes table".into(), &o.nodes_table);
+    row("tasks table".into(), &o.tasks_table);
+    row("agent role".into(), &o.agent_role);
+    row("instance profile".into(), &o.instance_profile);
+    for key in &o.agent_packages {
+        row("agent package".into(), &format!("s3://{}/{key}", o.bucket));
+    }
+    if let Some(arn) = &o.reaper_function_arn {
+        row("reaper function".into(), arn);
+    }
+    t
 }
 
 #[cfg(test)]
