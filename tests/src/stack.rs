@@ -335,20 +335,7 @@ impl World {
             "iam role policy".into(),
             policy.policy_document().to_string(),
         );
-        let profile = self
-            .iam
-            .get_instance_profile()
-            .instance_profile_name("lease-main-agent")
-            .send()
-            .await
-            .unwrap();
-        let roles: Vec<&str> = profile
-            .instance_profile()
-            .unwrap()
-            .roles()
-            .iter()
-            .map(|r| r.role_name())
-            .collect();
+        let roles = self.instance_profile_roles("lease-main-agent").await;
         s.insert("iam profile roles".into(), roles.join(","));
         s
     }
@@ -582,6 +569,24 @@ impl World {
             .await
             .unwrap();
         out.messages().to_vec()
+    }
+
+    /// The roles an instance profile carries, read back from IAM.
+    pub async fn instance_profile_roles(&self, name: &str) -> Vec<String> {
+        let profile = self
+            .iam
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .unwrap();
+        profile
+            .instance_profile()
+            .unwrap()
+            .roles()
+            .iter()
+            .map(|r| r.role_name().to_string())
+            .collect()
     }
 
     /// `lease doctor -o json`: its exit code and its checks by name.

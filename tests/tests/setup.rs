@@ -316,21 +316,10 @@ async fn assert_agent_role(w: &World) {
         .unwrap();
     let printed = json(&w.lease().args(["iam-policy", "agent"]).ok().await);
     assert_eq!(document(inline.policy_document()), printed);
-    let profile = w
-        .iam
-        .get_instance_profile()
-        .instance_profile_name("lease-main-agent")
-        .send()
-        .await
-        .unwrap();
-    let roles: Vec<&str> = profile
-        .instance_profile()
-        .unwrap()
-        .roles()
-        .iter()
-        .map(|r| r.role_name())
-        .collect();
-    assert_eq!(roles, ["lease-main-agent"]);
+    assert_eq!(
+        w.instance_profile_roles("lease-main-agent").await,
+        ["lease-main-agent"]
+    );
 }
 
 /// Returns the settings file's text.
