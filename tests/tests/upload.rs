@@ -461,9 +461,19 @@ impl FaultProxy {
     /// An S3 client through this proxy, without the SDK's own retries, so every
     /// request the uploader makes is one request here. Only the uploader (the agent's
     /// code) uses it, so it names itself as the agent on [`INSTANCE`] for the call log
-    /// (the recorded-calls check then holds the aborts to the agent's policy).
+    /// (the recorded-calls check then holds the aborts to the agent's policy), and
+    /// signs as the agent does on an instance: with an STS session of the agents' role.
     async fn s3(&self, moto: &Moto) -> aws_sdk_s3::Client {
+        let role =
+            lease_tests::imds::assume_role(moto, lease_tests::imds::AGENT_ROLE, INSTANCE).await;
         let conf = aws_sdk_s3::config::Builder::from(&moto.sdk_config().await)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                role.access_key_id,
+                role.secret_access_key,
+                Some(role.session_token),
+                None,
+                "the agents' role",
+            ))
             .endpoint_url(&self.endpoint)
             .force_path_style(true)
             .retry_config(RetryConfig::disabled())
